@@ -1,0 +1,669 @@
+"""A channel: content assembly, consumers, delivery tags, acks, qos, confirms, tx.
+
+Theory of operation
+-------------------
+The connection hands each frame for this channel to one of ``on_publish``
+(the hot path, parsed by hand), ``on_ack`` (also by hand), ``on_header``,
+``on_body`` or ``handle_method`` (everything else, decoded by pamqp).  A
+publish is complete when its header (body size 0) or its last body frame
+arrives; it is then routed and pushed into queues.
+
+Deliveries get consecutive delivery tags; an unacked delivery is remembered in
+``unacked`` (tag -> (message, queue, consumer)) in tag order until it is acked,
+rejected or the channel goes, in which case it is requeued.  Credit follows
+RabbitMQ: ``basic.qos(global=False)`` limits each consumer started afterwards,
+``global=True`` limits the whole channel.
+
+Publisher confirms are sequence numbers; the highest confirmed one is sent as
+one Basic.Ack(multiple) when the connection flushes its output, so that a
+Basic.Return always precedes the ack of the same message.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+from pamqp import commands as C
+
+from protocol import errors, framing
+from protocol.errors import ChannelError, ConnectionError
+
+from .message import Message
+from .queue import Queue
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger("broker.channel")
+
+MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+
+
+class Consumer:
+    """A basic.consume subscription of one channel on one queue."""
+
+    __slots__ = ("channel", "queue", "tag", "tag_raw", "no_ack", "exclusive", "prefetch", "unacked", "arguments")
+
+    def __init__(
+        self, channel: "Channel", queue: Queue, tag: str, no_ack: bool, exclusive: bool, prefetch: int, arguments: dict
+    ) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.tag = tag
+        self.tag_raw = framing.shortstr(tag)
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.prefetch = prefetch
+        self.unacked = 0
+        self.arguments = arguments
+
+    def can_take(self) -> bool:
+        ch = self.channel
+        if not ch.active:
+            return False
+        conn = ch.conn
+        if conn.writing_paused or conn.out_size > conn.OUT_HIGH:
+            conn.starved = True
+            return False
+        if self.no_ack:
+            return True
+        if self.prefetch and self.unacked >= self.prefetch:
+            return False
+        if ch.global_prefetch and ch.global_unacked >= ch.global_prefetch:
+            return False
+        return True
+
+    def deliver(self, queue: Queue, msg: Message) -> None:
+        self.channel.deliver(self, queue, msg)
+
+
+def _new_tag() -> str:
+    return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class Channel:
+    """State of one open channel of a connection."""
+
+    def __init__(self, conn: "Connection", number: int) -> None:
+        self.conn = conn
+        self.number = number
+        self.vhost = conn.vhost
+        self.closing = False
+        self.flow = True
+        self.active = True  # flow on and not closing
+        # content assembly
+        self._pub: tuple[bytes, bytes, int] | None = None
+        self._hdr: bytes | None = None
+        self._parts: list[bytes] = []
+        self._remaining = 0
+        # deliveries
+        self.next_tag = 0
+        self.unacked: dict[int, tuple[Message, Queue, Consumer | None]] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.prefetch = 0
+        self.global_prefetch = 0
+        self.global_unacked = 0
+        # confirms
+        self.confirm = False
+        self.publish_seq = 0
+        self.ack_upto = 0
+        self.ack_sent = 0
+        # transactions
+        self.tx = False
+        self.tx_publishes: list[tuple[Any, Message, int]] = []
+        self.tx_acks: list[tuple[int, tuple, bool | None]] = []
+        self._tx_taken: list[tuple[int, tuple]] = []
+        self.last_queue: str | None = None
+
+    # -- helpers ---------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    def send(self, method: Any) -> None:
+        self.conn.write(framing.method_frame(self.number, method))
+
+    def queue_name(self, name: str) -> str:
+        """'' means the queue last declared on this channel, as in RabbitMQ."""
+        if name:
+            return name
+        if self.last_queue is None:
+            raise ChannelError(errors.NOT_FOUND, "no previously declared queue")
+        return self.last_queue
+
+    def find_queue(self, name: str) -> Queue:
+        q = self.vhost.get_queue(self.queue_name(name))
+        self.vhost.check_exclusive(q, self.conn)
+        return q
+
+    # -- content (hot path) ----------------------------------------------------
+    def on_publish(self, payload: bytes) -> None:
+        self._pub = framing.parse_publish(payload)
+        if self.confirm:
+            self.publish_seq += 1
+
+    def expecting_content(self) -> bool:
+        return self._pub is not None
+
+    def on_header(self, payload: bytes) -> None:
+        if self._pub is None:
+            raise ConnectionError(errors.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+        if self._hdr is not None:
+            raise ConnectionError(
+                errors.UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40
+            )
+        class_id, size = framing.header_body_size(payload)
+        if class_id != 60:
+            raise ConnectionError(
+                errors.UNEXPECTED_FRAME,
+                f"expected content header for class 60, got one for class {class_id} instead",
+                60,
+                40,
+            )
+        if size > MAX_MESSAGE_SIZE:
+            self._pub = None
+            raise ChannelError(
+                errors.PRECONDITION_FAILED,
+                f"message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}",
+                60,
+                40,
+            )
+        if size == 0:
+            self._complete(payload, b"")
+            return
+        self._hdr = payload
+        self._remaining = size
+
+    def on_body(self, payload: bytes) -> None:
+        if self._hdr is None:
+            if self._pub is None:
+                raise ConnectionError(errors.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+            raise ConnectionError(
+                errors.UNEXPECTED_FRAME,
+                "expected content header for class 60, got non content header frame instead",
+                60,
+                40,
+            )
+        rem = self._remaining - len(payload)
+        if rem > 0:
+            self._remaining = rem
+            self._parts.append(payload)
+            return
+        if rem < 0:
+            raise ConnectionError(errors.FRAME_ERROR, "content body is longer than the size its header declared")
+        if self._parts:
+            self._parts.append(payload)
+            body = b"".join(self._parts)
+            self._parts = []
+        else:
+            body = payload
+        hdr = self._hdr
+        self._hdr = None
+        self._complete(hdr, body)
+
+    def _complete(self, header: bytes, body: bytes) -> None:
+        ex_raw, rk_raw, bits = self._pub  # type: ignore[misc]
+        self._pub = None
+        try:
+            exchange = ex_raw[1:].decode()
+            rk = rk_raw[1:].decode()
+        except UnicodeDecodeError:
+            raise ConnectionError(errors.FRAME_ERROR, "cannot decode basic.publish frame: invalid UTF-8") from None
+        x = self.vhost.exchanges.get(exchange)
+        if x is None:
+            raise ChannelError(errors.NOT_FOUND, f"no {self.vhost.what('exchange', exchange)}", 60, 40)
+        if x.internal:
+            raise ChannelError(
+                errors.ACCESS_REFUSED, f"cannot publish to internal {self.vhost.what('exchange', exchange)}", 60, 40
+            )
+        if bits & 2:
+            raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
+        if framing.property_flags(header) & framing.FLAG_USER_ID:
+            uid = msg.properties.user_id
+            if uid != self.conn.username:
+                raise ChannelError(
+                    errors.PRECONDITION_FAILED,
+                    f"user_id property set to '{uid}' but authenticated user was '{self.conn.username}'",
+                    60,
+                    40,
+                )
+        if self.tx:
+            self.tx_publishes.append((x, msg, bits))
+            return
+        self.route(x, msg, bits & 1)
+        if self.confirm:
+            self.ack_upto = self.publish_seq
+            self.conn.confirm_dirty.add(self)
+
+    def route(self, x: Any, msg: Message, mandatory: int) -> None:
+        first = True
+        for q in self.vhost.route(x, msg.routing_key, msg):
+            if first:
+                q.push(msg)
+                first = False
+            else:
+                q.push(msg.copy())
+        if first:
+            self.conn.broker.stats_unroutable += 1
+            if mandatory:
+                parts = [framing.return_frame(self.number, errors.NO_ROUTE, "NO_ROUTE", msg.ex_raw, msg.rk_raw)]
+                parts += framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
+                self.conn.write_parts(parts)
+
+    def emit_confirms(self) -> None:
+        upto = self.ack_upto
+        if upto > self.ack_sent:
+            self.conn.write(framing.confirm_frame(self.number, upto, upto - self.ack_sent > 1))
+            self.ack_sent = upto
+
+    # -- delivery --------------------------------------------------------------
+    def deliver(self, c: Consumer, q: Queue, msg: Message) -> None:
+        self.next_tag = tag = self.next_tag + 1
+        if c.no_ack:
+            q.settle(msg)
+        else:
+            self.unacked[tag] = (msg, q, c)
+            c.unacked += 1
+            self.global_unacked += 1
+        n = self.number
+        conn = self.conn
+        parts = framing.content_frames(n, msg.header, msg.body, conn.max_body)
+        parts.insert(0, framing.deliver_frame(n, c.tag_raw, tag, msg.redelivered, msg.ex_raw, msg.rk_raw))
+        conn.write_parts(parts)
+
+    def on_ack(self, payload: bytes) -> None:
+        tag, multiple = framing.parse_ack(payload)
+        if not multiple:
+            entry = self.unacked.pop(tag, None)
+            if entry is None:
+                raise ChannelError(errors.PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
+            msg, q, c = entry
+            if self.tx:
+                self.tx_acks.append((tag, entry, None))
+                return
+            if c is not None:
+                c.unacked -= 1
+                self.global_unacked -= 1
+            q.settle(msg)
+            if c is not None:
+                if self.global_prefetch:
+                    self._kick_all()
+                elif c.queue.consumers:
+                    c.queue.dispatch()
+            return
+        entries = self._take(tag, True, 60, 80)
+        self._settle_many(entries, None)
+
+    def _take(self, tag: int, multiple: bool, class_id: int, method_id: int) -> list:
+        """Remove and return the deliveries an ack/nack/reject names."""
+        u = self.unacked
+        if self.tx:
+            keys = self._tags(tag, multiple, class_id, method_id)
+            self._tx_taken = [(t, u.pop(t)) for t in keys]
+            return []
+        if multiple:
+            if tag == 0:
+                out = list(u.values())
+                u.clear()
+            else:
+                if tag not in u:
+                    raise ChannelError(errors.PRECONDITION_FAILED, f"unknown delivery tag {tag}", class_id, method_id)
+                keys = []
+                for t in u:
+                    if t > tag:
+                        break
+                    keys.append(t)
+                out = [u.pop(t) for t in keys]
+        else:
+            e = u.pop(tag, None)
+            if e is None:
+                raise ChannelError(errors.PRECONDITION_FAILED, f"unknown delivery tag {tag}", class_id, method_id)
+            out = [e]
+        for _m, _q, c in out:
+            if c is not None:
+                c.unacked -= 1
+                self.global_unacked -= 1
+        return out
+
+    def _tags(self, tag: int, multiple: bool, class_id: int, method_id: int) -> list[int]:
+        u = self.unacked
+        if multiple and tag == 0:
+            return list(u)
+        if tag not in u:
+            raise ChannelError(errors.PRECONDITION_FAILED, f"unknown delivery tag {tag}", class_id, method_id)
+        if not multiple:
+            return [tag]
+        keys = []
+        for t in u:
+            if t > tag:
+                break
+            keys.append(t)
+        return keys
+
+    def _settle_many(self, entries: list, requeue: bool | None) -> None:
+        """Ack (requeue None), requeue (True) or drop (False) taken deliveries."""
+        if self.tx:
+            self.tx_acks.extend((t, e, requeue) for t, e in self._tx_taken)
+            self._tx_taken = []
+            return
+        self._apply(entries, requeue)
+
+    def _apply(self, entries: list, requeue: bool | None) -> None:
+        touched: dict[Queue, list[Message]] = {}
+        for m, q, _c in entries:
+            touched.setdefault(q, []).append(m)
+        for q, msgs in touched.items():
+            if requeue:
+                q.requeue(msgs)
+            else:
+                for m in msgs:
+                    q.settle(m)
+        if self.global_prefetch:
+            self._kick_all()
+        else:
+            for q in touched:
+                if q.consumers:
+                    q.dispatch()
+
+    def _kick_all(self) -> None:
+        for c in list(self.consumers.values()):
+            c.queue.dispatch()
+
+    # -- methods -----------------------------------------------------------------
+    def handle_method(self, m: Any) -> None:
+        h = HANDLERS.get(type(m))
+        if h is None:
+            raise ConnectionError(errors.COMMAND_INVALID, f"unexpected method {m.name} on channel {self.number}")
+        h(self, m)
+
+    # channel class
+    def m_close(self, m: C.Channel.Close) -> None:
+        self.conn.close_channel(self, reply=True)
+
+    def m_close_ok(self, m: C.Channel.CloseOk) -> None:
+        self.conn.channel_closed(self)
+
+    def m_flow(self, m: C.Channel.Flow) -> None:
+        self.flow = bool(m.active)
+        self.active = self.flow and not self.closing
+        self.send(C.Channel.FlowOk(active=self.flow))
+        if self.active:
+            self._kick_all()
+
+    def m_flow_ok(self, m: C.Channel.FlowOk) -> None:
+        pass
+
+    # exchange class
+    def m_exchange_declare(self, m: C.Exchange.Declare) -> None:
+        vh = self.vhost
+        if m.passive:
+            vh.check_exchange_passive(m.exchange)
+        else:
+            vh.declare_exchange(m.exchange, m.exchange_type, m.durable, m.auto_delete, m.internal, m.arguments or {})
+        if not m.nowait:
+            self.send(C.Exchange.DeclareOk())
+
+    def m_exchange_delete(self, m: C.Exchange.Delete) -> None:
+        self.vhost.delete_exchange(m.exchange, m.if_unused)
+        if not m.nowait:
+            self.send(C.Exchange.DeleteOk())
+
+    def _e2e(self, m: Any) -> tuple[Any, Any]:
+        vh = self.vhost
+        for name in (m.destination, m.source):
+            if name == "":
+                raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        dest = vh.get_exchange(m.destination)
+        src = vh.get_exchange(m.source)
+        return src, dest
+
+    def m_exchange_bind(self, m: C.Exchange.Bind) -> None:
+        src, dest = self._e2e(m)
+        self.vhost.bind(src, dest, m.routing_key, m.arguments or {})
+        if not m.nowait:
+            self.send(C.Exchange.BindOk())
+
+    def m_exchange_unbind(self, m: C.Exchange.Unbind) -> None:
+        src, dest = self._e2e(m)
+        self.vhost.unbind(src, dest, m.routing_key, m.arguments or {})
+        if not m.nowait:
+            self.send(C.Exchange.UnbindOk())
+
+    # queue class
+    def m_queue_declare(self, m: C.Queue.Declare) -> None:
+        vh = self.vhost
+        if m.passive:
+            q = self.find_queue(m.queue)
+        else:
+            q, _created = vh.declare_queue(
+                m.queue, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn
+            )
+        self.last_queue = q.name
+        if not m.nowait:
+            self.send(C.Queue.DeclareOk(queue=q.name, message_count=q.ready, consumer_count=len(q.consumers)))
+
+    def _bind_args(self, m: Any) -> tuple[Queue, Any]:
+        q = self.find_queue(m.queue)
+        if m.exchange == "":
+            raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        x = self.vhost.get_exchange(m.exchange)
+        return q, x
+
+    def m_queue_bind(self, m: C.Queue.Bind) -> None:
+        q, x = self._bind_args(m)
+        self.vhost.bind(x, q, m.routing_key, m.arguments or {})
+        if not m.nowait:
+            self.send(C.Queue.BindOk())
+
+    def m_queue_unbind(self, m: C.Queue.Unbind) -> None:
+        q, x = self._bind_args(m)
+        self.vhost.unbind(x, q, m.routing_key, m.arguments or {})
+        self.send(C.Queue.UnbindOk())
+
+    def m_queue_purge(self, m: C.Queue.Purge) -> None:
+        q = self.find_queue(m.queue)
+        n = q.purge()
+        if not m.nowait:
+            self.send(C.Queue.PurgeOk(message_count=n))
+
+    def m_queue_delete(self, m: C.Queue.Delete) -> None:
+        name = self.queue_name(m.queue)
+        q = self.vhost.queues.get(name)
+        n = 0
+        if q is not None:
+            self.vhost.check_exclusive(q, self.conn)
+            if m.if_unused and q.consumers:
+                raise ChannelError(errors.PRECONDITION_FAILED, f"{self.vhost.what('queue', name)} in use")
+            if m.if_empty and q.ready:
+                raise ChannelError(errors.PRECONDITION_FAILED, f"{self.vhost.what('queue', name)} not empty")
+            n = self.vhost.delete_queue(q)
+        if not m.nowait:
+            self.send(C.Queue.DeleteOk(message_count=n))
+
+    # basic class
+    def m_basic_qos(self, m: C.Basic.Qos) -> None:
+        if m.prefetch_size:
+            raise ConnectionError(errors.NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+        if m.global_:
+            self.global_prefetch = m.prefetch_count
+            self.send(C.Basic.QosOk())
+            self._kick_all()
+        else:
+            self.prefetch = m.prefetch_count
+            self.send(C.Basic.QosOk())
+
+    def m_basic_consume(self, m: C.Basic.Consume) -> None:
+        q = self.find_queue(m.queue)
+        tag = m.consumer_tag or _new_tag()
+        if tag in self.consumers:
+            raise ConnectionError(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        if q.exclusive_consumer is not None or (m.exclusive and q.consumers):
+            raise ChannelError(errors.ACCESS_REFUSED, f"{self.vhost.what('queue', q.name)} in exclusive use", 60, 20)
+        c = Consumer(self, q, tag, bool(m.no_ack), bool(m.exclusive), self.prefetch, m.arguments or {})
+        self.consumers[tag] = c
+        if not m.nowait:
+            self.send(C.Basic.ConsumeOk(consumer_tag=tag))
+        q.add_consumer(c)
+        q.dispatch()
+
+    def m_basic_cancel(self, m: C.Basic.Cancel) -> None:
+        c = self.consumers.pop(m.consumer_tag, None)
+        if not m.nowait:
+            self.send(C.Basic.CancelOk(consumer_tag=m.consumer_tag))
+        if c is not None:
+            self._drop_consumer(c)
+
+    def _drop_consumer(self, c: Consumer) -> None:
+        q = c.queue
+        q.remove_consumer(c)
+        if q.auto_delete and q.had_consumers and not q.consumers and not q.deleted:
+            self.vhost.delete_queue(q)
+        elif q.consumers:
+            q.dispatch()
+
+    def queue_deleted(self, c: Consumer) -> None:
+        """Our consumer's queue is gone: tell the client if it understands."""
+        c.queue.remove_consumer(c)
+        if self.consumers.pop(c.tag, None) is not None and not self.closing:
+            if self.conn.capabilities.get("consumer_cancel_notify"):
+                self.send(C.Basic.Cancel(consumer_tag=c.tag, nowait=True))
+
+    def m_basic_get(self, m: C.Basic.Get) -> None:
+        q = self.find_queue(m.queue)
+        msg = q.get()
+        if msg is None:
+            self.send(C.Basic.GetEmpty())
+            return
+        self.next_tag = tag = self.next_tag + 1
+        if m.no_ack:
+            q.settle(msg)
+        else:
+            self.unacked[tag] = (msg, q, None)
+        parts = framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
+        parts.insert(0, framing.get_ok_frame(self.number, tag, msg.redelivered, msg.ex_raw, msg.rk_raw, q.ready))
+        self.conn.write_parts(parts)
+
+    def m_basic_reject(self, m: C.Basic.Reject) -> None:
+        entries = self._take(m.delivery_tag, False, 60, 90)
+        self._settle_many(entries, bool(m.requeue))
+
+    def m_basic_nack(self, m: C.Basic.Nack) -> None:
+        entries = self._take(m.delivery_tag, bool(m.multiple), 60, 120)
+        self._settle_many(entries, bool(m.requeue))
+
+    def m_basic_ack(self, m: C.Basic.Ack) -> None:  # only reached if decoded by pamqp
+        entries = self._take(m.delivery_tag, bool(m.multiple), 60, 80)
+        self._settle_many(entries, None)
+
+    def m_basic_recover(self, m: Any) -> None:
+        entries = self._take(0, True, 60, 110)
+        self._apply(entries, True)
+        if isinstance(m, C.Basic.Recover):
+            self.send(C.Basic.RecoverOk())
+
+    # confirm / tx
+    def m_confirm_select(self, m: C.Confirm.Select) -> None:
+        if self.tx:
+            raise ChannelError(errors.PRECONDITION_FAILED, "cannot switch from tx to confirm mode", 85, 10)
+        self.confirm = True
+        if not m.nowait:
+            self.send(C.Confirm.SelectOk())
+
+    def m_tx_select(self, m: C.Tx.Select) -> None:
+        if self.confirm:
+            raise ChannelError(errors.PRECONDITION_FAILED, "cannot switch from confirm to tx mode", 90, 10)
+        self.tx = True
+        self.send(C.Tx.SelectOk())
+
+    def m_tx_commit(self, m: C.Tx.Commit) -> None:
+        if not self.tx:
+            raise ChannelError(errors.PRECONDITION_FAILED, "channel is not transactional", 90, 20)
+        pubs, acks = self.tx_publishes, self.tx_acks
+        self.tx_publishes, self.tx_acks = [], []
+        for x, msg, bits in pubs:
+            if self.vhost.exchanges.get(x.name) is x:
+                self.route(x, msg, bits & 1)
+        for _t, (_m, _q, c), _r in acks:
+            if c is not None:
+                c.unacked -= 1
+                self.global_unacked -= 1
+        for requeue in (None, True, False):
+            group = [e for _t, e, r in acks if r is requeue]
+            if group:
+                self._apply(group, requeue)
+        self.send(C.Tx.CommitOk())
+
+    def m_tx_rollback(self, m: C.Tx.Rollback) -> None:
+        if not self.tx:
+            raise ChannelError(errors.PRECONDITION_FAILED, "channel is not transactional", 90, 30)
+        self.tx_publishes = []
+        # acks taken in the transaction go back to being unacked, in tag order
+        if self.tx_acks:
+            merged = dict(self.unacked)
+            merged.update((t, e) for t, e, _r in self.tx_acks)
+            self.unacked = dict(sorted(merged.items()))
+        self.tx_acks = []
+        self.send(C.Tx.RollbackOk())
+
+    # -- teardown ----------------------------------------------------------------
+    def teardown(self) -> None:
+        """The channel is going: cancel consumers, requeue unacked deliveries."""
+        self.closing = True
+        self.active = False
+        self.conn.confirm_dirty.discard(self)
+        for c in list(self.consumers.values()):
+            self._drop_consumer_quiet(c)
+        self.consumers.clear()
+        if self.tx_acks:
+            for t, e, _r in self.tx_acks:
+                self.unacked[t] = e
+            self.tx_acks = []
+        if self.unacked:
+            entries = list(self.unacked.values())
+            self.unacked.clear()
+            byq: dict[Queue, list[Message]] = {}
+            for m, q, _c in entries:
+                byq.setdefault(q, []).append(m)
+            for q, msgs in byq.items():
+                q.requeue(msgs)
+        self.tx_publishes = []
+        self.tx_acks = []
+
+    def _drop_consumer_quiet(self, c: Consumer) -> None:
+        q = c.queue
+        q.remove_consumer(c)
+        if q.auto_delete and q.had_consumers and not q.consumers and not q.deleted:
+            self.vhost.delete_queue(q)
+
+
+HANDLERS: dict[type, Callable[[Channel, Any], None]] = {
+    C.Channel.Close: Channel.m_close,
+    C.Channel.CloseOk: Channel.m_close_ok,
+    C.Channel.Flow: Channel.m_flow,
+    C.Channel.FlowOk: Channel.m_flow_ok,
+    C.Exchange.Declare: Channel.m_exchange_declare,
+    C.Exchange.Delete: Channel.m_exchange_delete,
+    C.Exchange.Bind: Channel.m_exchange_bind,
+    C.Exchange.Unbind: Channel.m_exchange_unbind,
+    C.Queue.Declare: Channel.m_queue_declare,
+    C.Queue.Bind: Channel.m_queue_bind,
+    C.Queue.Unbind: Channel.m_queue_unbind,
+    C.Queue.Purge: Channel.m_queue_purge,
+    C.Queue.Delete: Channel.m_queue_delete,
+    C.Basic.Qos: Channel.m_basic_qos,
+    C.Basic.Consume: Channel.m_basic_consume,
+    C.Basic.Cancel: Channel.m_basic_cancel,
+    C.Basic.Get: Channel.m_basic_get,
+    C.Basic.Ack: Channel.m_basic_ack,
+    C.Basic.Reject: Channel.m_basic_reject,
+    C.Basic.Nack: Channel.m_basic_nack,
+    C.Basic.Recover: Channel.m_basic_recover,
+    C.Basic.RecoverAsync: Channel.m_basic_recover,
+    C.Confirm.Select: Channel.m_confirm_select,
+    C.Tx.Select: Channel.m_tx_select,
+    C.Tx.Commit: Channel.m_tx_commit,
+    C.Tx.Rollback: Channel.m_tx_rollback,
+}

@@ -1,0 +1,519 @@
+"""One AMQP connection: handshake, channel table, heartbeats, output batching.
+
+Theory of operation
+-------------------
+States: ``header`` (waiting for the 8-byte protocol header) -> ``start``
+(Connection.Start sent, waiting for StartOk) -> ``tune`` (Tune sent, waiting for
+TuneOk) -> ``open`` (waiting for Connection.Open) -> ``opened`` (channels
+work) -> ``closing`` (we sent Connection.Close, waiting for CloseOk; everything
+else is discarded) -> ``closed``.
+
+Errors: a :class:`ChannelError` with a soft reply code closes its channel
+(Channel.Close, then frames on that channel are discarded until CloseOk); any
+other protocol error, or a hard reply code, closes the connection with
+Connection.Close and one log line naming the peer and the reason.
+
+Output: everything written during one loop turn is collected in ``out`` and
+sent with one ``transport.write``.  Consumers stop taking messages while the
+socket's buffer is over its high-water mark (``writing_paused``) or ``out`` is
+over ``OUT_HIGH``, and are kicked again when it drains.  While the peer does not
+read what we send, we stop reading what it sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands as C
+
+from protocol import errors, framing
+from protocol.errors import AMQPError, ChannelError, ConnectionError
+
+from . import __version__
+from .auth import AuthError, parse_response
+from .channel import Channel
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+log = logging.getLogger("broker.connection")
+
+HARD_CODES = frozenset(
+    (
+        errors.CONNECTION_FORCED,
+        errors.INVALID_PATH,
+        errors.FRAME_ERROR,
+        errors.SYNTAX_ERROR,
+        errors.COMMAND_INVALID,
+        errors.CHANNEL_ERROR,
+        errors.UNEXPECTED_FRAME,
+        errors.RESOURCE_ERROR,
+        errors.NOT_ALLOWED,
+        errors.NOT_IMPLEMENTED,
+        errors.INTERNAL_ERROR,
+    )
+)
+
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+}
+
+IDX_CHANNEL_OPEN = (20 << 16) | 10
+IDX_CHANNEL_CLOSE = (20 << 16) | 40
+IDX_CHANNEL_CLOSE_OK = (20 << 16) | 41
+IDX_CONNECTION_CLOSE = (10 << 16) | 50
+IDX_CONNECTION_CLOSE_OK = (10 << 16) | 51
+
+
+def server_properties() -> dict:
+    return {
+        "product": "BurrowMQ",
+        "version": __version__,
+        "platform": f"Python {platform.python_version()}",
+        "copyright": "Copyright (c) BurrowMQ contributors",
+        "information": "Licensed under the MIT License",
+        "cluster_name": platform.node() or "burrowmq",
+        "capabilities": dict(CAPABILITIES),
+    }
+
+
+class Connection:
+    """Protocol state of one client connection."""
+
+    OUT_HIGH = 1 << 20
+
+    def __init__(self, broker: "Broker", transport: Any) -> None:
+        self.broker = broker
+        self.transport = transport
+        self.loop = broker.loop
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.peer_host = str(peer[0])
+        self.peer = f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
+        self.reader = framing.FrameReader(broker.frame_max)
+        self.state = "header"
+        self.channels: dict[int, Channel] = {}
+        self.out: list[Any] = []
+        self.out_size = 0
+        self.flush_scheduled = False
+        self.writing_paused = False
+        self.reading_paused = False
+        self.starved = False
+        self.exclusive_queues: list[Any] = []
+        self.confirm_dirty: set[Channel] = set()
+        self.username = ""
+        self.user: Any = None
+        self.vhost: Any = None
+        self.client_properties: dict = {}
+        self.capabilities: dict = {}
+        self.channel_max = broker.channel_max
+        self.frame_max = broker.frame_max
+        self.max_body = self.frame_max - 8
+        self.heartbeat = 0
+        self.last_recv = self.loop.time()
+        self.last_send = self.last_recv
+        self._hb_handle: Any = None
+        self._close_handle: Any = None
+        self._header_buf = b""
+        self.blocked = False
+        self.name = self.peer
+        self._timeout_handle = self.loop.call_later(broker.handshake_timeout, self._handshake_timeout)
+        self.recv_bytes = 0
+        self.sent_bytes = 0
+        log.info("accepting AMQP connection %s", self.peer)
+
+    # -- output ----------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def write_parts(self, parts: list) -> None:
+        self.out += parts
+        self.out_size += sum(map(len, parts))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.confirm_dirty:
+            for ch in self.confirm_dirty:
+                ch.emit_confirms()
+            self.confirm_dirty.clear()
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            self.out_size = 0
+            if self.state != "closed":
+                self.transport.write(data)
+                self.sent_bytes += len(data)
+                self.last_send = self.loop.time()
+        if self.starved and not self.writing_paused:
+            self.starved = False
+            self.kick_consumers()
+
+    def kick_consumers(self) -> None:
+        for ch in list(self.channels.values()):
+            for c in list(ch.consumers.values()):
+                if c.queue.messages:
+                    c.queue.dispatch()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.reading_paused and not self.blocked:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        self.loop.call_soon(self._after_resume)
+
+    def _after_resume(self) -> None:
+        if not self.writing_paused and self.state == "opened":
+            self.starved = False
+            self.kick_consumers()
+
+    # -- input -----------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.last_recv = self.loop.time()
+        self.recv_bytes += len(data)
+        try:
+            if self.state == "header":
+                data = self._protocol_header(data)
+                if not data:
+                    return
+            frames = self.reader.feed(data)
+            handle = self.handle_frame
+            for ftype, chn, payload in frames:
+                if self.state == "closing" or self.state == "closed":
+                    self._while_closing(ftype, payload)
+                    continue
+                try:
+                    handle(ftype, chn, payload)
+                except ChannelError as e:
+                    if e.code in HARD_CODES:
+                        raise
+                    self.channel_error(chn, e)
+        except AMQPError as e:
+            self.connection_error(e)
+        except Exception:  # a bug must not take down other connections
+            log.exception("internal error on connection %s", self.peer)
+            self.connection_error(ConnectionError(errors.INTERNAL_ERROR, "internal error"))
+        if self.out or self.confirm_dirty:
+            self.flush()
+        if self.writing_paused and not self.reading_paused and self.state == "opened":
+            # the peer does not read what we send: stop reading what it sends
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _protocol_header(self, data: bytes) -> bytes:
+        buf = self._header_buf + data
+        if len(buf) < 8:
+            if framing.PROTOCOL_HEADER.startswith(buf):
+                self._header_buf = buf
+                return b""
+            # a short wrong header: answer at once
+        if buf[:8] != framing.PROTOCOL_HEADER:
+            log.warning("connection %s: bad protocol header %r, closing", self.peer, bytes(buf[:8]))
+            self.transport.write(framing.PROTOCOL_HEADER)
+            self.state = "closed"
+            self.transport.close()
+            return b""
+        self._header_buf = b""
+        self.state = "start"
+        self.send0(
+            C.Connection.Start(
+                version_major=0,
+                version_minor=9,
+                server_properties=server_properties(),
+                mechanisms="PLAIN AMQPLAIN",
+                locales="en_US",
+            )
+        )
+        return buf[8:]
+
+    def send0(self, method: Any) -> None:
+        self.write(framing.method_frame(0, method))
+
+    def handle_frame(self, ftype: int, chn: int, payload: bytes) -> None:
+        if ftype == 1:
+            if chn == 0:
+                self.connection_method(framing.decode_method(payload))
+                return
+            ch = self.channels.get(chn)
+            idx = framing.method_index(payload)
+            if ch is None:
+                if self.state != "opened":
+                    raise ConnectionError(errors.CHANNEL_ERROR, f"unexpected frame on channel {chn} before connection.open")
+                if idx == IDX_CHANNEL_OPEN:
+                    self.open_channel(chn)
+                    return
+                raise ConnectionError(errors.CHANNEL_ERROR, "expected 'channel.open'", idx >> 16, idx & 0xFFFF)
+            if ch.closing:
+                if idx == IDX_CHANNEL_CLOSE_OK:
+                    self.channel_closed(ch)
+                elif idx == IDX_CHANNEL_CLOSE:
+                    self.write(framing.method_frame(chn, C.Channel.CloseOk()))
+                return
+            if ch._pub is not None:
+                if ch._hdr is None:
+                    raise ConnectionError(
+                        errors.UNEXPECTED_FRAME,
+                        "expected content header for class 60, got non content header frame instead",
+                        60,
+                        40,
+                    )
+                raise ConnectionError(
+                    errors.UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40
+                )
+            if idx == framing.IDX_BASIC_PUBLISH:
+                ch.on_publish(payload)
+            elif idx == framing.IDX_BASIC_ACK:
+                ch.on_ack(payload)
+            elif idx == IDX_CHANNEL_OPEN:
+                raise ConnectionError(errors.CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
+            else:
+                ch.handle_method(framing.decode_method(payload))
+        elif ftype == 3:
+            ch = self._content_channel(chn)
+            if ch is not None:
+                ch.on_body(payload)
+        elif ftype == 2:
+            ch = self._content_channel(chn)
+            if ch is not None:
+                ch.on_header(payload)
+        elif ftype == 8:
+            if chn != 0:
+                raise ConnectionError(errors.FRAME_ERROR, f"heartbeat frame on channel {chn}; heartbeats use channel 0")
+        else:
+            raise ConnectionError(errors.FRAME_ERROR, f"unknown frame type {ftype} on channel {chn}")
+
+    def _content_channel(self, chn: int) -> Channel | None:
+        ch = self.channels.get(chn)
+        if ch is None:
+            if chn == 0 or self.state != "opened":
+                raise ConnectionError(errors.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+            raise ConnectionError(errors.CHANNEL_ERROR, "expected 'channel.open'")
+        if ch.closing:
+            return None
+        return ch
+
+    def _while_closing(self, ftype: int, payload: bytes) -> None:
+        if ftype == 1:
+            try:
+                idx = framing.method_index(payload)
+            except AMQPError:
+                return
+            if idx == IDX_CONNECTION_CLOSE_OK:
+                self.close_transport()
+            elif idx == IDX_CONNECTION_CLOSE:
+                self.send0(C.Connection.CloseOk())
+                self.flush()
+                self.close_transport()
+
+    # -- connection class --------------------------------------------------------
+    def connection_method(self, m: Any) -> None:
+        st = self.state
+        if isinstance(m, C.Connection.StartOk) and st == "start":
+            self.on_start_ok(m)
+        elif isinstance(m, C.Connection.TuneOk) and st == "tune":
+            self.on_tune_ok(m)
+        elif isinstance(m, C.Connection.Open) and st == "open":
+            self.on_open(m)
+        elif isinstance(m, C.Connection.Close):
+            log.info("connection %s closed by client (%s %s)", self.name, m.reply_code, m.reply_text)
+            self.send0(C.Connection.CloseOk())
+            self.flush()
+            self.teardown()
+            self.close_transport()
+        elif isinstance(m, C.Connection.CloseOk):
+            self.close_transport()
+        elif isinstance(m, C.Connection.UpdateSecret) and st == "opened":
+            self.send0(C.Connection.UpdateSecretOk())
+        elif isinstance(m, (C.Connection.Blocked, C.Connection.Unblocked)):
+            pass
+        else:
+            raise ConnectionError(errors.COMMAND_INVALID, f"unexpected method {m.name} on channel 0 in state {st}")
+
+    def on_start_ok(self, m: C.Connection.StartOk) -> None:
+        self.client_properties = m.client_properties or {}
+        caps = self.client_properties.get("capabilities") or {}
+        self.capabilities = caps if isinstance(caps, dict) else {}
+        mech = m.mechanism
+        try:
+            if mech not in ("PLAIN", "AMQPLAIN"):
+                raise AuthError(f"unsupported mechanism {mech!r}")
+            resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("latin-1", "replace")
+            username, password = parse_response(mech, resp)
+            self.username = username
+            user = self.broker.users.authenticate(username, password)
+            if username in self.broker.loopback_users and not _is_loopback(self.peer_host):
+                raise AuthError(f"user '{username}' can only connect via localhost")
+        except AuthError as exc:
+            log.warning("connection %s: login refused: %s", self.peer, exc)
+            raise ConnectionError(
+                errors.ACCESS_REFUSED,
+                f"Login was refused using authentication mechanism {mech}. For details see the broker logfile.",
+            ) from None
+        self.user = user
+        self.state = "tune"
+        self.send0(C.Connection.Tune(channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.broker.heartbeat))
+
+    def on_tune_ok(self, m: C.Connection.TuneOk) -> None:
+        if m.frame_max:
+            if m.frame_max < 4096:
+                raise ConnectionError(errors.NOT_ALLOWED, f"frame_max={m.frame_max} < 4096 min size")
+            if m.frame_max > self.broker.frame_max:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED, f"frame_max={m.frame_max} > {self.broker.frame_max} max size"
+                )
+            self.frame_max = m.frame_max
+        if m.channel_max and m.channel_max < self.channel_max:
+            self.channel_max = m.channel_max
+        self.max_body = self.frame_max - 8
+        self.reader.set_frame_max(self.frame_max)
+        self.heartbeat = m.heartbeat
+        self.state = "open"
+        if self.heartbeat:
+            self._hb_handle = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+
+    def on_open(self, m: C.Connection.Open) -> None:
+        vhname = m.virtual_host or "/"
+        vh = self.broker.vhosts.get(vhname)
+        if vh is None:
+            raise ConnectionError(errors.NOT_ALLOWED, f"vhost {vhname} not found")
+        if self.broker.users.permission(self.username, vhname) is None:
+            raise ConnectionError(errors.NOT_ALLOWED, f"access to vhost '{vhname}' refused for user '{self.username}'")
+        self.vhost = vh
+        self.state = "opened"
+        self._timeout_handle.cancel()
+        self.name = f"{self.peer} ({self.username}@{vhname})"
+        self.send0(C.Connection.OpenOk())
+        self.broker.connection_opened(self)
+        log.info("connection %s opened: user '%s', vhost '%s'", self.peer, self.username, vhname)
+
+    def _heartbeat_tick(self) -> None:
+        if self.state in ("closed",):
+            return
+        now = self.loop.time()
+        hb = self.heartbeat
+        if now - self.last_recv > 2 * hb:
+            log.warning("connection %s: missed heartbeats from client, timeout: %ss", self.name, hb)
+            self.teardown()
+            self.close_transport(abort=True)
+            return
+        if now - self.last_send >= hb / 2:
+            self.write(framing.HEARTBEAT_FRAME)
+        self._hb_handle = self.loop.call_later(hb / 2, self._heartbeat_tick)
+
+    def _handshake_timeout(self) -> None:
+        if self.state not in ("opened", "closed", "closing"):
+            log.warning("connection %s: handshake timeout in state %s, closing", self.peer, self.state)
+            self.close_transport(abort=True)
+
+    # -- channels ----------------------------------------------------------------
+    def open_channel(self, chn: int) -> None:
+        if chn > self.channel_max:
+            raise ConnectionError(
+                errors.NOT_ALLOWED, f"channel number {chn} is over the negotiated channel_max {self.channel_max}"
+            )
+        ch = Channel(self, chn)
+        self.channels[chn] = ch
+        self.write(framing.method_frame(chn, C.Channel.OpenOk()))
+
+    def channel_error(self, chn: int, e: ChannelError) -> None:
+        ch = self.channels.get(chn)
+        log.warning("channel error on connection %s, channel %s: %s", self.name, chn, e.text)
+        if ch is None:
+            return
+        ch.emit_confirms()
+        ch.teardown()
+        self.write(
+            framing.method_frame(
+                chn, C.Channel.Close(reply_code=e.code, reply_text=e.text, class_id=e.class_id, method_id=e.method_id)
+            )
+        )
+
+    def close_channel(self, ch: Channel, reply: bool) -> None:
+        """The client closed the channel."""
+        ch.emit_confirms()
+        self.confirm_dirty.discard(ch)
+        ch.teardown()
+        self.channels.pop(ch.number, None)
+        if reply:
+            self.write(framing.method_frame(ch.number, C.Channel.CloseOk()))
+
+    def channel_closed(self, ch: Channel) -> None:
+        """Our Channel.Close was answered: the number is free again."""
+        self.channels.pop(ch.number, None)
+
+    # -- closing -----------------------------------------------------------------
+    def connection_error(self, e: AMQPError) -> None:
+        if self.state in ("closing", "closed"):
+            return
+        log.warning("connection error on %s: %s", self.name, e.text)
+        if self.state == "header":
+            self.close_transport()
+            return
+        self.close(e.code, e.text, e.class_id, e.method_id)
+
+    def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        """Send Connection.Close, drop the engine state, wait briefly for CloseOk."""
+        if self.state in ("closing", "closed"):
+            return
+        for ch in self.channels.values():
+            ch.emit_confirms()
+        self.send0(C.Connection.Close(reply_code=code, reply_text=text, class_id=class_id, method_id=method_id))
+        self.flush()
+        self.teardown()
+        self.state = "closing"
+        self._close_handle = self.loop.call_later(1.0, self.close_transport)
+
+    def teardown(self) -> None:
+        """Forget channels (requeue their unacked) and drop exclusive queues."""
+        chans = list(self.channels.values())
+        self.channels.clear()
+        for ch in chans:
+            if not ch.closing:
+                ch.teardown()
+        for q in list(self.exclusive_queues):
+            q.vhost.delete_queue(q)
+        self.exclusive_queues.clear()
+        self.broker.connection_gone(self)
+
+    def close_transport(self, abort: bool = False) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        for h in (self._hb_handle, self._close_handle, self._timeout_handle):
+            if h is not None:
+                h.cancel()
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state != "closed":
+            if self.state in ("opened",):
+                log.info("connection %s lost: %s", self.name, exc or "client closed the socket")
+            self.state = "closed"
+        for h in (self._hb_handle, self._close_handle, self._timeout_handle):
+            if h is not None:
+                h.cancel()
+        self.teardown()
+        log.info("connection %s closed", self.name)
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")

@@ -1,0 +1,71 @@
+"""A message as the engine carries it.
+
+The content header payload is kept exactly as the publisher sent it
+(``header``) and is re-sent to consumers unchanged; properties are decoded only
+when a feature asks for one (:attr:`Message.properties`).  Exchange and routing
+key are kept both as text (for routing) and as the length-prefixed short
+strings received (for Basic.Deliver, which copies them as they are).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import framing
+
+
+class Message:
+    """One message in one queue (fan-out copies share header and body bytes)."""
+
+    __slots__ = (
+        "exchange",
+        "routing_key",
+        "ex_raw",
+        "rk_raw",
+        "header",
+        "body",
+        "seq",
+        "redelivered",
+        "_props",
+        "ref",
+    )
+
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        ex_raw: bytes,
+        rk_raw: bytes,
+        header: bytes,
+        body: bytes,
+    ) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.ex_raw = ex_raw
+        self.rk_raw = rk_raw
+        self.header = header
+        self.body = body
+        self.seq = 0
+        self.redelivered = False
+        self._props: Any = None
+        self.ref: Any = None
+
+    def copy(self) -> "Message":
+        m = Message(self.exchange, self.routing_key, self.ex_raw, self.rk_raw, self.header, self.body)
+        m._props = self._props
+        return m
+
+    @property
+    def properties(self) -> Any:
+        """The decoded Basic properties (decoded once, on first use)."""
+        if self._props is None:
+            self._props = framing.decode_properties(self.header)
+        return self._props
+
+    @property
+    def persistent(self) -> bool:
+        return framing.delivery_mode(self.header) == 2
+
+    @property
+    def body_size(self) -> int:
+        return len(self.body)

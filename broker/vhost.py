@@ -1,0 +1,303 @@
+"""A virtual host: its exchanges, queues and bindings, and routing.
+
+The declare/delete/bind operations here carry RabbitMQ's checks and texts, so
+that the AMQP channel and (later) the management API share one implementation.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any, Iterable
+
+from protocol import errors
+from protocol.errors import ChannelError
+
+from .exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
+from .message import Message
+from .queue import Queue
+
+# queue arguments RabbitMQ compares on a redeclare (classic queues)
+QUEUE_EQUIV_ARGS = (
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-queue-version",
+)
+EXCHANGE_EQUIV_ARGS = ("alternate-exchange",)
+
+PREDECLARED = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+def rs(kind: str, name: str, vhost: str) -> str:
+    """RabbitMQ's resource description: ``queue 'q' in vhost '/'``."""
+    return f"{kind} '{name}' in vhost '{vhost}'"
+
+
+def _val(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _type_name(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "signedint" if -(2**31) <= v < 2**31 else "long"
+    if isinstance(v, (str, bytes)):
+        return "longstr"
+    if isinstance(v, float):
+        return "double"
+    if isinstance(v, dict):
+        return "table"
+    if isinstance(v, (list, tuple)):
+        return "array"
+    if v is None:
+        return "void"
+    return type(v).__name__
+
+
+def _arg_val(present: bool, v: Any) -> str:
+    if not present:
+        return "none"
+    return f"the value '{_val(v)}' of type '{_type_name(v)}'"
+
+
+def field_equivalence(current: Any, received: Any, field: str, what: str) -> None:
+    if current != received:
+        raise ChannelError(
+            errors.PRECONDITION_FAILED,
+            f"inequivalent arg '{field}' for {what}: received '{_val(received)}' but current is '{_val(current)}'",
+        )
+
+
+def args_equivalence(current: dict, received: dict, keys: Iterable[str], what: str) -> None:
+    for k in keys:
+        c_has, r_has = k in current, k in received
+        if not c_has and not r_has:
+            continue
+        cv, rv = current.get(k), received.get(k)
+        if c_has == r_has and cv == rv and type(cv) is type(rv):
+            continue
+        if c_has and r_has and cv == rv and _type_name(cv) == _type_name(rv):
+            continue
+        raise ChannelError(
+            errors.PRECONDITION_FAILED,
+            f"inequivalent arg '{k}' for {what}: received {_arg_val(r_has, rv)} but current is {_arg_val(c_has, cv)}",
+        )
+
+
+class VHost:
+    """Registry of one virtual host's exchanges and queues."""
+
+    def __init__(self, name: str, broker: Any = None) -> None:
+        self.name = name
+        self.broker = broker
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self.default_exchange = DefaultExchange(self, "", durable=True)
+        self.exchanges[""] = self.default_exchange
+        for xname, xtype in PREDECLARED:
+            self.exchanges[xname] = EXCHANGE_TYPES[xtype](self, xname, durable=True)
+
+    # -- lookups -------------------------------------------------------------
+    def what(self, kind: str, name: str) -> str:
+        return rs(kind, name, self.name)
+
+    def get_queue(self, name: str) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            raise ChannelError(errors.NOT_FOUND, f"no {self.what('queue', name)}")
+        return q
+
+    def get_exchange(self, name: str) -> Exchange:
+        x = self.exchanges.get(name)
+        if x is None:
+            raise ChannelError(errors.NOT_FOUND, f"no {self.what('exchange', name)}")
+        return x
+
+    # -- exchanges -----------------------------------------------------------
+    def declare_exchange(
+        self,
+        name: str,
+        type_name: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict,
+    ) -> tuple[Exchange, bool]:
+        """Declare (or check) an exchange; returns it and whether it was created."""
+        cls = EXCHANGE_TYPES.get(type_name)
+        if cls is None:
+            raise ChannelError(errors.PRECONDITION_FAILED, f"invalid exchange type '{type_name}'")
+        if name == "":
+            raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        x = self.exchanges.get(name)
+        created = False
+        if x is None:
+            if name.startswith("amq."):
+                raise ChannelError(
+                    errors.ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'"
+                )
+            x = cls(self, name, durable, auto_delete, internal, arguments)
+            self.exchanges[name] = x
+            created = True
+        else:
+            what = self.what("exchange", name)
+            field_equivalence(x.type_name, type_name, "type", what)
+            field_equivalence(x.durable, durable, "durable", what)
+            field_equivalence(x.auto_delete, auto_delete, "auto_delete", what)
+            field_equivalence(x.internal, internal, "internal", what)
+            args_equivalence(x.arguments, arguments or {}, EXCHANGE_EQUIV_ARGS, what)
+        return x, created
+
+    def check_exchange_passive(self, name: str) -> Exchange:
+        if name == "":
+            raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        return self.get_exchange(name)
+
+    def delete_exchange(self, name: str, if_unused: bool) -> None:
+        if name == "":
+            raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        if name.startswith("amq."):
+            raise ChannelError(
+                errors.ACCESS_REFUSED, f"deletion of system {self.what('exchange', name)} not allowed"
+            )
+        x = self.exchanges.get(name)
+        if x is None:
+            return
+        if if_unused and x.bindings:
+            raise ChannelError(errors.PRECONDITION_FAILED, f"{self.what('exchange', name)} in use")
+        self._remove_exchange(x)
+
+    def _remove_exchange(self, x: Exchange) -> None:
+        self.exchanges.pop(x.name, None)
+        for b in list(x.bindings.values()):
+            self._drop_binding(b)
+        for b in list(x.incoming.values()):
+            self._drop_binding(b)
+
+    # -- queues --------------------------------------------------------------
+    @staticmethod
+    def generate_queue_name() -> str:
+        return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+    def check_exclusive(self, q: Queue, conn: Any) -> None:
+        if q.owner is not None and q.owner is not conn:
+            raise self.locked(q)
+
+    def locked(self, q: Queue) -> ChannelError:
+        return ChannelError(
+            errors.RESOURCE_LOCKED,
+            f"cannot obtain exclusive access to locked {self.what('queue', q.name)}. It could be originally "
+            "declared on another connection or the exclusive property value does not match that of the "
+            "original declaration.",
+        )
+
+    def declare_queue(
+        self,
+        name: str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: dict,
+        conn: Any,
+    ) -> tuple[Queue, bool]:
+        if not name:
+            name = self.generate_queue_name()
+        elif name.startswith("amq."):
+            raise ChannelError(errors.ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        q = self.queues.get(name)
+        owner = conn if exclusive else None
+        if q is not None:
+            if q.owner is not owner:
+                raise self.locked(q)
+            what = self.what("queue", name)
+            field_equivalence(q.durable, durable, "durable", what)
+            field_equivalence(q.auto_delete, auto_delete, "auto_delete", what)
+            args_equivalence(q.arguments, arguments or {}, QUEUE_EQUIV_ARGS, what)
+            return q, False
+        q = Queue(self, name, durable, exclusive, auto_delete, arguments, owner)
+        self.queues[name] = q
+        if owner is not None:
+            owner.exclusive_queues.append(q)
+        return q, True
+
+    def delete_queue(self, q: Queue, reason: str = "deleted") -> int:
+        """Remove a queue with its bindings; cancel its consumers; return ready count."""
+        if q.deleted:
+            return 0
+        q.deleted = True
+        self.queues.pop(q.name, None)
+        for b in list(q.bindings.values()):
+            self._drop_binding(b)
+        for c in list(q.consumers):
+            c.channel.queue_deleted(c)
+        n = q.ready
+        q.purge()
+        if q.owner is not None:
+            try:
+                q.owner.exclusive_queues.remove(q)
+            except ValueError:
+                pass
+        return n
+
+    # -- bindings ------------------------------------------------------------
+    def bind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
+        b = Binding(source, dest, routing_key, arguments)
+        if source.add_binding(b):
+            if isinstance(dest, Queue):
+                dest.bindings[(source, b.key)] = b
+            else:
+                dest.incoming[(source, b.key)] = b
+
+    def unbind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
+        b = Binding(source, dest, routing_key, arguments)
+        if b.key in source.bindings:
+            self._drop_binding(source.bindings[b.key])
+
+    def _drop_binding(self, b: Binding) -> None:
+        src = b.source
+        src.remove_binding(b)
+        d = b.destination
+        if isinstance(d, Queue):
+            d.bindings.pop((src, b.key), None)
+        else:
+            d.incoming.pop((src, b.key), None)
+            if d.auto_delete and not d.bindings and d.name in self.exchanges:
+                pass
+        if src.auto_delete and not src.bindings and self.exchanges.get(src.name) is src:
+            self._remove_exchange(src)
+
+    # -- routing -------------------------------------------------------------
+    def route(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
+        """The queues a message published to ``x`` goes to."""
+        dests = x.match(routing_key, msg)
+        if not x.exchange_dests:
+            return dests
+        out: dict[Queue, None] = {}
+        seen: set[Exchange] = {x}
+        stack: list[Any] = list(dests)
+        while stack:
+            d = stack.pop()
+            if isinstance(d, Queue):
+                out[d] = None
+            elif d not in seen:
+                seen.add(d)
+                stack.extend(d.match(routing_key, msg))
+        return out
