@@ -427,8 +427,14 @@ class Channel:
             self.send(C.Exchange.BindOk())
 
     def m_exchange_unbind(self, m: C.Exchange.Unbind) -> None:
-        src, dest = self._e2e(m)
-        self.vhost.unbind(src, dest, m.routing_key, m.arguments or {})
+        # like RabbitMQ, unbinding what does not exist succeeds
+        for name in (m.destination, m.source):
+            if name == "":
+                raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        src = self.vhost.exchanges.get(m.source)
+        dest = self.vhost.exchanges.get(m.destination)
+        if src is not None and dest is not None:
+            self.vhost.unbind(src, dest, m.routing_key, m.arguments or {})
         if not m.nowait:
             self.send(C.Exchange.UnbindOk())
 
@@ -446,10 +452,10 @@ class Channel:
             self.send(C.Queue.DeclareOk(queue=q.name, message_count=q.ready, consumer_count=len(q.consumers)))
 
     def _bind_args(self, m: Any) -> tuple[Queue, Any]:
-        q = self.find_queue(m.queue)
         if m.exchange == "":
             raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
         x = self.vhost.get_exchange(m.exchange)
+        q = self.find_queue(m.queue)
         return q, x
 
     def m_queue_bind(self, m: C.Queue.Bind) -> None:
@@ -459,8 +465,13 @@ class Channel:
             self.send(C.Queue.BindOk())
 
     def m_queue_unbind(self, m: C.Queue.Unbind) -> None:
-        q, x = self._bind_args(m)
-        self.vhost.unbind(x, q, m.routing_key, m.arguments or {})
+        # like RabbitMQ: no exclusivity check, and a missing queue/exchange/binding is fine
+        if m.exchange == "":
+            raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        q = self.vhost.queues.get(self.queue_name(m.queue))
+        x = self.vhost.exchanges.get(m.exchange)
+        if q is not None and x is not None:
+            self.vhost.unbind(x, q, m.routing_key, m.arguments or {})
         self.send(C.Queue.UnbindOk())
 
     def m_queue_purge(self, m: C.Queue.Purge) -> None:

@@ -361,6 +361,10 @@ class Connection:
                 raise AuthError(f"user '{username}' can only connect via localhost")
         except AuthError as exc:
             log.warning("connection %s: login refused: %s", self.peer, exc)
+            if not self.capabilities.get("authentication_failure_close"):
+                # like RabbitMQ: a client that cannot take a Close here just sees the socket go
+                self.close_transport()
+                return
             raise ConnectionError(
                 errors.ACCESS_REFUSED,
                 f"Login was refused using authentication mechanism {mech}. For details see the broker logfile.",

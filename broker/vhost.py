@@ -96,6 +96,11 @@ def args_equivalence(current: dict, received: dict, keys: Iterable[str], what: s
             continue
         if c_has and r_has and cv == rv and _type_name(cv) == _type_name(rv):
             continue
+        if c_has and r_has:
+            raise ChannelError(
+                errors.PRECONDITION_FAILED,
+                f"inequivalent arg '{k}' for {what}: received '{_val(rv)}' but current is '{_val(cv)}'",
+            )
         raise ChannelError(
             errors.PRECONDITION_FAILED,
             f"inequivalent arg '{k}' for {what}: received {_arg_val(r_has, rv)} but current is {_arg_val(c_has, cv)}",
