@@ -1,0 +1,566 @@
+"""Append-only message logs, one per durable queue, with group commit.
+
+Theory of operation
+-------------------
+A durable queue owns a directory of segment files ``NNNNNNNN.seg`` (8 MiB by
+default).  A record is ``length:u32 crc32:u32 type:u8 payload`` where ``length``
+counts the type byte and the payload and the CRC covers the same bytes.  A
+message record's payload is ``flags:u8 exchange:shortstr routing_key:shortstr
+header_len:u32 header body``: the content header as the publisher sent it, so
+delivery never re-encodes properties.  ``flags`` bit 0 marks a persistent
+message; transient ones are written too (to keep memory flat under a backlog)
+but are dropped at recovery.
+
+A message is named by its *ref* ``segment << 32 | offset``; refs grow with the
+append order, so they double as the queue's sequence numbers.  Acks are never
+written in place: the offset of each settled record is appended to the
+segment's ``NNNNNNNN.ack`` file.  A segment whose records are all settled is
+deleted with its ack file; a quiet queue's fully settled write segment is
+rolled and deleted by :meth:`LogStore.housekeep`.
+
+Writes are buffered and written with one ``os.write`` per file per loop turn
+(:meth:`LogStore.flush`).  Durability is group commit: a publisher confirm that
+needs the disk waits for the epoch its record was written in; one fsync (in a
+worker thread, so the event loop never blocks on the disk) covers every file
+written since the previous one, and while it runs new work accumulates for the
+next.  No confirmable work pending: no fsync.
+
+Recovery reads each queue's segments in order, checks every record's CRC, cuts
+a torn or corrupt tail of the last segment, skips (and reports) a corrupt
+record elsewhere, drops acked and transient records, and marks redelivered the
+messages at or below the queue's delivery watermark (``delivered`` file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import struct
+import time
+import zlib
+from array import array
+from collections import deque
+from typing import Any, Callable
+
+log = logging.getLogger("storage")
+
+SEGMENT_SIZE = 8 * 1024 * 1024
+REC_MSG = 1
+REC_HEAD = struct.Struct(">IIB")  # length, crc, type
+U32 = struct.Struct(">I")
+U64 = struct.Struct(">Q")
+MAX_RECORD = 256 * 1024 * 1024
+
+
+class DataDirLocked(Exception):
+    """Another broker holds the data directory."""
+
+
+class StorageError(Exception):
+    """A write or fsync failed."""
+
+
+def encode_message(persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> list:
+    """The parts of one message record (for ``b''.join``)."""
+    head_and_meta = b"".join(
+        (
+            b"\x01" if persistent else b"\x00",
+            ex_raw,
+            rk_raw,
+            U32.pack(len(header)),
+            header,
+        )
+    )
+    crc = zlib.crc32(body, zlib.crc32(head_and_meta, zlib.crc32(b"\x01")))
+    length = 1 + len(head_and_meta) + len(body)
+    return [REC_HEAD.pack(length, crc, REC_MSG), head_and_meta, body]
+
+
+def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, bytes, bytes]:
+    """(persistent, ex_raw, rk_raw, header, body) of a message record payload."""
+    p = payload
+    persistent = p[0] == 1
+    o = 1
+    el = p[o]
+    ex_raw = bytes(p[o : o + 1 + el])
+    o += 1 + el
+    rl = p[o]
+    rk_raw = bytes(p[o : o + 1 + rl])
+    o += 1 + rl
+    hl = U32.unpack_from(p, o)[0]
+    o += 4
+    header = bytes(p[o : o + hl])
+    body = bytes(p[o + hl :])
+    return persistent, ex_raw, rk_raw, header, body
+
+
+class Segment:
+    __slots__ = ("sid", "path", "ack_path", "fd", "size", "live", "acked", "ack_buf", "ack_fd")
+
+    def __init__(self, sid: int, path: str) -> None:
+        self.sid = sid
+        self.path = path
+        self.ack_path = path[:-4] + ".ack"
+        self.fd = -1
+        self.size = 0
+        self.live = 0
+        self.acked = 0
+        self.ack_buf = bytearray()
+        self.ack_fd = -1
+
+
+class QueueLog:
+    """The segment log of one durable queue."""
+
+    def __init__(self, store: "LogStore", directory: str) -> None:
+        self.store = store
+        self.dir = directory
+        self.segments: dict[int, Segment] = {}
+        self.wseg: Segment | None = None
+        self.wbuf: list[bytes] = []
+        self.wbuf_size = 0
+        self.next_sid = 1
+        self.delivered_upto = 0
+        self.delivered_written = 0
+        self.last_append = 0.0
+        self.deleted = False
+
+    # -- writing ---------------------------------------------------------------
+    def _open_write_segment(self) -> Segment:
+        sid = self.next_sid
+        self.next_sid += 1
+        seg = Segment(sid, os.path.join(self.dir, f"{sid:08d}.seg"))
+        seg.fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self.segments[sid] = seg
+        self.wseg = seg
+        self.store.new_files.add(self.dir)
+        return seg
+
+    def append(self, persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> int:
+        """Buffer a message record; return its ref."""
+        parts = encode_message(persistent, ex_raw, rk_raw, header, body)
+        n = 9 + len(parts[1]) + len(parts[2])
+        seg = self.wseg
+        if seg is None or (seg.size + n > SEGMENT_SIZE and seg.size > 0):
+            if seg is not None:
+                self._flush_writes()
+            seg = self._open_write_segment()
+        ref = (seg.sid << 32) | seg.size
+        seg.size += n
+        seg.live += 1
+        self.wbuf += parts
+        self.wbuf_size += n
+        self.last_append = self.store.now
+        self.store.dirty(self)
+        return ref
+
+    def _flush_writes(self) -> None:
+        if not self.wbuf or self.wseg is None:
+            return
+        data = b"".join(self.wbuf)
+        self.wbuf = []
+        self.wbuf_size = 0
+        seg = self.wseg
+        _write_all(seg.fd, data)
+        self.store.sync_fds.add(seg.fd)
+
+    def settle(self, ref: int) -> None:
+        """The record at ``ref`` is acked or dropped."""
+        seg = self.segments.get(ref >> 32)
+        if seg is None:
+            return
+        seg.live -= 1
+        seg.acked += 1
+        if seg.live <= 0 and seg is not self.wseg:
+            self._drop_segment(seg)
+            return
+        seg.ack_buf += U32.pack(ref & 0xFFFFFFFF)
+        self.store.dirty(self)
+
+    def mark_delivered(self, ref: int) -> None:
+        if ref > self.delivered_upto:
+            self.delivered_upto = ref
+            self.store.dirty(self)
+
+    def _drop_segment(self, seg: Segment) -> None:
+        self.segments.pop(seg.sid, None)
+        for fd in (seg.fd, seg.ack_fd):
+            if fd >= 0:
+                self.store.sync_fds.discard(fd)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        seg.fd = seg.ack_fd = -1
+        for p in (seg.path, seg.ack_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def flush(self) -> None:
+        """Write buffered records, acks and the delivery watermark (no fsync)."""
+        self._flush_writes()
+        for seg in self.segments.values():
+            if seg.ack_buf:
+                if seg.ack_fd < 0:
+                    seg.ack_fd = os.open(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                _write_all(seg.ack_fd, bytes(seg.ack_buf))
+                seg.ack_buf.clear()
+        if self.delivered_upto != self.delivered_written:
+            p = os.path.join(self.dir, "delivered")
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, U64.pack(self.delivered_upto), 0)
+            finally:
+                os.close(fd)
+            self.delivered_written = self.delivered_upto
+
+    def roll_if_idle(self, now: float, idle: float) -> None:
+        """Delete a fully settled write segment of a quiet queue."""
+        seg = self.wseg
+        if seg is not None and seg.live <= 0 and not self.wbuf and now - self.last_append >= idle:
+            self.wseg = None
+            self._drop_segment(seg)
+
+    # -- reading ---------------------------------------------------------------
+    def read(self, ref: int) -> tuple[bool, bytes, bytes, bytes, bytes]:
+        sid, off = ref >> 32, ref & 0xFFFFFFFF
+        seg = self.segments.get(sid)
+        if seg is None:
+            raise StorageError(f"segment {sid} of {self.dir} is gone")
+        if seg is self.wseg and self.wbuf:
+            self._flush_writes()
+        if seg.fd < 0:
+            seg.fd = os.open(seg.path, os.O_RDONLY)
+        head = os.pread(seg.fd, 9, off)
+        length, crc, _t = REC_HEAD.unpack(head)
+        payload = os.pread(seg.fd, length - 1, off + 9)
+        return decode_message(payload)
+
+    def close(self) -> None:
+        if not self.deleted:
+            try:
+                self.flush()
+            except OSError as exc:
+                log.error("flushing %s at close failed: %s", self.dir, exc)
+        for seg in self.segments.values():
+            for fd in (seg.fd, seg.ack_fd):
+                if fd >= 0:
+                    self.store.sync_fds.discard(fd)
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            seg.fd = seg.ack_fd = -1
+
+    def destroy(self) -> None:
+        """The queue is deleted: remove every file of it."""
+        self.wbuf = []
+        self.deleted = True
+        self.close()
+        self.segments.clear()
+        self.wseg = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- recovery --------------------------------------------------------------
+    def recover(self) -> tuple[array, int, list[str]]:
+        """Rebuild from disk: (refs of live persistent messages in order,
+        watermark, problems found)."""
+        problems: list[str] = []
+        refs = array("Q")
+        try:
+            with open(os.path.join(self.dir, "delivered"), "rb") as f:
+                raw = f.read(8)
+                if len(raw) == 8:
+                    self.delivered_upto = self.delivered_written = U64.unpack(raw)[0]
+        except FileNotFoundError:
+            pass
+        names = sorted(n for n in os.listdir(self.dir) if n.endswith(".seg"))
+        for i, name in enumerate(names):
+            sid = int(name[:-4])
+            path = os.path.join(self.dir, name)
+            seg = Segment(sid, path)
+            with open(path, "rb") as f:
+                data = f.read()
+            acked = _read_acks(seg.ack_path)
+            valid_end, live_refs, bad = _scan(data, sid, acked)
+            last = i == len(names) - 1
+            for b in bad:
+                problems.append(f"{path}: {b}")
+            if valid_end < len(data):
+                problems.append(f"{path}: torn or corrupt tail cut at byte {valid_end} of {len(data)}")
+                with open(path, "r+b") as f:
+                    f.truncate(valid_end)
+                    os.fsync(f.fileno())
+            seg.size = valid_end
+            seg.live = len(live_refs)
+            refs.extend(live_refs)
+            self.next_sid = max(self.next_sid, sid + 1)
+            if seg.live == 0 and not last:
+                self._drop_segment(seg)
+                continue
+            self.segments[sid] = seg
+            if last:
+                seg.fd = os.open(path, os.O_RDWR | os.O_APPEND)
+                self.wseg = seg
+        return refs, self.delivered_upto, problems
+
+
+def _read_acks(path: str) -> set[int]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return set()
+    n = len(raw) // 4
+    a = array("I")
+    a.frombytes(raw[: n * 4])
+    if a.itemsize == 4 and struct.pack("=I", 1) != struct.pack(">I", 1):
+        a.byteswap()
+    return set(a)
+
+
+def _scan(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[str]]:
+    """Walk the records of one segment: (valid end, live persistent refs, problems)."""
+    off = 0
+    n = len(data)
+    live: list[int] = []
+    bad: list[str] = []
+    unpack = REC_HEAD.unpack_from
+    crc32 = zlib.crc32
+    base = sid << 32
+    mv = memoryview(data)
+    while off + 9 <= n:
+        length, crc, rtype = unpack(data, off)
+        end = off + 8 + length
+        if length < 1 or length > MAX_RECORD or end > n:
+            break
+        if crc32(mv[off + 8 : end]) != crc:
+            # a bad record followed by a good one is skipped; otherwise it is the tail
+            if _next_record_ok(data, end):
+                bad.append(f"corrupt record at byte {off} skipped")
+                off = end
+                continue
+            break
+        if rtype == REC_MSG and off not in acked and data[off + 9] == 1:
+            live.append(base | off)
+        off = end
+    return off, live, bad
+
+
+def _next_record_ok(data: bytes, off: int) -> bool:
+    if off + 9 > len(data):
+        return False
+    length, crc, _t = REC_HEAD.unpack_from(data, off)
+    end = off + 8 + length
+    if length < 1 or end > len(data):
+        return False
+    return zlib.crc32(memoryview(data)[off + 8 : end]) == crc
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    mv = memoryview(data)
+    while mv:
+        n = os.write(fd, mv)
+        mv = mv[n:]
+
+
+def _fsync_all(fds: list[int], dirs: list[str]) -> None:
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:  # a segment deleted meanwhile needs no sync
+                raise
+    for d in dirs:
+        try:
+            dfd = os.open(d, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class LogStore:
+    """All queue logs under one data directory, with the group-commit fsync."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.msg_dir = os.path.join(self.data_dir, "queues")
+        self.logs: dict[str, QueueLog] = {}
+        self.dirty_logs: set[QueueLog] = set()
+        self.sync_fds: set[int] = set()
+        self.new_files: set[str] = set()
+        self.flush_scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.now = time.monotonic()
+        # group commit
+        self.write_epoch = 1
+        self.synced_epoch = 0
+        self.sync_wanted = False
+        self.syncing = False
+        self.sync_waiters: set[Any] = set()
+        self.on_synced: Callable[[int], None] | None = None
+        self.on_sync_failed: Callable[[int, Exception], None] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        self._lock_fd = -1
+        self.fsyncs = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+    def open(self) -> None:
+        os.makedirs(self.msg_dir, exist_ok=True)
+        path = os.path.join(self.data_dir, "broker.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            except OSError:
+                other = "?"
+            os.close(fd)
+            raise DataDirLocked(
+                f"data directory {self.data_dir} is in use by another broker (pid {other or '?'}); "
+                "stop that broker or start this one with another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def close(self) -> None:
+        for qlog in list(self.logs.values()):
+            qlog.close()
+        fds = list(self.sync_fds)
+        self.sync_fds.clear()
+        try:
+            _fsync_all(fds, list(self.new_files))
+        except OSError as exc:
+            log.error("final fsync failed: %s", exc)
+        self._executor.shutdown(wait=True)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- queue logs --------------------------------------------------------------
+    def queue_dir(self, vhost: str, name: str) -> str:
+        h = hashlib.sha256(f"{vhost}\x00{name}".encode()).hexdigest()[:32]
+        return os.path.join(self.msg_dir, h)
+
+    def queue_log(self, vhost: str, name: str) -> QueueLog:
+        d = self.queue_dir(vhost, name)
+        qlog = self.logs.get(d)
+        if qlog is None:
+            os.makedirs(d, exist_ok=True)
+            qlog = QueueLog(self, d)
+            self.logs[d] = qlog
+        return qlog
+
+    def drop_queue_log(self, qlog: QueueLog) -> None:
+        self.logs.pop(qlog.dir, None)
+        self.dirty_logs.discard(qlog)
+        qlog.destroy()
+
+    def existing_queue_dirs(self) -> set[str]:
+        try:
+            return {os.path.join(self.msg_dir, n) for n in os.listdir(self.msg_dir)}
+        except FileNotFoundError:
+            return set()
+
+    # -- flushing and group commit ---------------------------------------------------
+    def dirty(self, qlog: QueueLog) -> None:
+        self.dirty_logs.add(qlog)
+        if not self.flush_scheduled and self.loop is not None:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def want_sync(self) -> int:
+        """Ask for an fsync covering everything written so far; return its epoch."""
+        self.sync_wanted = True
+        if not self.flush_scheduled and self.loop is not None:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+        return self.write_epoch
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        self.now = time.monotonic()
+        failed: Exception | None = None
+        for qlog in self.dirty_logs:
+            try:
+                qlog.flush()
+            except OSError as exc:
+                failed = exc
+                log.error("write to %s failed: %s", qlog.dir, exc)
+        self.dirty_logs.clear()
+        if failed is not None and self.sync_wanted:
+            epoch = self.write_epoch
+            self.write_epoch += 1
+            self.sync_wanted = False
+            if self.on_sync_failed is not None:
+                self.on_sync_failed(epoch, failed)
+            return
+        if self.sync_wanted and not self.syncing:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        assert self.loop is not None
+        epoch = self.write_epoch
+        self.write_epoch += 1
+        self.sync_wanted = False
+        self.syncing = True
+        fds = list(self.sync_fds)
+        self.sync_fds.clear()
+        dirs = list(self.new_files)
+        self.new_files.clear()
+        fut = self.loop.run_in_executor(self._executor, _fsync_all, fds, dirs)
+        fut.add_done_callback(lambda f: self._sync_done(f, epoch))
+
+    def _sync_done(self, fut: "asyncio.Future[None]", epoch: int) -> None:
+        self.syncing = False
+        self.fsyncs += 1
+        exc = fut.exception()
+        if exc is not None:
+            log.error("fsync failed: %s; publishes waiting for it are nacked", exc)
+            if self.on_sync_failed is not None:
+                self.on_sync_failed(epoch, exc)
+        else:
+            self.synced_epoch = epoch
+            if self.on_synced is not None:
+                self.on_synced(epoch)
+        if self.sync_wanted:
+            self.flush()
+
+    def housekeep(self, idle: float = 2.0) -> None:
+        now = time.monotonic()
+        for qlog in list(self.logs.values()):
+            qlog.roll_if_idle(now, idle)
+
+    def disk_usage(self) -> int:
+        total = 0
+        for root, _dirs, files in os.walk(self.msg_dir):
+            for f in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:
+                    pass
+        return total
+
+
+class RecoveredQueue:
+    """What recovery hands back for one queue."""
+
+    def __init__(self, refs: array, delivered_upto: int) -> None:
+        self.refs = deque(refs)
+        self.delivered_upto = delivered_upto

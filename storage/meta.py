@@ -1,0 +1,79 @@
+"""Durable metadata: one JSON file (RabbitMQ's definitions shape), replaced atomically.
+
+Write a temporary file, fsync it, rename it over the old one, fsync the
+directory: a crash leaves either the old or the new file, never a mix.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("storage.meta")
+
+FILENAME = "definitions.json"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"__bytes__": base64.b64encode(v).decode()}
+    if isinstance(v, decimal.Decimal):
+        return {"__decimal__": str(v)}
+    if isinstance(v, datetime.datetime):
+        return {"__timestamp__": v.timestamp()}
+    return v
+
+
+def _restore(v: Any) -> Any:
+    if isinstance(v, dict):
+        if len(v) == 1:
+            (k, x), = v.items()
+            if k == "__bytes__":
+                return base64.b64decode(x)
+            if k == "__decimal__":
+                return decimal.Decimal(x)
+            if k == "__timestamp__":
+                return datetime.datetime.fromtimestamp(x, datetime.timezone.utc)
+        return {k: _restore(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_restore(x) for x in v]
+    return v
+
+
+def save(data_dir: str, definitions: dict) -> None:
+    path = os.path.join(data_dir, FILENAME)
+    tmp = path + ".tmp"
+    raw = json.dumps(_jsonable(definitions), indent=1, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load(data_dir: str) -> dict:
+    path = os.path.join(data_dir, FILENAME)
+    try:
+        with open(path, "rb") as f:
+            return _restore(json.loads(f.read()))
+    except FileNotFoundError:
+        return {}
