@@ -92,8 +92,13 @@ def serve(
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        from storage.log import DataDirLocked
+
         try:
             await broker.start()
+        except DataDirLocked as exc:
+            log.error("%s", exc)
+            raise SystemExit(1) from None
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s (is another broker running? try --port)", host, port, exc)
             raise SystemExit(1) from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from pamqp import commands as C
@@ -108,6 +109,7 @@ class Channel:
         self.global_unacked = 0
         # confirms
         self.confirm = False
+        self.pending: deque[tuple[int, int]] = deque()  # (publish seq, fsync epoch or 0)
         self.publish_seq = 0
         self.ack_upto = 0
         self.ack_sent = 0
@@ -233,25 +235,75 @@ class Channel:
         if self.tx:
             self.tx_publishes.append((x, msg, bits))
             return
-        self.route(x, msg, bits & 1)
+        needs_sync = self.route(x, msg, bits & 1)
         if self.confirm:
-            self.ack_upto = self.publish_seq
-            self.conn.confirm_dirty.add(self)
-
-    def route(self, x: Any, msg: Message, mandatory: int) -> None:
-        first = True
-        for q in self.vhost.route(x, msg.routing_key, msg):
-            if first:
-                q.push(msg)
-                first = False
+            seq = self.publish_seq
+            if needs_sync:
+                self.pending.append((seq, self.conn.broker.store.want_sync()))
+                self.conn.broker.store.sync_waiters.add(self)
+            elif self.pending:
+                self.pending.append((seq, 0))
             else:
-                q.push(msg.copy())
+                self.ack_upto = seq
+                self.conn.confirm_dirty.add(self)
+
+    def route(self, x: Any, msg: Message, mandatory: int) -> bool:
+        """Push into every queue the exchange routes to; True if an fsync must
+        come before the publish is safe (persistent, into a durable queue)."""
+        first = True
+        sync = False
+        persistent = None
+        for q in self.vhost.route(x, msg.routing_key, msg):
+            m = msg if first else msg.copy()
+            first = False
+            if q.log is None:
+                q.push(m)
+                continue
+            if persistent is None:
+                persistent = framing.delivery_mode(msg.header) == 2
+            if q.push(m, persistent):
+                sync = True
         if first:
             self.conn.broker.stats_unroutable += 1
             if mandatory:
                 parts = [framing.return_frame(self.number, errors.NO_ROUTE, "NO_ROUTE", msg.ex_raw, msg.rk_raw)]
                 parts += framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
                 self.conn.write_parts(parts)
+        return sync
+
+    def synced(self, epoch: int) -> bool:
+        """The store made ``epoch`` durable: confirm what waited for it.
+        Returns True while more is still waiting."""
+        p = self.pending
+        upto = 0
+        while p and p[0][1] <= epoch:
+            upto = p.popleft()[0]
+            if upto < 0:  # a tx.commit that waited for the disk
+                self.send(C.Tx.CommitOk())
+                upto = 0
+        if upto:
+            self.ack_upto = upto
+            self.conn.confirm_dirty.add(self)
+            self.conn.schedule_flush()
+        return bool(p)
+
+    def sync_failed(self, epoch: int, exc: Exception) -> bool:
+        """Nack what waited for a failed write or fsync (ack what did not need it)."""
+        p = self.pending
+        out = []
+        self.emit_confirms()
+        while p and p[0][1] <= epoch:
+            seq, e = p.popleft()
+            if seq < 0:
+                self.conn.channel_error(
+                    self.number, ChannelError(errors.INTERNAL_ERROR, f"commit failed: cannot write to disk ({exc})")
+                )
+                continue
+            out.append(framing.confirm_frame(self.number, seq, False, nack=(e != 0)))
+            self.ack_sent = self.ack_upto = seq
+        if out:
+            self.conn.write_parts(out)
+        return bool(p)
 
     def emit_confirms(self) -> None:
         upto = self.ack_upto
@@ -594,9 +646,10 @@ class Channel:
             raise ChannelError(errors.PRECONDITION_FAILED, "channel is not transactional", 90, 20)
         pubs, acks = self.tx_publishes, self.tx_acks
         self.tx_publishes, self.tx_acks = [], []
+        sync = False
         for x, msg, bits in pubs:
             if self.vhost.exchanges.get(x.name) is x:
-                self.route(x, msg, bits & 1)
+                sync = self.route(x, msg, bits & 1) or sync
         for _t, (_m, _q, c), _r in acks:
             if c is not None:
                 c.unacked -= 1
@@ -605,7 +658,12 @@ class Channel:
             group = [e for _t, e, r in acks if r is requeue]
             if group:
                 self._apply(group, requeue)
-        self.send(C.Tx.CommitOk())
+        if sync:
+            store = self.conn.broker.store
+            self.pending.append((-1, store.want_sync()))
+            store.sync_waiters.add(self)
+        else:
+            self.send(C.Tx.CommitOk())
 
     def m_tx_rollback(self, m: C.Tx.Rollback) -> None:
         if not self.tx:
@@ -625,6 +683,7 @@ class Channel:
         self.closing = True
         self.active = False
         self.conn.confirm_dirty.discard(self)
+        self.pending.clear()
         for c in list(self.consumers.values()):
             self._drop_consumer_quiet(c)
         self.consumers.clear()

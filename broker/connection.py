@@ -144,6 +144,11 @@ class Connection:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
+    def schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
         self.flush_scheduled = False
         if self.confirm_dirty:
@@ -209,6 +214,8 @@ class Connection:
         except Exception:  # a bug must not take down other connections
             log.exception("internal error on connection %s", self.peer)
             self.connection_error(ConnectionError(errors.INTERNAL_ERROR, "internal error"))
+        if self.broker.meta_dirty:
+            self.broker.save_meta()
         if self.out or self.confirm_dirty:
             self.flush()
         if self.writing_paused and not self.reading_paused and self.state == "opened":

@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from .exchange import Binding
 
 
+KEEP_IN_MEMORY = 4096
+
+
+def _seq(e: Any) -> int:
+    return e if type(e) is int else e.seq
+
+
 class Queue:
     """One queue of one vhost."""
 
@@ -50,52 +57,78 @@ class Queue:
         self.unacked = 0
         self.had_consumers = False
         self.deleted = False
-        self.bytes_ready = 0
+        self.log: Any = None  # storage.log.QueueLog of a durable queue
+        self.redeliver_upto = 0  # recovered refs at or below this were delivered before
         # counters for stats
         self.published = 0
         self.delivered = 0
         self.acked = 0
 
     # -- messages ------------------------------------------------------------
-    def push(self, msg: Message) -> None:
-        self.seq += 1
-        msg.seq = self.seq
+    def push(self, msg: Message, persistent: bool = False) -> bool:
+        """Enqueue; True if the message went to the log and needs an fsync to be safe."""
         self.published += 1
-        self.messages.append(msg)
-        self.bytes_ready += len(msg.body)
+        qlog = self.log
+        if qlog is None:
+            self.seq += 1
+            msg.seq = self.seq
+            self.messages.append(msg)
+            if self.consumers:
+                self.dispatch()
+            return False
+        ref = qlog.append(persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body)
+        msg.ref = msg.seq = ref
+        # a short queue keeps its messages in memory; a backlog keeps only refs
+        self.messages.append(msg if len(self.messages) < KEEP_IN_MEMORY else ref)
         if self.consumers:
             self.dispatch()
+        return persistent
+
+    def _load(self, ref: int) -> Message:
+        """A message that is only on disk, read back for delivery."""
+        _p, ex_raw, rk_raw, header, body = self.log.read(ref)
+        m = Message(ex_raw[1:].decode(), rk_raw[1:].decode(), ex_raw, rk_raw, header, body)
+        m.ref = m.seq = ref
+        m.redelivered = ref <= self.redeliver_upto
+        return m
+
+    def _take(self) -> Message:
+        m = self.messages.popleft()
+        if type(m) is int:
+            m = self._load(m)
+        if self.log is not None:
+            self.log.mark_delivered(m.ref)
+        self.unacked += 1
+        self.delivered += 1
+        return m
 
     def get(self) -> Message | None:
         if not self.messages:
             return None
-        msg = self.messages.popleft()
-        self.bytes_ready -= len(msg.body)
-        self.unacked += 1
-        self.delivered += 1
-        return msg
+        return self._take()
 
     def settle(self, msg: Message) -> None:
         """An unacked message was acked (or dropped): it is gone for good."""
         self.unacked -= 1
         self.acked += 1
+        if msg.ref is not None and self.log is not None:
+            self.log.settle(msg.ref)
 
     def requeue(self, msgs: Iterable[Message]) -> None:
         """Put delivered messages back in their original order, redelivered."""
-        if self.deleted:
-            return
-        back = sorted(msgs, key=lambda m: m.seq)
+        back = sorted(msgs, key=_seq)
         if not back:
+            return
+        if self.deleted:
             return
         q = self.messages
         for m in back:
             m.redelivered = True
             self.unacked -= 1
-            self.bytes_ready += len(m.body)
-        if not q or back[-1].seq < q[0].seq:
+        if not q or back[-1].seq < _seq(q[0]):
             q.extendleft(reversed(back))
         else:
-            seqs = [m.seq for m in q]
+            seqs = [_seq(m) for m in q]
             for m in reversed(back):
                 i = bisect.bisect_left(seqs, m.seq)
                 q.insert(i, m)
@@ -105,8 +138,11 @@ class Queue:
 
     def purge(self) -> int:
         n = len(self.messages)
+        qlog = self.log
+        if qlog is not None:
+            for e in self.messages:
+                qlog.settle(e if type(e) is int else e.ref)
         self.messages.clear()
-        self.bytes_ready = 0
         return n
 
     @property
@@ -137,14 +173,11 @@ class Queue:
         if not msgs or not consumers:
             return
         n = len(consumers)
+        take = self._take
         if n == 1:
             c = consumers[0]
             while msgs and c.can_take():
-                m = msgs.popleft()
-                self.bytes_ready -= len(m.body)
-                self.delivered += 1
-                self.unacked += 1
-                c.deliver(self, m)
+                c.deliver(self, take())
             return
         idle = 0
         i = self.rr
@@ -154,11 +187,7 @@ class Queue:
             c = consumers[i]
             i += 1
             if c.can_take():
-                m = msgs.popleft()
-                self.bytes_ready -= len(m.body)
-                self.delivered += 1
-                self.unacked += 1
-                c.deliver(self, m)
+                c.deliver(self, take())
                 idle = 0
                 if n != len(consumers):  # a delivery may cancel a consumer
                     n = len(consumers)

@@ -162,6 +162,8 @@ class VHost:
             x = cls(self, name, durable, auto_delete, internal, arguments)
             self.exchanges[name] = x
             created = True
+            if durable:
+                self.changed()
         else:
             what = self.what("exchange", name)
             field_equivalence(x.type_name, type_name, "type", what)
@@ -192,6 +194,8 @@ class VHost:
 
     def _remove_exchange(self, x: Exchange) -> None:
         self.exchanges.pop(x.name, None)
+        if x.durable:
+            self.changed()
         for b in list(x.bindings.values()):
             self._drop_binding(b)
         for b in list(x.incoming.values()):
@@ -241,7 +245,20 @@ class VHost:
         self.queues[name] = q
         if owner is not None:
             owner.exclusive_queues.append(q)
+        elif durable:
+            self.attach_log(q)
+            self.changed()
         return q, True
+
+    def attach_log(self, q: Queue) -> None:
+        store = self.broker.store if self.broker is not None else None
+        if store is not None:
+            q.log = store.queue_log(self.name, q.name)
+
+    def changed(self) -> None:
+        """Durable metadata changed: the broker saves it before replying."""
+        if self.broker is not None:
+            self.broker.meta_dirty = True
 
     def delete_queue(self, q: Queue, reason: str = "deleted") -> int:
         """Remove a queue with its bindings; cancel its consumers; return ready count."""
@@ -254,7 +271,14 @@ class VHost:
         for c in list(q.consumers):
             c.channel.queue_deleted(c)
         n = q.ready
-        q.purge()
+        if q.log is not None:
+            qlog, q.log = q.log, None
+            q.messages.clear()
+            self.broker.store.drop_queue_log(qlog)
+        else:
+            q.purge()
+        if q.durable and q.owner is None:
+            self.changed()
         if q.owner is not None:
             try:
                 q.owner.exclusive_queues.remove(q)
@@ -266,6 +290,8 @@ class VHost:
     def bind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
         b = Binding(source, dest, routing_key, arguments)
         if source.add_binding(b):
+            if source.durable and dest.durable:
+                self.changed()
             if isinstance(dest, Queue):
                 dest.bindings[(source, b.key)] = b
             else:
@@ -280,12 +306,12 @@ class VHost:
         src = b.source
         src.remove_binding(b)
         d = b.destination
+        if src.durable and d.durable:
+            self.changed()
         if isinstance(d, Queue):
             d.bindings.pop((src, b.key), None)
         else:
             d.incoming.pop((src, b.key), None)
-            if d.auto_delete and not d.bindings and d.name in self.exchanges:
-                pass
         if src.auto_delete and not src.bindings and self.exchanges.get(src.name) is src:
             self._remove_exchange(src)
 
@@ -306,3 +332,42 @@ class VHost:
                 seen.add(d)
                 stack.extend(d.match(routing_key, msg))
         return out
+
+    # -- durable metadata ------------------------------------------------------------
+    def definitions(self) -> dict:
+        """This vhost's durable topology in RabbitMQ's definitions shape."""
+        exchanges = [
+            dict(x.describe(), vhost=self.name)
+            for x in self.exchanges.values()
+            if x.durable and x.name and not x.name.startswith("amq.")
+        ]
+        queues = [
+            {
+                "name": q.name,
+                "vhost": self.name,
+                "durable": True,
+                "auto_delete": q.auto_delete,
+                "arguments": q.arguments,
+            }
+            for q in self.queues.values()
+            if q.durable and q.owner is None
+        ]
+        bindings = []
+        for x in self.exchanges.values():
+            if not x.durable or not x.name:
+                continue
+            for b in x.bindings.values():
+                d = b.destination
+                if not d.durable or (isinstance(d, Queue) and d.owner is not None):
+                    continue
+                bindings.append(
+                    {
+                        "source": x.name,
+                        "vhost": self.name,
+                        "destination": d.name,
+                        "destination_type": "queue" if isinstance(d, Queue) else "exchange",
+                        "routing_key": b.routing_key,
+                        "arguments": b.arguments,
+                    }
+                )
+        return {"exchanges": exchanges, "queues": queues, "bindings": bindings}

@@ -375,7 +375,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def _fsync_all(fds: list[int], dirs: list[str]) -> None:
     for fd in fds:
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)  # data and the size that reaches it; mtime need not hit the disk
         except OSError as exc:
             if exc.errno != errno.EBADF:  # a segment deleted meanwhile needs no sync
                 raise

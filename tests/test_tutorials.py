@@ -184,6 +184,7 @@ def test_fair_dispatch_prefetch_one(broker, connect, uid):
             def cb(c, m, p, b):
                 pending.append((m.delivery_tag, time.monotonic()))
                 with lock:
+                    results["busy_pending"] = len(pending)
                     results["busy"].append(b)
                     results["busy_max_unacked"] = max(results["busy_max_unacked"], len(pending))
 
@@ -266,6 +267,7 @@ def test_publish_subscribe_fanout(connect, uid):
         ch.queue_bind(name, ex)
         queues.append(name)
     assert len(set(queues)) == 3
+    ch.queue_bind(queues[0], ex, routing_key="second-binding")  # still one copy per message
 
     pconn = connect()
     pch = pconn.channel()
@@ -804,6 +806,18 @@ def test_auto_delete_queue_survives_until_first_consumer(connect, uid):
     other.channel().queue_delete(q)
 
 
+def test_auto_delete_queue_deleted_when_consumer_channel_closes(connect, uid):
+    q = f"autodel-chclose-{uid}"
+    conn = connect()
+    ch = conn.channel()
+    ch.queue_declare(q, auto_delete=True)
+    ch.basic_consume(q, lambda *a: None)
+    other = connect()
+    assert passive_count(other, q) == (0, 1)
+    ch.close()
+    assert_queue_gone(other, q)
+
+
 def test_exclusive_queue_deleted_with_its_connection(connect, uid):
     q = f"excl-{uid}"
     owner = connect()
@@ -875,17 +889,24 @@ def test_consumer_cancel_notification_on_queue_delete(connect, uid):
     conn = connect()
     ch = conn.channel()
     ch.queue_declare(q)
+    ch.basic_publish("", q, b"held")
+    ch.basic_publish("", q, b"ready")
+    ch.basic_qos(prefetch_count=1)
     cancels = []
+    got = []
     ch.add_on_cancel_callback(lambda frame: cancels.append(frame))
-    tag = ch.basic_consume(q, lambda *a: None)
+    tag = ch.basic_consume(q, lambda c, m, p, b: got.append((m.delivery_tag, b)))
+    drain(conn, lambda: got)
+    assert [b for _t, b in got] == [b"held"]
     other = connect()
     och = other.channel()
-    assert och.queue_delete(q).method.message_count == 0
+    assert och.queue_delete(q).method.message_count == 1  # the unacked one is not counted
     drain(conn, lambda: cancels)
     assert isinstance(cancels[0].method, Basic.Cancel)
     assert cancels[0].method.consumer_tag == tag
     assert not ch.consumer_tags
-    # the channel stays open and usable
+    # acking a message of the deleted queue is fine; the channel stays open and usable
+    ch.basic_ack(got[0][0])
     assert ch.is_open
     assert ch.queue_declare("", exclusive=True).method.queue.startswith("amq.gen-")
 
@@ -916,6 +937,20 @@ def test_basic_recover_requeue_redelivers(connect, uid):
     assert passive_count(other, q) == (0, 1)
 
 
+def test_basic_recover_without_requeue_is_not_implemented(connect, uid):
+    # RabbitMQ: basic.recover{requeue=false} -> connection error 540 NOT_IMPLEMENTED "requeue=false"
+    q = f"recover-nrq-{uid}"
+    conn = connect()
+    ch = conn.channel()
+    ch.queue_declare(q, auto_delete=True)
+    ch.basic_publish("", q, b"x")
+    m, _p, _b = ch.basic_get(q)
+    assert m is not None
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as ei:
+        ch.basic_recover(requeue=False)
+    assert ei.value.reply_code == 540
+
+
 # -- channel.flow and headers exchange ------------------------------------------------------------
 
 
@@ -926,6 +961,49 @@ def test_channel_flow_active(connect):
         pytest.skip("pika lacks channel.flow")
     assert ch.flow(True) is True
     assert ch.is_open
+
+
+def test_channel_flow_inactive_from_client_is_not_implemented(connect):
+    # RabbitMQ (3.3+): channel.flow{active=false} from a client -> connection error 540 "active=false"
+    conn = connect()
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as ei:
+        ch.flow(False)
+    assert ei.value.reply_code == 540
+
+
+def test_headers_exchange_value_types_must_match(connect, uid):
+    # RabbitMQ compares header values by type and value: a bool true or a decimal 1
+    # is not the integer 1 (rabbit_exchange_type_headers: "PT =/= DT -> no match").
+    from decimal import Decimal
+
+    ex = f"headers-types-{uid}"
+    conn = connect()
+    ch = conn.channel()
+    ch.exchange_declare(ex, exchange_type="headers")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, ex, arguments={"x-match": "any", "n": 1})
+    q_bool = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q_bool, ex, arguments={"x-match": "any", "flag": True})
+    for name, headers in [("int", {"n": 1}), ("bool", {"n": True}), ("decimal", {"n": Decimal(1)}),
+                          ("str", {"n": "1"}), ("flag-bool", {"flag": True}), ("flag-int", {"flag": 1})]:
+        ch.basic_publish(ex, "", name.encode(), properties=pika.BasicProperties(headers=headers))
+    assert get_all(ch, q) == [b"int"]
+    assert get_all(ch, q_bool) == [b"flag-bool"]
+    ch.exchange_delete(ex)
+
+
+def test_headers_exchange_invalid_x_match_rejected(connect, uid):
+    # RabbitMQ validates x-match: only all, any, all-with-x, any-with-x -> else 406 on queue.bind
+    ex = f"headers-bad-{uid}"
+    conn = connect()
+    ch = conn.channel()
+    ch.exchange_declare(ex, exchange_type="headers")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as ei:
+        ch.queue_bind(q, ex, arguments={"x-match": "some", "a": "b"})
+    assert ei.value.reply_code == 406
+    conn.channel().exchange_delete(ex)
 
 
 def test_headers_exchange(connect, uid):
@@ -960,6 +1038,18 @@ def test_headers_exchange(connect, uid):
     assert get_all(ch, q_default) == [b"m1", b"m6"]
     assert get_all(ch, q_any) == [b"m1", b"m2", b"m4", b"m6", b"m7"]
     assert get_all(ch, q_int) == [b"m8"]
+
+    # x-match all/any ignore binding keys starting with "x-"
+    q_xany = ch.queue_declare("", exclusive=True).method.queue
+    q_xall = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q_xany, ex, arguments={"x-match": "any", "x-tag": "a"})
+    ch.queue_bind(q_xall, ex, arguments={"x-match": "all", "x-tag": "a", "k": "v"})
+    ch.basic_publish(ex, "", b"x1", properties=pika.BasicProperties(headers={"x-tag": "a"}))
+    ch.basic_publish(ex, "", b"x2", properties=pika.BasicProperties(headers={"x-tag": "b", "k": "v"}))
+    assert get_all(ch, q_xany) == []
+    assert get_all(ch, q_xall) == [b"x2"]
+    for q in (q_all, q_any, q_default, q_int):
+        get_all(ch, q)
 
     # unbinding needs the same arguments
     ch.queue_unbind(q_any, ex, arguments={"x-match": "any", "format": "pdf", "type": "log"})
