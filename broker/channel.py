@@ -439,6 +439,9 @@ class Channel:
         self.conn.channel_closed(self)
 
     def m_flow(self, m: C.Channel.Flow) -> None:
+        if not m.active:
+            # RabbitMQ (since 3.3) refuses client-initiated flow control; so do we
+            raise ConnectionError(errors.NOT_IMPLEMENTED, "active=false", 20, 20)
         self.flow = bool(m.active)
         self.active = self.flow and not self.closing
         self.send(C.Channel.FlowOk(active=self.flow))
@@ -494,7 +497,9 @@ class Channel:
     def m_queue_declare(self, m: C.Queue.Declare) -> None:
         vh = self.vhost
         if m.passive:
-            q = self.find_queue(m.queue)
+            # no "last declared queue" shortcut here, as in RabbitMQ
+            q = self.vhost.get_queue(m.queue)
+            self.vhost.check_exclusive(q, self.conn)
         else:
             q, _created = vh.declare_queue(
                 m.queue, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn
@@ -622,6 +627,8 @@ class Channel:
         self._settle_many(entries, None)
 
     def m_basic_recover(self, m: Any) -> None:
+        if not m.requeue:
+            raise ConnectionError(errors.NOT_IMPLEMENTED, "requeue=false", 60, 110)
         entries = self._take(0, True, 60, 110)
         self._apply(entries, True)
         if isinstance(m, C.Basic.Recover):

@@ -301,7 +301,7 @@ class Connection:
                 ch.on_header(payload)
         elif ftype == 8:
             if chn != 0:
-                raise ConnectionError(errors.FRAME_ERROR, f"heartbeat frame on channel {chn}; heartbeats use channel 0")
+                raise ConnectionError(errors.UNEXPECTED_FRAME, f"heartbeat frame on channel {chn}; heartbeats use channel 0")
         else:
             raise ConnectionError(errors.FRAME_ERROR, f"unknown frame type {ftype} on channel {chn}")
 
@@ -349,6 +349,8 @@ class Connection:
             self.send0(C.Connection.UpdateSecretOk())
         elif isinstance(m, (C.Connection.Blocked, C.Connection.Unblocked)):
             pass
+        elif st == "opened" and m.name.split(".")[0] != "Connection":
+            raise ConnectionError(errors.CHANNEL_ERROR, "unexpected method in connection state running")
         else:
             raise ConnectionError(errors.COMMAND_INVALID, f"unexpected method {m.name} on channel 0 in state {st}")
 
@@ -434,9 +436,12 @@ class Connection:
 
     # -- channels ----------------------------------------------------------------
     def open_channel(self, chn: int) -> None:
-        if chn > self.channel_max:
+        # like RabbitMQ, channel_max limits how many channels are open, not their numbers
+        if self.channel_max and len(self.channels) >= self.channel_max:
             raise ConnectionError(
-                errors.NOT_ALLOWED, f"channel number {chn} is over the negotiated channel_max {self.channel_max}"
+                errors.NOT_ALLOWED,
+                f"number of channels opened ({len(self.channels)}) has reached the negotiated channel_max "
+                f"({self.channel_max})",
             )
         ch = Channel(self, chn)
         self.channels[chn] = ch

@@ -299,12 +299,36 @@ def headers_match(args: dict, headers: dict) -> bool:
         if k == "x-match" or (not with_x and k.startswith("x-")):
             continue
         hv = headers.get(k, _VOID)
-        ok = hv is not _VOID and (v is None or hv == v)
+        ok = hv is not _VOID and (v is None or (hv == v and _same_type(hv, v)))
         if want_any and ok:
             return True
         if not want_any and not ok:
             return False
     return not want_any
+
+
+def _same_type(a: Any, b: Any) -> bool:
+    """RabbitMQ compares field types too: True is not 1, Decimal(1) is not 1."""
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        return True
+    return isinstance(a, (str, bytes)) and isinstance(b, (str, bytes))
+
+
+X_MATCH_VALUES = ("all", "any", "all-with-x", "any-with-x")
+
+
+def validate_headers_binding(args: dict) -> str | None:
+    """RabbitMQ's check of a headers binding: an error text, or None."""
+    if "x-match" not in args:
+        return None
+    v = args["x-match"]
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, str) and v in X_MATCH_VALUES:
+        return None
+    shown = f'<<"{v}">>' if isinstance(v, str) else repr(v)
+    return f"Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
 
 
 EXCHANGE_TYPES: dict[str, type[Exchange]] = {

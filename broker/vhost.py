@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from protocol import errors
 from protocol.errors import ChannelError
 
-from .exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
+from .exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
 from .message import Message
 from .queue import Queue
 
@@ -288,6 +288,10 @@ class VHost:
 
     # -- bindings ------------------------------------------------------------
     def bind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
+        if isinstance(source, HeadersExchange):
+            problem = validate_headers_binding(arguments or {})
+            if problem:
+                raise ChannelError(errors.PRECONDITION_FAILED, problem)
         b = Binding(source, dest, routing_key, arguments)
         if source.add_binding(b):
             if source.durable and dest.durable:

@@ -62,13 +62,14 @@ class FrameReader:
     __slots__ = ("max_payload", "_chunks", "_have", "_need")
 
     def __init__(self, frame_max: int = 131072) -> None:
-        self.max_payload = frame_max - 8
+        # RabbitMQ accepts a payload of up to frame_max bytes (not frame_max - 8): so do we
+        self.max_payload = frame_max
         self._chunks: list[bytes] = []
         self._have = 0
         self._need = 0
 
     def set_frame_max(self, frame_max: int) -> None:
-        self.max_payload = frame_max - 8
+        self.max_payload = frame_max
 
     @property
     def buffered(self) -> int:
@@ -94,8 +95,8 @@ class FrameReader:
             ftype, ch, size = unpack(data, off)
             if size > maxp:
                 raise FrameError(
-                    f"frame size {size + 8} exceeds the negotiated frame_max {maxp + 8} "
-                    f"(frame type {ftype}, channel {ch})"
+                    f"frame of type {ftype} on channel {ch} has a payload of {size} bytes, "
+                    f"over the negotiated frame_max {maxp}"
                 )
             end = off + 7 + size
             if end >= n:
