@@ -112,6 +112,7 @@ class Broker:
             self.store.attach(self.loop)
             self.store.on_synced = self._synced
             self.store.on_sync_failed = self._sync_failed
+            self.store.on_write_failed = self._write_failed
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
         self.server = await self.loop.create_server(
@@ -212,6 +213,22 @@ class Broker:
         for ch in list(waiters):
             if ch.closing or not ch.sync_failed(epoch, exc):
                 waiters.discard(ch)
+
+    def _write_failed(self, qlog: Any, lost_from: int) -> None:
+        """Records from ``lost_from`` to the end of its segment never reached the
+        disk: take them out of their queue (their publishers get nacks)."""
+        q = qlog.owner
+        if q is None:
+            return
+        hi = ((lost_from >> 32) + 1) << 32
+
+        def keep(e: Any) -> bool:
+            r = e if type(e) is int else e.ref
+            return not (lost_from <= r < hi)
+
+        before = len(q.messages)
+        q.messages = deque(e for e in q.messages if keep(e))
+        log.error("queue '%s': %d messages dropped after a failed write", q.name, before - len(q.messages))
 
     def _housekeep(self) -> None:
         if self.store is not None:

@@ -254,6 +254,7 @@ class VHost:
         store = self.broker.store if self.broker is not None else None
         if store is not None:
             q.log = store.queue_log(self.name, q.name)
+            q.log.owner = q
 
     def changed(self) -> None:
         """Durable metadata changed: the broker saves it before replying."""

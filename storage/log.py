@@ -66,6 +66,17 @@ class StorageError(Exception):
     """A write or fsync failed."""
 
 
+class WriteFailed(StorageError):
+    """Buffered records of one queue could not be written; refs from ``lost_from``
+    up to the end of that segment are gone."""
+
+    def __init__(self, qlog: "QueueLog", lost_from: int, cause: OSError) -> None:
+        super().__init__(f"write to {qlog.dir} failed: {cause}")
+        self.qlog = qlog
+        self.lost_from = lost_from
+        self.cause = cause
+
+
 def encode_message(persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> list:
     """The parts of one message record (for ``b''.join``)."""
     head_and_meta = b"".join(
@@ -101,7 +112,7 @@ def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, byt
 
 
 class Segment:
-    __slots__ = ("sid", "path", "ack_path", "fd", "size", "live", "acked", "ack_buf", "ack_fd")
+    __slots__ = ("sid", "path", "ack_path", "fd", "size", "flushed", "live", "acked", "ack_buf", "ack_fd")
 
     def __init__(self, sid: int, path: str) -> None:
         self.sid = sid
@@ -109,6 +120,7 @@ class Segment:
         self.ack_path = path[:-4] + ".ack"
         self.fd = -1
         self.size = 0
+        self.flushed = 0
         self.live = 0
         self.acked = 0
         self.ack_buf = bytearray()
@@ -125,6 +137,8 @@ class QueueLog:
         self.wseg: Segment | None = None
         self.wbuf: list[bytes] = []
         self.wbuf_size = 0
+        self.wbuf_count = 0
+        self.owner: Any = None  # the engine's queue
         self.next_sid = 1
         self.delivered_upto = 0
         self.delivered_written = 0
@@ -149,13 +163,17 @@ class QueueLog:
         seg = self.wseg
         if seg is None or (seg.size + n > SEGMENT_SIZE and seg.size > 0):
             if seg is not None:
-                self._flush_writes()
+                try:
+                    self._flush_writes()
+                except WriteFailed as exc:
+                    self.store.write_failed(exc)
             seg = self._open_write_segment()
         ref = (seg.sid << 32) | seg.size
         seg.size += n
         seg.live += 1
         self.wbuf += parts
         self.wbuf_size += n
+        self.wbuf_count += 1
         self.last_append = self.store.now
         self.store.dirty(self)
         return ref
@@ -164,17 +182,34 @@ class QueueLog:
         if not self.wbuf or self.wseg is None:
             return
         data = b"".join(self.wbuf)
+        count = self.wbuf_count
         self.wbuf = []
         self.wbuf_size = 0
+        self.wbuf_count = 0
         seg = self.wseg
-        _write_all(seg.fd, data)
+        try:
+            _write_all(seg.fd, data)
+        except OSError as exc:
+            # cut what may have been half written, and forget the records of this batch
+            try:
+                os.ftruncate(seg.fd, seg.flushed)
+            except OSError:
+                pass
+            lost_from = (seg.sid << 32) | seg.flushed
+            seg.size = seg.flushed
+            seg.live -= count
+            # never reuse the lost offsets: a lost message still in flight must not
+            # settle a newer one at the same ref
+            self.wseg = None
+            raise WriteFailed(self, lost_from, exc) from None
+        seg.flushed = seg.size
         self.store.sync_fds.add(seg.fd)
 
     def settle(self, ref: int) -> None:
         """The record at ``ref`` is acked or dropped."""
         seg = self.segments.get(ref >> 32)
-        if seg is None:
-            return
+        if seg is None or (ref & 0xFFFFFFFF) >= seg.size:
+            return  # its segment is gone, or it was never written
         seg.live -= 1
         seg.acked += 1
         if seg.live <= 0 and seg is not self.wseg:
@@ -206,7 +241,10 @@ class QueueLog:
 
     def flush(self) -> None:
         """Write buffered records, acks and the delivery watermark (no fsync)."""
-        self._flush_writes()
+        try:
+            self._flush_writes()
+        except WriteFailed as exc:
+            self.store.write_failed(exc)
         for seg in self.segments.values():
             if seg.ack_buf:
                 if seg.ack_fd < 0:
@@ -299,7 +337,7 @@ class QueueLog:
                 with open(path, "r+b") as f:
                     f.truncate(valid_end)
                     os.fsync(f.fileno())
-            seg.size = valid_end
+            seg.size = seg.flushed = valid_end
             seg.live = len(live_refs)
             refs.extend(live_refs)
             self.next_sid = max(self.next_sid, sid + 1)
@@ -411,6 +449,9 @@ class LogStore:
         self.sync_waiters: set[Any] = set()
         self.on_synced: Callable[[int], None] | None = None
         self.on_sync_failed: Callable[[int, Exception], None] | None = None
+        self.on_write_failed: Callable[[QueueLog, int], None] | None = None
+        self._failed: Exception | None = None
+        self.write_errors = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
         self._lock_fd = -1
         self.fsyncs = 0
@@ -493,18 +534,26 @@ class LogStore:
             self.loop.call_soon(self.flush)
         return self.write_epoch
 
+    def write_failed(self, exc: WriteFailed) -> None:
+        """Records could not be written: the engine drops them from their queue,
+        and every publish still waiting for the disk is nacked."""
+        log.error("%s; the publishes waiting for the disk are nacked", exc)
+        self.write_errors += 1
+        if self.on_write_failed is not None:
+            self.on_write_failed(exc.qlog, exc.lost_from)
+        self._failed = exc.cause
+
     def flush(self) -> None:
         self.flush_scheduled = False
         self.now = time.monotonic()
-        failed: Exception | None = None
-        for qlog in self.dirty_logs:
+        for qlog in list(self.dirty_logs):
             try:
                 qlog.flush()
-            except OSError as exc:
-                failed = exc
+            except OSError as exc:  # ack files, watermark: a lost ack is a redelivery
                 log.error("write to %s failed: %s", qlog.dir, exc)
         self.dirty_logs.clear()
-        if failed is not None and self.sync_wanted:
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
             epoch = self.write_epoch
             self.write_epoch += 1
             self.sync_wanted = False
