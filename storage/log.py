@@ -329,7 +329,6 @@ class QueueLog:
                 data = f.read()
             acked = _read_acks(seg.ack_path)
             valid_end, live_refs, bad = _scan(data, sid, acked)
-            last = i == len(names) - 1
             for b in bad:
                 problems.append(f"{path}: {b}")
             if valid_end < len(data):
@@ -341,13 +340,12 @@ class QueueLog:
             seg.live = len(live_refs)
             refs.extend(live_refs)
             self.next_sid = max(self.next_sid, sid + 1)
-            if seg.live == 0 and not last:
+            if seg.live == 0:
                 self._drop_segment(seg)
                 continue
+            # recovered segments are never appended to again: acks that point past a
+            # cut tail can then never match a new record
             self.segments[sid] = seg
-            if last:
-                seg.fd = os.open(path, os.O_RDWR | os.O_APPEND)
-                self.wseg = seg
         return refs, self.delivered_upto, problems
 
 
@@ -481,7 +479,9 @@ class LogStore:
         self.loop = loop
 
     def close(self) -> None:
+        now = time.monotonic()
         for qlog in list(self.logs.values()):
+            qlog.roll_if_idle(now, 0.0)
             qlog.close()
         fds = list(self.sync_fds)
         self.sync_fds.clear()
