@@ -308,9 +308,7 @@ class Connection:
     def _content_channel(self, chn: int) -> Channel | None:
         ch = self.channels.get(chn)
         if ch is None:
-            if chn == 0 or self.state != "opened":
-                raise ConnectionError(errors.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
-            raise ConnectionError(errors.CHANNEL_ERROR, "expected 'channel.open'")
+            raise ConnectionError(errors.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
         if ch.closing:
             return None
         return ch

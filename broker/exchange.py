@@ -258,6 +258,25 @@ class TopicExchange(Exchange):
                 self._walk(h, words, j, n, out)
 
 
+def field_type_name(v: Any) -> str:
+    """RabbitMQ's name of a field value's AMQP type (as a client like pika encodes it)."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "signedint" if -(2**31) <= v < 2**31 else "long"
+    if isinstance(v, (str, bytes)):
+        return "longstr"
+    if isinstance(v, float):
+        return "double"
+    if isinstance(v, dict):
+        return "table"
+    if isinstance(v, (list, tuple)):
+        return "array"
+    if v is None:
+        return "void"
+    return type(v).__name__
+
+
 _VOID = object()
 
 
@@ -325,10 +344,11 @@ def validate_headers_binding(args: dict) -> str | None:
     v = args["x-match"]
     if isinstance(v, bytes):
         v = v.decode("utf-8", "replace")
-    if isinstance(v, str) and v in X_MATCH_VALUES:
+    if not isinstance(v, str):
+        return f"Invalid x-match field type {field_type_name(v)} (value {v}); expected longstr"
+    if v in X_MATCH_VALUES:
         return None
-    shown = f'<<"{v}">>' if isinstance(v, str) else repr(v)
-    return f"Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
+    return f'Invalid x-match field value <<"{v}">>; expected all, any, all-with-x, or any-with-x'
 
 
 EXCHANGE_TYPES: dict[str, type[Exchange]] = {

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from protocol import errors
 from protocol.errors import ChannelError
 
-from .exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
+from .exchange import EXCHANGE_TYPES, field_type_name as _type_name, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
 from .message import Message
 from .queue import Queue
 
@@ -43,6 +43,13 @@ PREDECLARED = (
 )
 
 
+def _with_defaults(args: dict) -> dict:
+    """A queue without x-queue-type is a classic queue: declaring it 'classic' is equivalent."""
+    if "x-queue-type" in args:
+        return args
+    return dict(args, **{"x-queue-type": "classic"})
+
+
 def rs(kind: str, name: str, vhost: str) -> str:
     """RabbitMQ's resource description: ``queue 'q' in vhost '/'``."""
     return f"{kind} '{name}' in vhost '{vhost}'"
@@ -52,24 +59,6 @@ def _val(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
-
-
-def _type_name(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "signedint" if -(2**31) <= v < 2**31 else "long"
-    if isinstance(v, (str, bytes)):
-        return "longstr"
-    if isinstance(v, float):
-        return "double"
-    if isinstance(v, dict):
-        return "table"
-    if isinstance(v, (list, tuple)):
-        return "array"
-    if v is None:
-        return "void"
-    return type(v).__name__
 
 
 def _arg_val(present: bool, v: Any) -> str:
@@ -149,7 +138,7 @@ class VHost:
         """Declare (or check) an exchange; returns it and whether it was created."""
         cls = EXCHANGE_TYPES.get(type_name)
         if cls is None:
-            raise ChannelError(errors.PRECONDITION_FAILED, f"invalid exchange type '{type_name}'")
+            raise ChannelError(errors.PRECONDITION_FAILED, f"unknown exchange type '{type_name}'")
         if name == "":
             raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
         x = self.exchanges.get(name)
@@ -239,7 +228,7 @@ class VHost:
             what = self.what("queue", name)
             field_equivalence(q.durable, durable, "durable", what)
             field_equivalence(q.auto_delete, auto_delete, "auto_delete", what)
-            args_equivalence(q.arguments, arguments or {}, QUEUE_EQUIV_ARGS, what)
+            args_equivalence(_with_defaults(q.arguments), _with_defaults(arguments or {}), QUEUE_EQUIV_ARGS, what)
             return q, False
         q = Queue(self, name, durable, exclusive, auto_delete, arguments, owner)
         self.queues[name] = q

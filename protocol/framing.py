@@ -139,6 +139,8 @@ def decode_method(payload: bytes) -> Any:
     method = cls()
     try:
         method.unmarshal(payload[4:])
+    except RecursionError:
+        raise FrameError(f"cannot decode {method.name} frame: field tables nested too deeply") from None
     except (struct.error, ValueError, IndexError, UnicodeDecodeError, UnmarshalingException) as exc:
         raise FrameError(f"cannot decode {method.name} frame: {exc}") from None
     return method
@@ -269,13 +271,16 @@ def property_flags(header: bytes) -> int:
 
 def delivery_mode(header: bytes) -> int:
     """delivery_mode of a content header payload (0 when absent)."""
-    flags = _u16.unpack_from(header, 12)[0]
-    if not flags & FLAG_DELIVERY_MODE:
-        return 0
-    off = 14
-    if flags & 1:  # continuation flag words (none defined for basic)
-        while _u16.unpack_from(header, off - 2)[0] & 1:
-            off += 2
+    try:
+        flags = _u16.unpack_from(header, 12)[0]
+        if not flags & FLAG_DELIVERY_MODE:
+            return 0
+        off = 14
+        if flags & 1:  # continuation flag words (none defined for basic)
+            while _u16.unpack_from(header, off - 2)[0] & 1:
+                off += 2
+    except struct.error:
+        raise FrameError("cannot decode content header properties") from None
     try:
         if flags & FLAG_CONTENT_TYPE:
             off += 1 + header[off]
@@ -295,6 +300,8 @@ def decode_properties(header: bytes) -> commands.Basic.Properties:
     ch = ContentHeader()
     try:
         ch.unmarshal(header)
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise FrameError("cannot decode content header properties: field tables nested too deeply") from None
+    except (struct.error, ValueError, IndexError, UnicodeDecodeError, UnmarshalingException) as exc:
         raise FrameError(f"cannot decode content header properties: {exc}") from None
     return ch.properties

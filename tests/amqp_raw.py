@@ -24,6 +24,7 @@ from pamqp import commands as C
 from pamqp import frame as pframe
 from pamqp import header as pheader
 from pamqp import heartbeat as pheartbeat
+from pamqp.exceptions import UnmarshalingException
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_END = b"\xce"
@@ -60,6 +61,17 @@ def publish_frames(channel: int, exchange: str, routing_key: str, body: bytes,
     if body:
         out += content_body(channel, body)
     return out
+
+
+class Undecodable:
+    """A frame from the broker that pamqp cannot decode."""
+
+    def __init__(self, frame_type: int, raw: bytes) -> None:
+        self.frame_type = frame_type
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Undecodable(type={self.frame_type}, {self.raw[:40]!r})"
 
 
 class RawClient:
@@ -143,7 +155,11 @@ class RawClient:
                     elif ftype == 8:
                         obj = pheartbeat.Heartbeat()
                     else:
-                        _n, ch, obj = pframe.unmarshal(raw)
+                        try:
+                            _n, ch, obj = pframe.unmarshal(raw)
+                        except UnmarshalingException:
+                            # e.g. a content header relayed as a (fuzzing) publisher sent it
+                            obj = Undecodable(ftype, raw)
                     self.frames.append((ch, obj))
                     return ch, obj
             if self.eof or not self._recv(deadline):

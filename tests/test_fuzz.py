@@ -1,0 +1,395 @@
+"""Fuzz what parses bytes.
+
+(a) Unit level: FrameReader, parse_publish, parse_ack, decode_method,
+    delivery_mode and decode_properties get random and mutated inputs (fixed
+    seeds, thousands of cases); they may only return a result or raise
+    FrameError/AMQPError -- any other exception is a bug.
+(b) End to end: hundreds of connections do a clean handshake and then send
+    mutated frames; afterwards the broker is alive, still serves a pika
+    client, and has logged no traceback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import socket
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pika
+import pytest
+from pamqp import commands as C
+from pamqp import frame as pframe
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
+
+from amqp_raw import RawClient
+from protocol import framing
+from protocol.errors import AMQPError, FrameError
+
+# mutated method ids decode to deprecated commands now and then
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+RICH_TABLE = {
+    "s": "string",
+    "u": "ünïcode",
+    "i": 7,
+    "neg": -5,
+    "l": 2**40,
+    "f": 1.5,
+    "t": True,
+    "d": Decimal("3.14"),
+    "ts": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+    "a": [1, "two", [3], {"k": "v"}],
+    "n": None,
+    "tbl": {"x": {"y": {"z": 1}}},
+    "x-match": "any",
+    "bin": bytearray(b"\x00\xff\x10"),
+}
+
+PROPS = C.Basic.Properties(
+    content_type="application/json",
+    content_encoding="utf-8",
+    headers=RICH_TABLE,
+    delivery_mode=2,
+    priority=5,
+    correlation_id="corr",
+    reply_to="reply",
+    expiration="60000",
+    message_id="mid",
+    timestamp=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),
+    message_type="type",
+    user_id="guest",
+    app_id="fuzz",
+)
+
+METHODS = [
+    C.Queue.Declare(queue="fz", auto_delete=True, arguments={"x-message-ttl": 1000, "x-max-length": 10}),
+    C.Queue.Declare(queue="fz-args", auto_delete=True, arguments=RICH_TABLE),
+    C.Queue.Declare(queue="fuzz-q", passive=True),
+    C.Exchange.Declare(exchange="fzx", exchange_type="topic", auto_delete=True, arguments={"alternate-exchange": "a"}),
+    C.Exchange.Declare(exchange="fzh", exchange_type="headers", auto_delete=True),
+    C.Exchange.Delete(exchange="fzx"),
+    C.Exchange.Bind(destination="fzx", source="amq.topic", routing_key="#"),
+    C.Exchange.Unbind(destination="fzx", source="amq.topic", routing_key="#"),
+    C.Queue.Bind(queue="fuzz-q", exchange="amq.headers", arguments={"x-match": "all", "k": 1}),
+    C.Queue.Bind(queue="fuzz-q", exchange="amq.topic", routing_key="a.*.#"),
+    C.Queue.Unbind(queue="fuzz-q", exchange="amq.topic", routing_key="a.*.#"),
+    C.Queue.Purge(queue="fz"),
+    C.Queue.Delete(queue="fz", if_unused=True, if_empty=True),
+    C.Basic.Qos(prefetch_count=3, global_=True),
+    C.Basic.Consume(queue="fuzz-q", consumer_tag="ct", exclusive=False, arguments={"x-priority": 1}),
+    C.Basic.Cancel(consumer_tag="ct"),
+    C.Basic.Get(queue="fuzz-q"),
+    C.Basic.Ack(delivery_tag=1, multiple=True),
+    C.Basic.Nack(delivery_tag=1, multiple=True, requeue=True),
+    C.Basic.Reject(delivery_tag=1, requeue=False),
+    C.Basic.Recover(requeue=True),
+    C.Basic.Publish(exchange="amq.headers", routing_key="", mandatory=True),
+    C.Confirm.Select(),
+    C.Tx.Select(),
+    C.Tx.Commit(),
+    C.Tx.Rollback(),
+    C.Channel.Flow(active=True),
+    C.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0),
+]
+
+
+def payload_of(m) -> bytes:
+    return pframe.marshal(m, 1)[7:-1]
+
+
+METHOD_PAYLOADS = [payload_of(m) for m in METHODS]
+HEADER_PAYLOADS = [
+    pframe.marshal(ContentHeader(0, size, p), 1)[7:-1]
+    for size in (0, 5, 300)
+    for p in (PROPS, C.Basic.Properties(), C.Basic.Properties(delivery_mode=1, headers={"k": 1}))
+]
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    """One or a few random edits: bit flips, byte sets, truncation, insertion, splicing."""
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(7)
+        if op == 0 and b:  # flip bits
+            for _ in range(rng.randint(1, 8)):
+                i = rng.randrange(len(b))
+                b[i] ^= 1 << rng.randrange(8)
+        elif op == 1 and b:  # interesting byte values
+            b[rng.randrange(len(b))] = rng.choice([0, 1, 0x7F, 0x80, 0xCE, 0xFF, rng.randrange(256)])
+        elif op == 2:  # truncate
+            del b[rng.randrange(len(b) + 1) :]
+        elif op == 3:  # insert random bytes
+            i = rng.randrange(len(b) + 1)
+            b[i:i] = rng.randbytes(rng.randint(1, 16))
+        elif op == 4 and len(b) > 2:  # delete a slice
+            i = rng.randrange(len(b))
+            del b[i : i + rng.randint(1, 8)]
+        elif op == 5 and len(b) >= 4:  # overwrite a big-endian length with an extreme value
+            i = rng.randrange(len(b) - 3)
+            b[i : i + 4] = struct.pack(">I", rng.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, rng.randrange(1 << 16)]))
+        elif op == 6:  # splice part of another template in
+            other = rng.choice(METHOD_PAYLOADS + HEADER_PAYLOADS)
+            i = rng.randrange(len(b) + 1)
+            b[i:i] = other[rng.randrange(len(other) + 1) :]
+    return bytes(b)
+
+
+def allowed(fn, *args):
+    """Call fn; only a normal result or a protocol error is acceptable."""
+    try:
+        return fn(*args)
+    except (FrameError, AMQPError):
+        return None
+    except Exception as exc:  # pragma: no cover - this is what the test is looking for
+        raise AssertionError(f"{fn.__name__}({args!r:.300}) raised {type(exc).__name__}: {exc}") from exc
+
+
+# -- (a) unit level --------------------------------------------------------------
+
+
+def _frame(t: int, ch: int, payload: bytes) -> bytes:
+    return struct.pack(">BHI", t, ch, len(payload)) + payload + b"\xce"
+
+
+def _valid_stream(rng: random.Random) -> bytes:
+    parts = []
+    for _ in range(rng.randint(1, 6)):
+        k = rng.randrange(4)
+        if k == 0:
+            parts.append(_frame(1, rng.randint(0, 3), rng.choice(METHOD_PAYLOADS)))
+        elif k == 1:
+            parts.append(_frame(2, 1, rng.choice(HEADER_PAYLOADS)))
+        elif k == 2:
+            parts.append(_frame(3, 1, rng.randbytes(rng.randint(0, 50))))
+        else:
+            parts.append(framing.HEARTBEAT_FRAME)
+    return b"".join(parts)
+
+
+def _feed_chunks(rng: random.Random, data: bytes, frame_max: int) -> list:
+    reader = framing.FrameReader(frame_max)
+    out = []
+    i = 0
+    while i < len(data):
+        n = rng.randint(1, 64)
+        got = reader.feed(data[i : i + n])
+        assert isinstance(got, list)
+        for f in got:
+            assert isinstance(f, tuple) and len(f) == 3
+            t, ch, p = f
+            assert isinstance(t, int) and 0 <= t <= 255 and 0 <= ch <= 65535
+            assert isinstance(p, bytes) and len(p) <= frame_max
+        out += got
+        i += n
+    return out
+
+
+def test_frame_reader_random_bytes():
+    rng = random.Random(1)
+    for _ in range(3000):
+        data = rng.randbytes(rng.randint(0, 300))
+        try:
+            _feed_chunks(rng, data, rng.choice([4096, 131072]))
+        except (FrameError, AMQPError):
+            pass
+
+
+def test_frame_reader_mutated_streams():
+    rng = random.Random(2)
+    for _ in range(5000):
+        data = _valid_stream(rng)
+        if rng.random() < 0.9:
+            data = mutate(rng, data)
+        try:
+            _feed_chunks(rng, data, rng.choice([4096, 131072]))
+        except (FrameError, AMQPError):
+            pass
+
+
+def test_frame_reader_valid_streams_roundtrip():
+    rng = random.Random(3)
+    for _ in range(2000):
+        data = _valid_stream(rng)
+        whole = framing.FrameReader().feed(data)
+        assert _feed_chunks(rng, data, 131072) == whole
+        assert b"".join(_frame(t, c, p) for t, c, p in whole) == data
+
+
+def test_parse_publish_and_ack_mutated():
+    rng = random.Random(4)
+    pubs = [payload_of(C.Basic.Publish(exchange=e, routing_key=r, mandatory=m))
+            for e in ("", "amq.topic", "x" * 100) for r in ("", "a.b", "k" * 255) for m in (False, True)]
+    acks = [payload_of(C.Basic.Ack(delivery_tag=t, multiple=m)) for t in (1, 2**40) for m in (False, True)]
+    for _ in range(10000):
+        p = mutate(rng, rng.choice(pubs))
+        r = allowed(framing.parse_publish, p)
+        if r is not None:
+            e, k, bits = r
+            assert isinstance(bits, int) and 0 <= bits <= 255
+            assert len(e) == 1 + e[0] and len(k) == 1 + k[0]
+        allowed(framing.parse_ack, mutate(rng, rng.choice(acks)))
+    for _ in range(2000):
+        allowed(framing.parse_publish, rng.randbytes(rng.randint(0, 40)))
+        allowed(framing.parse_ack, rng.randbytes(rng.randint(0, 20)))
+
+
+def test_decode_method_mutated():
+    rng = random.Random(5)
+    for _ in range(6000):
+        allowed(framing.decode_method, mutate(rng, rng.choice(METHOD_PAYLOADS)))
+    for _ in range(2000):
+        idx = rng.choice(METHOD_PAYLOADS)[:4]
+        allowed(framing.decode_method, idx + rng.randbytes(rng.randint(0, 60)))
+
+
+def _nested(depth: int) -> bytes:
+    inner = b""
+    for _ in range(depth):
+        inner = b"\x01kF" + struct.pack(">I", len(inner)) + inner
+    return struct.pack(">I", len(inner)) + inner
+
+
+def test_decode_method_deeply_nested_table():
+    """5000 nested tables fit in one 128 KiB frame; decoding must not blow the stack."""
+    head = payload_of(C.Queue.Declare(queue="deep", arguments={}))[:-4]
+    allowed(framing.decode_method, head + _nested(5000))
+    arr = b""
+    for _ in range(5000):
+        arr = b"A" + struct.pack(">I", len(arr)) + arr
+    allowed(framing.decode_method, head + struct.pack(">I", len(arr) + 2) + b"\x01k" + arr)
+
+
+def test_content_header_parsers_mutated():
+    rng = random.Random(6)
+    for _ in range(6000):
+        h = mutate(rng, rng.choice(HEADER_PAYLOADS))
+        allowed(framing.delivery_mode, h)
+        allowed(framing.decode_properties, h)
+        if len(h) >= 14:
+            allowed(framing.header_body_size, h)
+
+
+def test_content_header_parsers_deeply_nested_headers():
+    h = HEADER_PAYLOADS[1][:12] + struct.pack(">H", framing.FLAG_HEADERS | framing.FLAG_DELIVERY_MODE)
+    h += _nested(5000) + b"\x02"
+    assert allowed(framing.delivery_mode, h) in (2, None)
+    allowed(framing.decode_properties, h)
+
+
+def test_delivery_mode_agrees_with_pamqp():
+    """The fast path and the full decode must agree on every header pamqp can read."""
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(6000):
+        h = mutate(rng, rng.choice(HEADER_PAYLOADS))
+        try:
+            props = framing.decode_properties(h)
+        except (FrameError, AMQPError):
+            continue
+        dm = allowed(framing.delivery_mode, h)
+        if dm is not None and isinstance(props.delivery_mode, int):
+            assert dm == props.delivery_mode, h
+            checked += 1
+    assert checked > 100
+
+
+# -- (b) end to end ----------------------------------------------------------------
+
+
+def _case(seed: int) -> bytes:
+    """The bytes one fuzz connection sends after its handshake (channel 1 is open)."""
+    rng = random.Random(seed)
+    out = b""
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.randrange(5)
+        if kind == 0:  # a structurally valid frame with a mutated method payload
+            out += _frame(1, 1, mutate(rng, rng.choice(METHOD_PAYLOADS)))
+        elif kind == 1:  # a publish whose header or body is mutated
+            ex = rng.choice(["amq.headers", "", "amq.topic", "amq.fanout"])
+            body = rng.randbytes(rng.randint(0, 40))
+            props = rng.choice([PROPS, C.Basic.Properties(headers={"k": 1}), C.Basic.Properties(user_id="guest")])
+            hdr = pframe.marshal(ContentHeader(0, len(body), props), 1)[7:-1]
+            if rng.random() < 0.7:
+                hdr = mutate(rng, hdr)
+            out += _frame(1, 1, payload_of(C.Basic.Publish(exchange=ex, routing_key="fuzz-q")))
+            out += _frame(2, 1, hdr)
+            if body:
+                out += _frame(3, 1, body)
+        elif kind == 2:  # mutated raw bytes of whole valid frames
+            m = pframe.marshal(rng.choice(METHODS), rng.choice([1, 1, 1, 0, 2]))
+            out += mutate(rng, m)
+        elif kind == 3:  # random garbage
+            out += rng.randbytes(rng.randint(1, 64))
+        else:  # a valid method, to move the channel into another state
+            out += pframe.marshal(rng.choice(METHODS), 1)
+    return out
+
+
+def _run_case(port: int, seed: int) -> str:
+    try:
+        with RawClient(port, timeout=5) as c:
+            c.handshake()
+            c.open_channel(1)
+            c.send(_case(seed))
+            # then a clean close; the broker either answers it or has already closed
+            try:
+                c.send_method(0, C.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+            except OSError:
+                return "reset"
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                try:
+                    f = c.read_frame(max(0.01, deadline - time.monotonic()))
+                except socket.timeout:
+                    return "timeout"
+                if f is None:
+                    return "eof"
+                if isinstance(f[1], C.Connection.Close):
+                    return f"close-{f[1].reply_code}"
+                if isinstance(f[1], C.Connection.CloseOk):
+                    return "closeok"
+            return "timeout"
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset"
+
+
+def test_end_to_end_mutated_frames(fresh_broker):
+    port = fresh_broker.port
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
+    ch = conn.channel()
+    ch.queue_declare("fuzz-q")
+    ch.queue_bind("fuzz-q", "amq.headers", arguments={"x-match": "any", "k": 1, "s": "string"})
+    ch.queue_bind("fuzz-q", "amq.topic", "#")
+    ch.queue_bind("fuzz-q", "amq.fanout")
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(lambda s: _run_case(port, s), range(400)))
+
+    assert fresh_broker.alive
+    outcomes: dict[str, int] = {}
+    for r in results:
+        outcomes[r] = outcomes.get(r, 0) + 1
+    # the connection that was open all along still works, and so does a new one
+    ch.queue_purge("fuzz-q")
+    ch.basic_publish("", "fuzz-q", b"after-fuzz")
+    assert ch.basic_get("fuzz-q", auto_ack=True)[2] == b"after-fuzz"
+    c2 = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
+    ch2 = c2.channel()
+    q = ch2.queue_declare("", exclusive=True).method.queue
+    ch2.confirm_delivery()
+    ch2.basic_publish("", q, b"consume-me")
+    got = []
+    for _m, _p, body in ch2.consume(q, auto_ack=True, inactivity_timeout=5):
+        got.append(body)
+        break
+    assert got == [b"consume-me"]
+    c2.close()
+    conn.close()
+    log = fresh_broker.log_text()
+    assert "Traceback" not in log and "internal error" not in log, (outcomes, log[-6000:])
+    assert "INTERNAL_ERROR" not in log, outcomes
