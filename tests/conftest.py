@@ -98,9 +98,24 @@ def _make(tmp: Path, extra=None, env=None) -> BrokerProcess:
     return BrokerProcess(data, tmp / "broker.log", extra, env)
 
 
+class ExternalBroker:
+    """A broker someone else runs (TEST_BROKER_PORT): to check the tests' expectations
+    against RabbitMQ itself, e.g. ``TEST_BROKER_PORT=5672 pytest tests/test_tutorials.py``."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc = None
+
+    def log_text(self) -> str:
+        return ""
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """One shared broker for the session."""
+    if os.environ.get("TEST_BROKER_PORT"):
+        yield ExternalBroker(int(os.environ["TEST_BROKER_PORT"]))
+        return
     b = _make(tmp_path_factory.mktemp("shared-broker")).start()
     yield b
     b.stop()
