@@ -29,11 +29,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pamqp import commands as C
 
-from protocol import errors, framing
+from protocol import errors, fields, framing
 from protocol.errors import ChannelError, ConnectionError
 
 from .message import Message
-from .queue import Queue
+from .queue import PUSH_OK, PUSH_REJECTED, PUSH_SYNC, Queue, now_ms
+
+REPLY_TO_PSEUDO_STR = "amq.rabbitmq.reply-to"
+REPLY_TO_PSEUDO = REPLY_TO_PSEUDO_STR.encode()
+REPLY_TO_PREFIX = REPLY_TO_PSEUDO_STR + "."
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -46,7 +50,9 @@ MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 class Consumer:
     """A basic.consume subscription of one channel on one queue."""
 
-    __slots__ = ("channel", "queue", "tag", "tag_raw", "no_ack", "exclusive", "prefetch", "unacked", "arguments")
+    __slots__ = (
+        "channel", "queue", "tag", "tag_raw", "no_ack", "exclusive", "prefetch", "unacked", "arguments", "priority",
+    )
 
     def __init__(
         self, channel: "Channel", queue: Queue, tag: str, no_ack: bool, exclusive: bool, prefetch: int, arguments: dict
@@ -60,6 +66,8 @@ class Consumer:
         self.prefetch = prefetch
         self.unacked = 0
         self.arguments = arguments
+        p = arguments.get("x-priority", 0) if arguments else 0
+        self.priority = p if isinstance(p, int) and not isinstance(p, bool) else 0
 
     def can_take(self) -> bool:
         ch = self.channel
@@ -119,6 +127,9 @@ class Channel:
         self.tx_acks: list[tuple[int, tuple, bool | None]] = []
         self._tx_taken: list[tuple[int, tuple]] = []
         self.last_queue: str | None = None
+        # direct reply-to
+        self.reply_consumer: str | None = None
+        self.reply_token = ""
 
     # -- helpers ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -223,7 +234,10 @@ class Channel:
         if bits & 2:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
-        if framing.property_flags(header) & framing.FLAG_USER_ID:
+        flags = framing.property_flags(header)
+        if flags & (framing.FLAG_EXPIRATION | framing.FLAG_REPLY_TO):
+            self._special_properties(msg, flags)
+        if flags & framing.FLAG_USER_ID:
             uid = msg.properties.user_id
             if uid != self.conn.username:
                 raise ChannelError(
@@ -235,10 +249,18 @@ class Channel:
         if self.tx:
             self.tx_publishes.append((x, msg, bits))
             return
-        needs_sync = self.route(x, msg, bits & 1)
+        status = self.route(x, msg, bits & 1)
         if self.confirm:
             seq = self.publish_seq
-            if needs_sync:
+            if status == PUSH_REJECTED:
+                # x-overflow reject-publish: nack this one (in order, after what came before)
+                if self.pending:
+                    self.pending.append((seq, -1))
+                else:
+                    self.emit_confirms()
+                    self.conn.write(framing.confirm_frame(self.number, seq, False, nack=True))
+                    self.ack_sent = self.ack_upto = seq
+            elif status == PUSH_SYNC:
                 self.pending.append((seq, self.conn.broker.store.want_sync()))
                 self.conn.broker.store.sync_waiters.add(self)
             elif self.pending:
@@ -247,29 +269,60 @@ class Channel:
                 self.ack_upto = seq
                 self.conn.confirm_dirty.add(self)
 
-    def route(self, x: Any, msg: Message, mandatory: int) -> bool:
-        """Push into every queue the exchange routes to; True if an fsync must
-        come before the publish is safe (persistent, into a durable queue)."""
+    def _special_properties(self, msg: Message, flags: int) -> None:
+        """Per-message TTL, and direct reply-to's reply_to rewrite."""
+        if flags & framing.FLAG_EXPIRATION:
+            text = framing.expiration(msg.header)
+            if text is not None:
+                try:
+                    ttl = int(text)
+                    if ttl < 0:
+                        raise ValueError
+                except ValueError:
+                    raise ChannelError(
+                        errors.PRECONDITION_FAILED, f"invalid expiration '{text}': {{value_negative,{text}}}"
+                        if text.lstrip("-").isdigit() else f"invalid expiration '{text}': {{invalid_integer,\"{text}\"}}",
+                        60, 40,
+                    ) from None
+                msg.exp_deadline = msg.deadline = now_ms() + ttl
+        if flags & framing.FLAG_REPLY_TO:
+            prefix, props = fields.split_properties(msg.header)
+            raw = props.get("reply_to")
+            if raw is not None and raw[1:] == REPLY_TO_PSEUDO:
+                if self.reply_consumer is None:
+                    raise ChannelError(errors.PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
+                props["reply_to"] = fields.shortstr(REPLY_TO_PREFIX + self.reply_token)
+                msg.header = fields.join_properties(prefix, props)
+                msg._props = None
+
+    def route(self, x: Any, msg: Message, mandatory: int) -> int:
+        """Push into every queue the exchange routes to.  Returns PUSH_SYNC if an
+        fsync must come before the publish is safe (persistent, into a durable
+        queue), PUSH_REJECTED if a queue refused it (nack), else PUSH_OK."""
         first = True
-        sync = False
+        status = PUSH_OK
         persistent = None
+        if x is self.vhost.default_exchange and msg.routing_key.startswith(REPLY_TO_PREFIX):
+            self.conn.broker.direct_reply(msg)
+            return PUSH_OK
         for q in self.vhost.route(x, msg.routing_key, msg):
             m = msg if first else msg.copy()
             first = False
             if q.log is None:
-                q.push(m)
-                continue
-            if persistent is None:
-                persistent = framing.delivery_mode(msg.header) == 2
-            if q.push(m, persistent):
-                sync = True
+                r = q.push(m)
+            else:
+                if persistent is None:
+                    persistent = framing.delivery_mode(msg.header) == 2
+                r = q.push(m, persistent)
+            if r > status:
+                status = r
         if first:
             self.conn.broker.stats_unroutable += 1
             if mandatory:
                 parts = [framing.return_frame(self.number, errors.NO_ROUTE, "NO_ROUTE", msg.ex_raw, msg.rk_raw)]
                 parts += framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
                 self.conn.write_parts(parts)
-        return sync
+        return status
 
     def synced(self, epoch: int) -> bool:
         """The store made ``epoch`` durable: confirm what waited for it.
@@ -277,14 +330,22 @@ class Channel:
         p = self.pending
         upto = 0
         while p and p[0][1] <= epoch:
-            upto = p.popleft()[0]
-            if upto < 0:  # a tx.commit that waited for the disk
+            seq, e = p.popleft()
+            if seq < 0:  # a tx.commit that waited for the disk
                 self.send(C.Tx.CommitOk())
-                upto = 0
+            elif e < 0:  # refused by a queue: a nack, in order
+                if upto:
+                    self.ack_upto = upto
+                    self.emit_confirms()
+                    upto = 0
+                self.conn.write(framing.confirm_frame(self.number, seq, False, nack=True))
+                self.ack_sent = self.ack_upto = seq
+            else:
+                upto = seq
         if upto:
             self.ack_upto = upto
             self.conn.confirm_dirty.add(self)
-            self.conn.schedule_flush()
+        self.conn.schedule_flush()
         return bool(p)
 
     def sync_failed(self, epoch: int, exc: Exception) -> bool:
@@ -410,9 +471,12 @@ class Channel:
         for q, msgs in touched.items():
             if requeue:
                 q.requeue(msgs)
-            else:
+            elif requeue is None:
                 for m in msgs:
                     q.settle(m)
+            else:
+                for m in msgs:
+                    q.reject(m)
         if self.global_prefetch:
             self._kick_all()
         else:
@@ -564,6 +628,9 @@ class Channel:
             self.send(C.Basic.QosOk())
 
     def m_basic_consume(self, m: C.Basic.Consume) -> None:
+        if m.queue == REPLY_TO_PSEUDO_STR:
+            self._consume_reply_to(m)
+            return
         q = self.find_queue(m.queue)
         tag = m.consumer_tag or _new_tag()
         if tag in self.consumers:
@@ -577,12 +644,51 @@ class Channel:
         q.add_consumer(c)
         q.dispatch()
 
+    def _consume_reply_to(self, m: C.Basic.Consume) -> None:
+        """Direct reply-to: a consumer on the pseudo-queue amq.rabbitmq.reply-to."""
+        if not m.no_ack:
+            raise ChannelError(errors.PRECONDITION_FAILED, "reply consumer cannot acknowledge", 60, 20)
+        if self.reply_consumer is not None:
+            raise ChannelError(errors.PRECONDITION_FAILED, "reply consumer already set", 60, 20)
+        tag = m.consumer_tag or _new_tag()
+        if tag in self.consumers:
+            raise ConnectionError(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        self.reply_consumer = tag
+        self.reply_token = base64.urlsafe_b64encode(os.urandom(18)).decode()
+        self.conn.broker.reply_channels[self.reply_token] = self
+        if not m.nowait:
+            self.send(C.Basic.ConsumeOk(consumer_tag=tag))
+
+    def deliver_reply(self, msg: Message) -> None:
+        """A reply published to amq.rabbitmq.reply-to.<our token>."""
+        if self.reply_consumer is None or self.closing:
+            return
+        self.next_tag = tag = self.next_tag + 1
+        parts = framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
+        parts.insert(
+            0,
+            framing.deliver_frame(
+                self.number, framing.shortstr(self.reply_consumer), tag, False, msg.ex_raw, msg.rk_raw
+            ),
+        )
+        self.conn.write_parts(parts)
+
     def m_basic_cancel(self, m: C.Basic.Cancel) -> None:
+        if self.reply_consumer is not None and m.consumer_tag == self.reply_consumer:
+            self._drop_reply_consumer()
+            if not m.nowait:
+                self.send(C.Basic.CancelOk(consumer_tag=m.consumer_tag))
+            return
         c = self.consumers.pop(m.consumer_tag, None)
         if not m.nowait:
             self.send(C.Basic.CancelOk(consumer_tag=m.consumer_tag))
         if c is not None:
             self._drop_consumer(c)
+
+    def _drop_reply_consumer(self) -> None:
+        if self.reply_token:
+            self.conn.broker.reply_channels.pop(self.reply_token, None)
+        self.reply_consumer = None
 
     def _drop_consumer(self, c: Consumer) -> None:
         q = c.queue
@@ -656,7 +762,7 @@ class Channel:
         sync = False
         for x, msg, bits in pubs:
             if self.vhost.exchanges.get(x.name) is x:
-                sync = self.route(x, msg, bits & 1) or sync
+                sync = self.route(x, msg, bits & 1) == PUSH_SYNC or sync
         for _t, (_m, _q, c), _r in acks:
             if c is not None:
                 c.unacked -= 1
@@ -691,6 +797,7 @@ class Channel:
         self.active = False
         self.conn.confirm_dirty.discard(self)
         self.pending.clear()
+        self._drop_reply_consumer()
         for c in list(self.consumers.values()):
             self._drop_consumer_quiet(c)
         self.consumers.clear()

@@ -24,7 +24,7 @@ def freeze(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return ("__array__",) + tuple(freeze(v) for v in value)
     if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
+        return ("bytes", bytes(value))
     if isinstance(value, (str, bytes, int, float, bool, Decimal, datetime.datetime)) or value is None:
         return (type(value).__name__, value)
     return repr(value)
@@ -63,6 +63,8 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}
+        ae = self.arguments.get("alternate-exchange")
+        self.alternate: str | None = ae.decode() if isinstance(ae, bytes) else ae
         self.bindings: dict[tuple, Binding] = {}
         # bindings where this exchange is the destination (e2e)
         self.incoming: dict[tuple, Binding] = {}
@@ -331,7 +333,8 @@ def _same_type(a: Any, b: Any) -> bool:
     ta, tb = type(a), type(b)
     if ta is tb:
         return True
-    return isinstance(a, (str, bytes)) and isinstance(b, (str, bytes))
+    text = (str, bytes, bytearray)
+    return isinstance(a, text) and isinstance(b, text)
 
 
 X_MATCH_VALUES = ("all", "any", "all-with-x", "any-with-x")

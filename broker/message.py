@@ -28,6 +28,9 @@ class Message:
         "redelivered",
         "_props",
         "ref",
+        "deadline",
+        "exp_deadline",
+        "priority",
     )
 
     def __init__(
@@ -49,10 +52,14 @@ class Message:
         self.redelivered = False
         self._props: Any = None
         self.ref: Any = None
+        self.exp_deadline = 0  # from the per-message expiration property (ms since the epoch)
+        self.deadline = 0  # effective in its queue (with the queue's x-message-ttl)
+        self.priority = 0
 
     def copy(self) -> "Message":
         m = Message(self.exchange, self.routing_key, self.ex_raw, self.rk_raw, self.header, self.body)
         m._props = self._props
+        m.exp_deadline = m.deadline = self.exp_deadline
         return m
 
     @property

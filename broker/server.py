@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import Any
 
-from protocol import errors
+from protocol import errors, framing
 from storage import meta
 from storage.log import LogStore
 
@@ -102,6 +102,7 @@ class Broker:
         self.loopback_users = set(loopback_users)
         self.stats_unroutable = 0
         self.meta_dirty = False
+        self.reply_channels: dict[str, Any] = {}
         self.store: LogStore | None = LogStore(data_dir) if data_dir else None
         self._housekeeper: asyncio.TimerHandle | None = None
 
@@ -154,9 +155,16 @@ class Broker:
                 continue
             refs, upto, probs = q.log.recover()
             problems += probs
-            q.messages = deque(refs)
-            q.seq = refs[-1] if refs else 0
             q.redeliver_upto = upto
+            q.bytes_ready = q.log.recovered_bytes
+            if q.max_priority is not None:
+                for r in refs:
+                    m = q._load(r)
+                    m.priority = framing.priority(m.header)
+                    q.messages.append(m)
+            else:
+                q.messages = deque(refs)
+            q.expire()
             nq += 1
             nmsg += len(refs)
             nredel += sum(1 for r in refs if r <= upto) if upto else 0
@@ -197,7 +205,7 @@ class Broker:
         if self.store is not None:
             try:
                 meta.save(self.store.data_dir, self.definitions())
-            except OSError as exc:
+            except Exception as exc:  # never let a metadata problem take a connection down
                 log.error("cannot save durable metadata: %s", exc)
 
     def _synced(self, epoch: int) -> None:
@@ -226,9 +234,14 @@ class Broker:
             r = e if type(e) is int else e.ref
             return not (lost_from <= r < hi)
 
-        before = len(q.messages)
-        q.messages = deque(e for e in q.messages if keep(e))
-        log.error("queue '%s': %d messages dropped after a failed write", q.name, before - len(q.messages))
+        n = q.drop_where(lambda e: not keep(e))
+        log.error("queue '%s': %d messages dropped after a failed write", q.name, n)
+
+    def direct_reply(self, msg: Any) -> None:
+        """A publish to amq.rabbitmq.reply-to.<token>: straight to that channel's consumer."""
+        ch = self.reply_channels.get(msg.routing_key[len("amq.rabbitmq.reply-to.") :])
+        if ch is not None:
+            ch.deliver_reply(msg)
 
     def _housekeep(self) -> None:
         if self.store is not None:

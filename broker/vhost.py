@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from typing import Any, Iterable
 
 from protocol import errors
@@ -15,7 +16,7 @@ from protocol.errors import ChannelError
 
 from .exchange import EXCHANGE_TYPES, field_type_name as _type_name, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
 from .message import Message
-from .queue import Queue
+from .queue import Queue, validate_queue_arguments
 
 # queue arguments RabbitMQ compares on a redeclare (classic queues)
 QUEUE_EQUIV_ARGS = (
@@ -220,6 +221,7 @@ class VHost:
             name = self.generate_queue_name()
         elif name.startswith("amq."):
             raise ChannelError(errors.ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        validate_queue_arguments(arguments or {}, self.what("queue", name))
         q = self.queues.get(name)
         owner = conn if exclusive else None
         if q is not None:
@@ -229,9 +231,11 @@ class VHost:
             field_equivalence(q.durable, durable, "durable", what)
             field_equivalence(q.auto_delete, auto_delete, "auto_delete", what)
             args_equivalence(_with_defaults(q.arguments), _with_defaults(arguments or {}), QUEUE_EQUIV_ARGS, what)
+            q.last_used = time.monotonic()
             return q, False
         q = Queue(self, name, durable, exclusive, auto_delete, arguments, owner)
         self.queues[name] = q
+        q.arm_expires()
         if owner is not None:
             owner.exclusive_queues.append(q)
         elif durable:
@@ -255,6 +259,7 @@ class VHost:
         if q.deleted:
             return 0
         q.deleted = True
+        q.cancel_timers()
         self.queues.pop(q.name, None)
         for b in list(q.bindings.values()):
             self._drop_binding(b)
@@ -311,7 +316,41 @@ class VHost:
 
     # -- routing -------------------------------------------------------------
     def route(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
-        """The queues a message published to ``x`` goes to."""
+        """The queues a message published to ``x`` goes to (through exchange-to-exchange
+        bindings, and to the alternate exchange when nothing else takes it)."""
+        dests = x.match(routing_key, msg)
+        if not x.exchange_dests:
+            if not dests and x.alternate is not None:
+                return self._alternate(x, routing_key, msg)
+            return dests
+        out: dict[Queue, None] = {}
+        seen: set[Exchange] = {x}
+        stack: list[Any] = list(dests)
+        while stack:
+            d = stack.pop()
+            if isinstance(d, Queue):
+                out[d] = None
+            elif d not in seen:
+                seen.add(d)
+                stack.extend(d.match(routing_key, msg))
+        if not out and x.alternate is not None:
+            return self._alternate(x, routing_key, msg)
+        return out
+
+    def _alternate(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
+        seen = {x}
+        while x.alternate is not None:
+            ae = self.exchanges.get(x.alternate)
+            if ae is None or ae in seen:
+                return ()
+            seen.add(ae)
+            dests = self.route_no_ae(ae, routing_key, msg)
+            if dests:
+                return dests
+            x = ae
+        return ()
+
+    def route_no_ae(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
         dests = x.match(routing_key, msg)
         if not x.exchange_dests:
             return dests

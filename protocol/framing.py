@@ -293,6 +293,29 @@ def delivery_mode(header: bytes) -> int:
         raise FrameError("cannot decode content header properties") from None
 
 
+def priority(header: bytes) -> int:
+    """The priority property (0 when absent)."""
+    if not property_flags(header) & FLAG_PRIORITY:
+        return 0
+    from .fields import split_properties
+
+    raw = split_properties(header)[1].get("priority")
+    return raw[0] if raw else 0
+
+
+def expiration(header: bytes) -> str | None:
+    """The expiration property as text, or None."""
+    if not property_flags(header) & FLAG_EXPIRATION:
+        return None
+    from .fields import split_properties
+
+    raw = split_properties(header)[1].get("expiration")
+    return raw[1:].decode("utf-8", "replace") if raw is not None else None
+
+
+FLAG_REPLY_TO = 0x0200
+
+
 def decode_properties(header: bytes) -> commands.Basic.Properties:
     """Full decode of the properties of a content header payload (slow path)."""
     from pamqp.header import ContentHeader

@@ -77,11 +77,16 @@ class WriteFailed(StorageError):
         self.cause = cause
 
 
-def encode_message(persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> list:
-    """The parts of one message record (for ``b''.join``)."""
+def encode_message(
+    persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0
+) -> list:
+    """The parts of one message record (for ``b''.join``).  ``deadline`` is the
+    absolute expiry time in ms since the epoch (0: none)."""
+    flags = (1 if persistent else 0) | (2 if deadline else 0)
     head_and_meta = b"".join(
         (
-            b"\x01" if persistent else b"\x00",
+            bytes((flags,)),
+            U64.pack(deadline) if deadline else b"",
             ex_raw,
             rk_raw,
             U32.pack(len(header)),
@@ -93,11 +98,15 @@ def encode_message(persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes
     return [REC_HEAD.pack(length, crc, REC_MSG), head_and_meta, body]
 
 
-def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, bytes, bytes]:
-    """(persistent, ex_raw, rk_raw, header, body) of a message record payload."""
+def decode_message_full(payload: bytes | memoryview) -> tuple[bool, int, bytes, bytes, bytes, bytes]:
+    """(persistent, deadline, ex_raw, rk_raw, header, body) of a message record payload."""
     p = payload
-    persistent = p[0] == 1
+    flags = p[0]
     o = 1
+    deadline = 0
+    if flags & 2:
+        deadline = U64.unpack_from(p, 1)[0]
+        o = 9
     el = p[o]
     ex_raw = bytes(p[o : o + 1 + el])
     o += 1 + el
@@ -108,6 +117,12 @@ def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, byt
     o += 4
     header = bytes(p[o : o + hl])
     body = bytes(p[o + hl :])
+    return bool(flags & 1), deadline, ex_raw, rk_raw, header, body
+
+
+def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, bytes, bytes]:
+    """(persistent, ex_raw, rk_raw, header, body) of a message record payload."""
+    persistent, _d, ex_raw, rk_raw, header, body = decode_message_full(payload)
     return persistent, ex_raw, rk_raw, header, body
 
 
@@ -144,6 +159,7 @@ class QueueLog:
         self.delivered_written = 0
         self.last_append = 0.0
         self.deleted = False
+        self.recovered_bytes = 0
 
     # -- writing ---------------------------------------------------------------
     def _open_write_segment(self) -> Segment:
@@ -156,9 +172,11 @@ class QueueLog:
         self.store.new_files.add(self.dir)
         return seg
 
-    def append(self, persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> int:
+    def append(
+        self, persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0
+    ) -> int:
         """Buffer a message record; return its ref."""
-        parts = encode_message(persistent, ex_raw, rk_raw, header, body)
+        parts = encode_message(persistent, ex_raw, rk_raw, header, body, deadline)
         n = 9 + len(parts[1]) + len(parts[2])
         seg = self.wseg
         if seg is None or (seg.size + n > SEGMENT_SIZE and seg.size > 0):
@@ -269,6 +287,11 @@ class QueueLog:
 
     # -- reading ---------------------------------------------------------------
     def read(self, ref: int) -> tuple[bool, bytes, bytes, bytes, bytes]:
+        """(persistent, ex_raw, rk_raw, header, body) of the record at ``ref``."""
+        persistent, _d, ex_raw, rk_raw, header, body = self.read_full(ref)
+        return persistent, ex_raw, rk_raw, header, body
+
+    def read_full(self, ref: int) -> tuple[bool, int, bytes, bytes, bytes, bytes]:
         sid, off = ref >> 32, ref & 0xFFFFFFFF
         seg = self.segments.get(sid)
         if seg is None:
@@ -280,7 +303,7 @@ class QueueLog:
         head = os.pread(seg.fd, 9, off)
         length, crc, _t = REC_HEAD.unpack(head)
         payload = os.pread(seg.fd, length - 1, off + 9)
-        return decode_message(payload)
+        return decode_message_full(payload)
 
     def close(self) -> None:
         if not self.deleted:
@@ -313,6 +336,7 @@ class QueueLog:
         watermark, problems found)."""
         problems: list[str] = []
         refs = array("Q")
+        total_bytes = 0
         try:
             with open(os.path.join(self.dir, "delivered"), "rb") as f:
                 raw = f.read(8)
@@ -328,7 +352,8 @@ class QueueLog:
             with open(path, "rb") as f:
                 data = f.read()
             acked = _read_acks(seg.ack_path)
-            valid_end, live_refs, bad = _scan(data, sid, acked)
+            valid_end, live_refs, bad, nbytes = _scan(data, sid, acked)
+            total_bytes += nbytes
             for b in bad:
                 problems.append(f"{path}: {b}")
             if valid_end < len(data):
@@ -346,6 +371,7 @@ class QueueLog:
             # recovered segments are never appended to again: acks that point past a
             # cut tail can then never match a new record
             self.segments[sid] = seg
+        self.recovered_bytes = total_bytes
         return refs, self.delivered_upto, problems
 
 
@@ -363,11 +389,13 @@ def _read_acks(path: str) -> set[int]:
     return set(a)
 
 
-def _scan(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[str]]:
-    """Walk the records of one segment: (valid end, live persistent refs, problems)."""
+def _scan(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[str], int]:
+    """Walk the records of one segment: (valid end, live persistent refs, problems,
+    body bytes of the live records)."""
     off = 0
     n = len(data)
     live: list[int] = []
+    live_bytes = 0
     bad: list[str] = []
     unpack = REC_HEAD.unpack_from
     crc32 = zlib.crc32
@@ -385,10 +413,16 @@ def _scan(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[
                 off = end
                 continue
             break
-        if rtype == REC_MSG and off not in acked and data[off + 9] == 1:
+        if rtype == REC_MSG and off not in acked and data[off + 9] & 1:
             live.append(base | off)
+            # body bytes, for x-max-length-bytes accounting
+            o = off + 10 + (8 if data[off + 9] & 2 else 0)
+            o += 1 + data[o]
+            o += 1 + data[o]
+            hl = U32.unpack_from(data, o)[0]
+            live_bytes += end - (o + 4 + hl)
         off = end
-    return off, live, bad
+    return off, live, bad, live_bytes
 
 
 def _next_record_ok(data: bytes, off: int) -> bool:

@@ -24,16 +24,16 @@ def _jsonable(v: Any) -> Any:
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
-    if isinstance(v, bytes):
-        try:
-            return v.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"__bytes__": base64.b64encode(v).decode()}
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        # kept as bytes (not text) so that a restored binding matches exactly as before
+        return {"__bytes__": base64.b64encode(bytes(v)).decode()}
     if isinstance(v, decimal.Decimal):
         return {"__decimal__": str(v)}
     if isinstance(v, datetime.datetime):
         return {"__timestamp__": v.timestamp()}
-    return v
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return repr(v)
 
 
 def _restore(v: Any) -> Any:

@@ -1,0 +1,125 @@
+"""Dead-lettering: the message a queue republishes to its dead-letter exchange.
+
+As RabbitMQ (3.x) writes it: the ``x-death`` header is an array of tables,
+newest first, one per (queue, reason), each with ``count`` (long), ``reason``,
+``queue``, ``time`` (timestamp), ``exchange``, ``routing-keys`` (array) and,
+when the message had a per-message TTL, ``original-expiration``; a second
+dead-lettering from the same queue for the same reason increments ``count``
+and moves the entry to the front.  ``x-first-death-{reason,queue,exchange}`` are
+set once, ``x-last-death-{reason,queue,exchange}`` every time.  The
+``expiration`` property is removed so that the copy does not expire again.
+Every other property and header keeps its bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pamqp import decode
+
+from protocol import fields
+
+from .message import Message
+
+
+def _decode_array(raw_value: bytes) -> list:
+    """A type-tagged array value ('A' + length + items) -> Python list."""
+    if not raw_value or raw_value[:1] != b"A":
+        return []
+    try:
+        _n, items = decode.field_array(raw_value[1:])
+    except Exception:
+        return []
+    return list(items)
+
+
+def previous_deaths(msg: Message) -> list[dict]:
+    """The message's x-death entries (decoded), newest first."""
+    _prefix, props = fields.split_properties(msg.header)
+    raw = props.get("headers")
+    if raw is None:
+        return []
+    for k, v in fields.table_entries(raw):
+        if k == "x-death":
+            return [d for d in _decode_array(v) if isinstance(d, dict)]
+    return []
+
+
+def _as_str(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def dead_letter(msg: Message, queue_name: str, reason: str, dlx: str, dlrk: str | None) -> Message:
+    """The copy of ``msg`` to publish to ``dlx`` after it died in ``queue_name``."""
+    prefix, props = fields.split_properties(msg.header)
+    entries = fields.table_entries(props["headers"]) if "headers" in props else []
+    deaths: list[dict] = []
+    rest: list[tuple[str, bytes]] = []
+    have_first = False
+    for k, v in entries:
+        if k == "x-death":
+            deaths = [d for d in _decode_array(v) if isinstance(d, dict)]
+        elif k.startswith("x-last-death-"):
+            continue
+        else:
+            if k.startswith("x-first-death-"):
+                have_first = True
+            rest.append((k, v))
+
+    original_expiration = None
+    if "expiration" in props:
+        raw = props.pop("expiration")
+        original_expiration = raw[1:].decode("utf-8", "replace")
+
+    found = None
+    for i, d in enumerate(deaths):
+        if _as_str(d.get("queue", "")) == queue_name and _as_str(d.get("reason", "")) == reason:
+            found = deaths.pop(i)
+            break
+    if found is not None:
+        entry = {k: v for k, v in found.items()}
+        entry["count"] = fields.Long(int(entry.get("count", 1)) + 1)
+    else:
+        entry = {
+            "count": fields.Long(1),
+            "reason": reason,
+            "queue": queue_name,
+            "time": fields.Timestamp(int(time.time())),
+            "exchange": msg.exchange,
+            "routing-keys": [msg.routing_key],
+        }
+        if original_expiration is not None:
+            entry["original-expiration"] = original_expiration
+    # keep RabbitMQ's types for entries we carry over
+    for d in deaths:
+        if "count" in d:
+            d["count"] = fields.Long(int(d["count"]))
+    deaths.insert(0, entry)
+
+    new_entries = rest
+    if not have_first:
+        new_entries += [
+            ("x-first-death-exchange", fields.encode_value(msg.exchange)),
+            ("x-first-death-queue", fields.encode_value(queue_name)),
+            ("x-first-death-reason", fields.encode_value(reason)),
+        ]
+    new_entries += [
+        ("x-last-death-exchange", fields.encode_value(msg.exchange)),
+        ("x-last-death-queue", fields.encode_value(queue_name)),
+        ("x-last-death-reason", fields.encode_value(reason)),
+        ("x-death", fields.encode_value(deaths)),
+    ]
+    props["headers"] = fields.encode_table_entries(new_entries)
+    header = fields.join_properties(prefix, props)
+    rk = dlrk if dlrk is not None else msg.routing_key
+    m = Message(dlx, rk, fields.shortstr(dlx), fields.shortstr(rk), header, msg.body)
+    return m
+
+
+def death_queues(msg: Message) -> tuple[set[str], bool]:
+    """(queues in the message's x-death history, whether any death was a rejection)."""
+    deaths = previous_deaths(msg)
+    names = {_as_str(d.get("queue", "")) for d in deaths}
+    rejected = any(_as_str(d.get("reason", "")) == "rejected" for d in deaths)
+    return names, rejected

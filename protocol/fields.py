@@ -1,0 +1,169 @@
+"""Content-header properties and field tables at the byte level.
+
+The broker mostly passes a publisher's content header on untouched.  Where it
+must change one property (dead-lettering writes ``x-death`` into ``headers``
+and drops ``expiration``; direct reply-to rewrites ``reply_to``) it splices the
+raw property list: every other property, and every other header entry, keeps
+its bytes and so its exact AMQP type.  Values the broker writes itself use
+RabbitMQ's types (long ``l`` counts, ``T`` timestamps, ``S`` strings, ``A``
+arrays, ``F`` tables) via :func:`encode_value`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from decimal import Decimal
+from typing import Any
+
+from .errors import FrameError
+
+# basic properties in flag order (bit 15 first) and their wire types
+PROPERTIES = (
+    ("content_type", "s"),
+    ("content_encoding", "s"),
+    ("headers", "F"),
+    ("delivery_mode", "o"),
+    ("priority", "o"),
+    ("correlation_id", "s"),
+    ("reply_to", "s"),
+    ("expiration", "s"),
+    ("message_id", "s"),
+    ("timestamp", "T"),
+    ("type", "s"),
+    ("user_id", "s"),
+    ("app_id", "s"),
+    ("cluster_id", "s"),
+)
+_BIT = {name: 1 << (15 - i) for i, (name, _t) in enumerate(PROPERTIES)}
+
+_u16 = struct.Struct(">H")
+_u32 = struct.Struct(">I")
+
+
+class Long(int):
+    """An int to be written as AMQP long-long ('l'), as RabbitMQ writes counts."""
+
+
+def split_properties(header: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """(the 12-byte class/weight/size prefix, {property name: raw value bytes})."""
+    try:
+        flags = _u16.unpack_from(header, 12)[0]
+        off = 14
+        out: dict[str, bytes] = {}
+        for name, t in PROPERTIES:
+            if not flags & _BIT[name]:
+                continue
+            if t == "s":
+                n = 1 + header[off]
+            elif t == "F":
+                n = 4 + _u32.unpack_from(header, off)[0]
+            elif t == "o":
+                n = 1
+            else:  # T
+                n = 8
+            if off + n > len(header):
+                raise IndexError
+            out[name] = bytes(header[off : off + n])
+            off += n
+    except (IndexError, struct.error):
+        raise FrameError("cannot decode content header properties") from None
+    return bytes(header[:12]), out
+
+
+def join_properties(prefix: bytes, props: dict[str, bytes]) -> bytes:
+    flags = 0
+    parts = []
+    for name, _t in PROPERTIES:
+        raw = props.get(name)
+        if raw is not None:
+            flags |= _BIT[name]
+            parts.append(raw)
+    return prefix + _u16.pack(flags) + b"".join(parts)
+
+
+def shortstr(s: str) -> bytes:
+    raw = s.encode("utf-8")[:255]
+    return bytes((len(raw),)) + raw
+
+
+def table_entries(raw_table: bytes) -> list[tuple[str, bytes]]:
+    """The entries of a raw field table (with its 4-byte length) as
+    (key, raw type-tagged value) pairs, values untouched."""
+    n = _u32.unpack_from(raw_table, 0)[0]
+    end = 4 + n
+    off = 4
+    out = []
+    while off < end:
+        kl = raw_table[off]
+        key = raw_table[off + 1 : off + 1 + kl].decode("utf-8", "replace")
+        off += 1 + kl
+        vend = _skip_value(raw_table, off)
+        out.append((key, bytes(raw_table[off:vend])))
+        off = vend
+    return out
+
+
+_FIXED = {b"t": 1, b"b": 1, b"B": 1, b"s": 2, b"u": 2, b"I": 4, b"i": 4, b"l": 8, b"L": 8, b"f": 4, b"d": 8, b"D": 5, b"T": 8, b"V": 0}
+
+
+def _skip_value(buf: bytes, off: int) -> int:
+    t = buf[off : off + 1]
+    off += 1
+    if t in _FIXED:
+        return off + _FIXED[t]
+    if t in (b"S", b"x", b"F", b"A"):
+        return off + 4 + _u32.unpack_from(buf, off)[0]
+    raise FrameError(f"unknown field type {t!r} in a field table")
+
+
+def encode_table_entries(entries: list[tuple[str, bytes]]) -> bytes:
+    body = b"".join(shortstr(k) + v for k, v in entries)
+    return _u32.pack(len(body)) + body
+
+
+def encode_value(v: Any) -> bytes:
+    """A type-tagged field value, with RabbitMQ's choice of types."""
+    if isinstance(v, bool):
+        return b"t" + (b"\x01" if v else b"\x00")
+    if isinstance(v, Timestamp):
+        return encode_timestamp(v)
+    if isinstance(v, Long):
+        return b"l" + struct.pack(">q", v)
+    if isinstance(v, int):
+        if -(2**31) <= v < 2**31:
+            return b"I" + struct.pack(">i", v)
+        return b"l" + struct.pack(">q", v)
+    if isinstance(v, str):
+        raw = v.encode("utf-8")
+        return b"S" + _u32.pack(len(raw)) + raw
+    if isinstance(v, bytes):
+        return b"S" + _u32.pack(len(v)) + v
+    if isinstance(v, float):
+        return b"d" + struct.pack(">d", v)
+    if isinstance(v, Decimal):
+        sign, digits, exp = v.as_tuple()
+        scale = -exp if isinstance(exp, int) and exp < 0 else 0
+        return b"D" + struct.pack(">Bi", scale, int(v.scaleb(scale)))
+    if isinstance(v, datetime.datetime):
+        return b"T" + struct.pack(">Q", int(v.timestamp()))
+    if isinstance(v, dict):
+        return b"F" + encode_table(v)
+    if isinstance(v, (list, tuple)):
+        body = b"".join(encode_value(x) for x in v)
+        return b"A" + _u32.pack(len(body)) + body
+    if v is None:
+        return b"V"
+    raise ValueError(f"cannot encode {type(v).__name__} as a field value")
+
+
+def encode_table(d: dict) -> bytes:
+    return encode_table_entries([(str(k), encode_value(v)) for k, v in d.items()])
+
+
+class Timestamp(int):
+    """Seconds since the epoch, written as an AMQP timestamp ('T')."""
+
+
+def encode_timestamp(seconds: int) -> bytes:
+    return b"T" + struct.pack(">Q", seconds)
