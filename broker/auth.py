@@ -11,8 +11,10 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from pamqp import decode
 
@@ -39,11 +41,43 @@ class User:
     tags: list[str] = field(default_factory=list)
 
 
-@dataclass
 class Permission:
-    configure: str = ".*"
-    write: str = ".*"
-    read: str = ".*"
+    """configure / write / read regular expressions of one user on one vhost.
+
+    As in RabbitMQ a pattern is searched for (not anchored: use ``^...$``), and
+    the empty pattern matches nothing."""
+
+    __slots__ = ("configure", "write", "read", "_re")
+
+    def __init__(self, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
+        self.configure = configure
+        self.write = write
+        self.read = read
+        self._re: dict[str, Any] = {}
+
+    def allows(self, what: str, name: str) -> bool:
+        pattern = getattr(self, what)
+        if not pattern:
+            return False
+        rx = self._re.get(what)
+        if rx is None:
+            try:
+                rx = self._re[what] = re.compile(pattern)
+            except re.error:
+                rx = self._re[what] = re.compile(r"(?!)")
+        return rx.search(name) is not None
+
+    def as_dict(self) -> dict:
+        return {"configure": self.configure, "write": self.write, "read": self.read}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Permission) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return f"Permission({self.configure!r}, {self.write!r}, {self.read!r})"
+
+
+VALID_TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
 
 
 class AuthError(Exception):
@@ -74,25 +108,63 @@ def parse_response(mechanism: str, response: bytes) -> tuple[str, str]:
 
 
 class UserStore:
-    """Users and their per-vhost permissions."""
+    """Users and their per-vhost permissions.  ``version`` grows with every
+    change, so that channels can cache permission answers."""
 
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
+        self.version = 0
 
-    def add_user(self, name: str, password: str, tags: list[str] | None = None) -> User:
-        u = User(name, hash_password(password), list(tags or []))
+    def add_user(self, name: str, password: str | None, tags: list[str] | None = None) -> User:
+        """Create or replace a user (no password: the user cannot log in with one)."""
+        u = User(name, hash_password(password) if password is not None else "", list(tags or []))
         self.users[name] = u
+        self.version += 1
         return u
+
+    def add_user_with_hash(self, name: str, password_hash: str, tags: list[str] | None = None) -> User:
+        u = User(name, password_hash, list(tags or []))
+        self.users[name] = u
+        self.version += 1
+        return u
+
+    def delete_user(self, name: str) -> bool:
+        if self.users.pop(name, None) is None:
+            return False
+        for key in [k for k in self.permissions if k[0] == name]:
+            del self.permissions[key]
+        self.version += 1
+        return True
+
+    def change_password(self, name: str, password: str | None) -> None:
+        u = self.users[name]
+        u.password_hash = hash_password(password) if password is not None else ""
+        self.version += 1
+
+    def set_tags(self, name: str, tags: list[str]) -> None:
+        self.users[name].tags = list(tags)
+        self.version += 1
 
     def set_permissions(self, user: str, vhost: str, perm: Permission) -> None:
         self.permissions[(user, vhost)] = perm
+        self.version += 1
+
+    def clear_permissions(self, user: str, vhost: str) -> bool:
+        found = self.permissions.pop((user, vhost), None) is not None
+        self.version += 1
+        return found
+
+    def drop_vhost(self, vhost: str) -> None:
+        for key in [k for k in self.permissions if k[1] == vhost]:
+            del self.permissions[key]
+        self.version += 1
 
     def authenticate(self, username: str, password: str) -> User:
         u = self.users.get(username)
         if u is None:
             raise AuthError(f"user '{username}' - invalid credentials")
-        if not check_password(password, u.password_hash):
+        if not u.password_hash or not check_password(password, u.password_hash):
             raise AuthError(f"user '{username}' - invalid credentials")
         return u
 

@@ -127,11 +127,30 @@ class Channel:
         self.tx_acks: list[tuple[int, tuple, bool | None]] = []
         self._tx_taken: list[tuple[int, tuple]] = []
         self.last_queue: str | None = None
+        self._perm_cache: dict[tuple[str, str, str], bool] = {}
+        self._perm_version = -1
         # direct reply-to
         self.reply_consumer: str | None = None
         self.reply_token = ""
 
     # -- helpers ---------------------------------------------------------------
+    def check(self, what: str, kind: str, name: str) -> None:
+        """RabbitMQ's configure/write/read permission check (403 on the channel)."""
+        users = self.conn.broker.users
+        if self._perm_version != users.version:
+            self._perm_cache.clear()
+            self._perm_version = users.version
+        key = (what, kind, name)
+        ok = self._perm_cache.get(key)
+        if ok is None:
+            perm = users.permission(self.conn.username, self.vhost.name)
+            ok = self._perm_cache[key] = perm is not None and perm.allows(what, name)
+        if not ok:
+            raise ChannelError(
+                errors.ACCESS_REFUSED,
+                f"access to {self.vhost.what(kind, name)} refused for user '{self.conn.username}'",
+            )
+
     def write(self, data: bytes) -> None:
         self.conn.write(data)
 
@@ -224,6 +243,7 @@ class Channel:
             rk = rk_raw[1:].decode()
         except UnicodeDecodeError:
             raise ConnectionError(errors.FRAME_ERROR, "cannot decode basic.publish frame: invalid UTF-8") from None
+        self.check("write", "exchange", exchange or "amq.default")
         x = self.vhost.exchanges.get(exchange)
         if x is None:
             raise ChannelError(errors.NOT_FOUND, f"no {self.vhost.what('exchange', exchange)}", 60, 40)
@@ -521,11 +541,15 @@ class Channel:
         if m.passive:
             vh.check_exchange_passive(m.exchange)
         else:
+            if m.exchange:
+                self.check("configure", "exchange", m.exchange)
             vh.declare_exchange(m.exchange, m.exchange_type, m.durable, m.auto_delete, m.internal, m.arguments or {})
         if not m.nowait:
             self.send(C.Exchange.DeclareOk())
 
     def m_exchange_delete(self, m: C.Exchange.Delete) -> None:
+        if m.exchange:
+            self.check("configure", "exchange", m.exchange)
         self.vhost.delete_exchange(m.exchange, m.if_unused)
         if not m.nowait:
             self.send(C.Exchange.DeleteOk())
@@ -535,6 +559,8 @@ class Channel:
         for name in (m.destination, m.source):
             if name == "":
                 raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self.check("write", "exchange", m.destination)
+        self.check("read", "exchange", m.source)
         dest = vh.get_exchange(m.destination)
         src = vh.get_exchange(m.source)
         return src, dest
@@ -550,6 +576,8 @@ class Channel:
         for name in (m.destination, m.source):
             if name == "":
                 raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self.check("write", "exchange", m.destination)
+        self.check("read", "exchange", m.source)
         src = self.vhost.exchanges.get(m.source)
         dest = self.vhost.exchanges.get(m.destination)
         if src is not None and dest is not None:
@@ -565,8 +593,10 @@ class Channel:
             q = self.vhost.get_queue(m.queue)
             self.vhost.check_exclusive(q, self.conn)
         else:
+            name = m.queue or vh.generate_queue_name()
+            self.check("configure", "queue", name)
             q, _created = vh.declare_queue(
-                m.queue, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn
+                name, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn, server_named=not m.queue
             )
         self.last_queue = q.name
         if not m.nowait:
@@ -575,6 +605,8 @@ class Channel:
     def _bind_args(self, m: Any) -> tuple[Queue, Any]:
         if m.exchange == "":
             raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self.check("write", "queue", self.queue_name(m.queue))
+        self.check("read", "exchange", m.exchange)
         x = self.vhost.get_exchange(m.exchange)
         q = self.find_queue(m.queue)
         return q, x
@@ -589,6 +621,8 @@ class Channel:
         # like RabbitMQ: no exclusivity check, and a missing queue/exchange/binding is fine
         if m.exchange == "":
             raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self.check("write", "queue", self.queue_name(m.queue))
+        self.check("read", "exchange", m.exchange)
         q = self.vhost.queues.get(self.queue_name(m.queue))
         x = self.vhost.exchanges.get(m.exchange)
         if q is not None and x is not None:
@@ -596,6 +630,7 @@ class Channel:
         self.send(C.Queue.UnbindOk())
 
     def m_queue_purge(self, m: C.Queue.Purge) -> None:
+        self.check("read", "queue", self.queue_name(m.queue))
         q = self.find_queue(m.queue)
         n = q.purge()
         if not m.nowait:
@@ -603,6 +638,7 @@ class Channel:
 
     def m_queue_delete(self, m: C.Queue.Delete) -> None:
         name = self.queue_name(m.queue)
+        self.check("configure", "queue", name)
         q = self.vhost.queues.get(name)
         n = 0
         if q is not None:
@@ -631,6 +667,7 @@ class Channel:
         if m.queue == REPLY_TO_PSEUDO_STR:
             self._consume_reply_to(m)
             return
+        self.check("read", "queue", self.queue_name(m.queue))
         q = self.find_queue(m.queue)
         tag = m.consumer_tag or _new_tag()
         if tag in self.consumers:
@@ -706,6 +743,7 @@ class Channel:
                 self.send(C.Basic.Cancel(consumer_tag=c.tag, nowait=True))
 
     def m_basic_get(self, m: C.Basic.Get) -> None:
+        self.check("read", "queue", self.queue_name(m.queue))
         q = self.find_queue(m.queue)
         msg = q.get()
         if msg is None:

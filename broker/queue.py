@@ -196,20 +196,22 @@ class Queue:
         self.sac = bool(a.get("x-single-active-consumer"))
         if self.max_priority is not None:
             self.messages = PriorityMessages(self.max_priority)
-        self.plain = (
+        self.plain_args = (
             self.ttl is None
             and self.max_length is None
             and self.max_bytes is None
             and self.max_priority is None
             and not self.sac
-            and not self.consumer_priorities
         )
+        self.plain = self.plain_args and not self.consumer_priorities
 
     # -- messages ------------------------------------------------------------
     def push(self, msg: Message, persistent: bool = False) -> int:
         """Enqueue; PUSH_SYNC if it went to the log and needs an fsync to be
         safe, PUSH_REJECTED if the queue refused it (reject-publish)."""
         self.published += 1
+        if msg.exp_deadline and self.plain:
+            self.plain = False  # a message with its own TTL: expiry checks from now on
         if not self.plain and not self._admit(msg):
             return PUSH_REJECTED
         qlog = self.log
@@ -343,6 +345,8 @@ class Queue:
             m.redelivered = True
             self.unacked -= 1
             self.bytes_ready += len(m.body)
+            if m.deadline:
+                self.plain = False
         if isinstance(self.messages, PriorityMessages):
             self.messages.requeue(back)
         else:
@@ -379,6 +383,9 @@ class Queue:
         """Drop (or dead-letter) expired messages at the head; arm the timer."""
         msgs = self.messages
         if not msgs:
+            # messages with their own TTL are gone: back to the fast path
+            if self.plain_args and not self.consumer_priorities:
+                self.plain = True
             return
         now = now_ms()
         while msgs:

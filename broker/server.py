@@ -25,6 +25,7 @@ from protocol import errors, framing
 from storage import meta
 from storage.log import LogStore
 
+from . import __version__
 from .auth import Permission, UserStore
 from .connection import Connection
 from .vhost import VHost
@@ -80,6 +81,7 @@ class Broker:
         frame_max: int = 131072,
         channel_max: int = 2047,
         handshake_timeout: float = 10.0,
+        default_vhost: str = "/",
     ) -> None:
         self.host = host
         self.port = port
@@ -92,10 +94,11 @@ class Broker:
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[Connection] = set()
         self.open_connections: set[Connection] = set()
-        self.vhosts: dict[str, VHost] = {"/": VHost("/", self)}
+        self.default_vhost = default_vhost
+        self.vhosts: dict[str, VHost] = {}
         self.users = UserStore()
-        self.users.add_user(default_user, default_pass, ["administrator"])
-        self.users.set_permissions(default_user, "/", Permission())
+        self.default_user = default_user
+        self.default_pass = default_pass
         # like RabbitMQ's loopback_users: the stock guest account is local-only
         if loopback_users is None:
             loopback_users = ("guest",) if default_user == "guest" else ()
@@ -116,6 +119,9 @@ class Broker:
             self.store.on_write_failed = self._write_failed
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
+        self.ensure_default_user()
+        if self.meta_dirty:
+            self.save_meta()
         self.server = await self.loop.create_server(
             lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024
         )
@@ -125,80 +131,204 @@ class Broker:
 
     # -- storage -----------------------------------------------------------------
     def recover(self) -> None:
-        """Rebuild durable exchanges, queues, bindings and messages from the data dir."""
+        """Rebuild users, vhosts, exchanges, queues, bindings and messages from the data dir."""
         assert self.store is not None
         t0 = time.monotonic()
         defs = meta.load(self.store.data_dir)
-        for v in defs.get("vhosts", []):
-            self.vhosts.setdefault(v["name"], VHost(v["name"], self))
-        for x in defs.get("exchanges", []):
-            vh = self.vhosts.setdefault(x["vhost"], VHost(x["vhost"], self))
-            try:
-                vh.declare_exchange(
-                    x["name"], x["type"], True, x.get("auto_delete", False), x.get("internal", False),
-                    x.get("arguments") or {},
-                )
-            except Exception as exc:
-                log.error("cannot restore exchange %r: %s", x.get("name"), exc)
+        counts = self.apply_definitions(defs, log_errors=True)
         nq = nmsg = nredel = 0
         problems: list[str] = []
-        for qd in defs.get("queues", []):
-            vh = self.vhosts.setdefault(qd["vhost"], VHost(qd["vhost"], self))
-            try:
-                q, _ = vh.declare_queue(
-                    qd["name"], True, False, qd.get("auto_delete", False), qd.get("arguments") or {}, None
-                )
-            except Exception as exc:
-                log.error("cannot restore queue %r: %s", qd.get("name"), exc)
-                continue
-            if q.log is None:
-                continue
-            refs, upto, probs = q.log.recover()
-            problems += probs
-            q.redeliver_upto = upto
-            q.bytes_ready = q.log.recovered_bytes
-            if q.max_priority is not None:
-                for r in refs:
-                    m = q._load(r)
-                    m.priority = framing.priority(m.header)
-                    q.messages.append(m)
-            else:
-                q.messages = deque(refs)
-            q.expire()
-            nq += 1
-            nmsg += len(refs)
-            nredel += sum(1 for r in refs if r <= upto) if upto else 0
-        for b in defs.get("bindings", []):
-            vh = self.vhosts.get(b["vhost"])
-            if vh is None:
-                continue
-            src = vh.exchanges.get(b["source"])
-            dest = (vh.queues if b.get("destination_type") == "queue" else vh.exchanges).get(b["destination"])
-            if src is None or dest is None:
-                log.error("cannot restore binding %s -> %s: missing end", b["source"], b["destination"])
-                continue
-            vh.bind(src, dest, b.get("routing_key", ""), b.get("arguments") or {})
+        for vh in self.vhosts.values():
+            for q in vh.queues.values():
+                if q.log is None:
+                    continue
+                refs, upto, probs = q.log.recover()
+                problems += probs
+                q.redeliver_upto = upto
+                q.bytes_ready = q.log.recovered_bytes
+                if q.max_priority is not None:
+                    for r in refs:
+                        m = q._load(r)
+                        m.priority = framing.priority(m.header)
+                        q.messages.append(m)
+                else:
+                    q.messages = deque(refs)
+                if refs:
+                    q.plain = False  # recovered messages may carry deadlines
+                    q.expire()
+                nq += 1
+                nmsg += len(refs)
+                nredel += sum(1 for r in refs if r <= upto) if upto else 0
         # logs of queues that are no longer declared
-        live = set(self.store.logs)
-        for d in self.store.existing_queue_dirs() - live:
+        for d in self.store.existing_queue_dirs() - set(self.store.logs):
             shutil.rmtree(d, ignore_errors=True)
         for p in problems:
             log.error("recovery: %s", p)
         self.meta_dirty = False
         log.info(
-            "recovered %d durable queues with %d messages (%d to be redelivered), %d exchanges, %d bindings "
-            "in %.2f s%s",
-            nq, nmsg, nredel, len(defs.get("exchanges", [])), len(defs.get("bindings", [])),
+            "recovered %d durable queues with %d messages (%d to be redelivered), %d exchanges, %d bindings, "
+            "%d users, %d vhosts in %.2f s%s",
+            nq, nmsg, nredel, counts["exchanges"], counts["bindings"], counts["users"], len(self.vhosts),
             time.monotonic() - t0, f"; {len(problems)} problems (see errors above)" if problems else "",
         )
 
+    # -- definitions (RabbitMQ's JSON shape) -----------------------------------------
+    def apply_definitions(self, defs: dict, log_errors: bool = False) -> dict:
+        """Create what a definitions document describes (vhosts, users, permissions,
+        exchanges, queues, bindings); existing things are kept.  Returns counts."""
+        counts = {"vhosts": 0, "users": 0, "permissions": 0, "exchanges": 0, "queues": 0, "bindings": 0}
+        problems: list[str] = []
+        for v in defs.get("vhosts", []) or []:
+            if v.get("name") and v["name"] not in self.vhosts:
+                self.vhosts[v["name"]] = VHost(v["name"], self)
+                counts["vhosts"] += 1
+        for u in defs.get("users", []) or []:
+            name = u.get("name")
+            if not name:
+                continue
+            algo = u.get("hashing_algorithm", "rabbit_password_hashing_sha256")
+            tags = u.get("tags", [])
+            if isinstance(tags, str):
+                tags = [t for t in (x.strip() for x in tags.split(",")) if t]
+            if "password" in u and "password_hash" not in u:
+                self.users.add_user(name, u["password"], tags)
+            elif algo == "rabbit_password_hashing_sha256":
+                self.users.add_user_with_hash(name, u.get("password_hash", ""), tags)
+            else:
+                problems.append(f"user '{name}': password hashing algorithm {algo} is not supported; "
+                                "the user was created without a password")
+                self.users.add_user_with_hash(name, "", tags)
+            counts["users"] += 1
+        for pm in defs.get("permissions", []) or []:
+            if pm.get("user") in self.users.users and pm.get("vhost") in self.vhosts:
+                self.users.set_permissions(
+                    pm["user"], pm["vhost"],
+                    Permission(pm.get("configure", ""), pm.get("write", ""), pm.get("read", "")),
+                )
+                counts["permissions"] += 1
+        for x in defs.get("exchanges", []) or []:
+            vh = self.vhosts.setdefault(x.get("vhost", "/"), VHost(x.get("vhost", "/"), self))
+            try:
+                vh.declare_exchange(
+                    x["name"], x.get("type", "direct"), x.get("durable", True), x.get("auto_delete", False),
+                    x.get("internal", False), x.get("arguments") or {},
+                )
+                counts["exchanges"] += 1
+            except Exception as exc:
+                problems.append(f"exchange '{x.get('name')}': {exc}")
+        for qd in defs.get("queues", []) or []:
+            vh = self.vhosts.setdefault(qd.get("vhost", "/"), VHost(qd.get("vhost", "/"), self))
+            try:
+                vh.declare_queue(
+                    qd["name"], qd.get("durable", True), False, qd.get("auto_delete", False),
+                    qd.get("arguments") or {}, None,
+                )
+                counts["queues"] += 1
+            except Exception as exc:
+                problems.append(f"queue '{qd.get('name')}': {exc}")
+        for b in defs.get("bindings", []) or []:
+            vh = self.vhosts.get(b.get("vhost", "/"))
+            if vh is None:
+                continue
+            src = vh.exchanges.get(b.get("source", ""))
+            table = vh.queues if b.get("destination_type", "queue") == "queue" else vh.exchanges
+            dest = table.get(b.get("destination", ""))
+            if src is None or dest is None or not src.name:
+                problems.append(f"binding {b.get('source')} -> {b.get('destination')}: missing end")
+                continue
+            try:
+                vh.bind(src, dest, b.get("routing_key", ""), b.get("arguments") or {})
+                counts["bindings"] += 1
+            except Exception as exc:
+                problems.append(f"binding {b.get('source')} -> {b.get('destination')}: {exc}")
+        for p in problems:
+            log.error("definitions: %s", p)
+        counts["problems"] = problems  # type: ignore[assignment]
+        self.meta_dirty = True
+        return counts
+
     def definitions(self) -> dict:
-        out: dict = {"vhosts": [{"name": n} for n in self.vhosts], "exchanges": [], "queues": [], "bindings": []}
+        """Everything durable, in RabbitMQ's definitions shape."""
+        out: dict = {
+            "product": "BurrowMQ",
+            "burrowmq_version": __version__,
+            "vhosts": [{"name": n} for n in self.vhosts],
+            "users": [
+                {
+                    "name": u.name,
+                    "password_hash": u.password_hash,
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                    "tags": list(u.tags),
+                    "limits": {},
+                }
+                for u in self.users.users.values()
+            ],
+            "permissions": [
+                dict(user=user, vhost=vhost, **perm.as_dict()) for (user, vhost), perm in self.users.permissions.items()
+            ],
+            "exchanges": [],
+            "queues": [],
+            "bindings": [],
+        }
         for vh in self.vhosts.values():
             d = vh.definitions()
             for k in ("exchanges", "queues", "bindings"):
                 out[k] += d[k]
         return out
+
+    # -- administration --------------------------------------------------------------
+    def add_vhost(self, name: str) -> VHost:
+        vh = self.vhosts.get(name)
+        if vh is None:
+            vh = self.vhosts[name] = VHost(name, self)
+            self.meta_dirty = True
+            log.info("vhost '%s' created", name)
+        return vh
+
+    def delete_vhost(self, name: str) -> bool:
+        vh = self.vhosts.pop(name, None)
+        if vh is None:
+            return False
+        for conn in list(self.open_connections):
+            if conn.vhost is vh:
+                conn.close(errors.CONNECTION_FORCED, f"CONNECTION_FORCED - vhost '{name}' is deleted")
+        for q in list(vh.queues.values()):
+            vh.delete_queue(q)
+        self.users.drop_vhost(name)
+        self.meta_dirty = True
+        log.info("vhost '%s' deleted", name)
+        return True
+
+    def close_user_connections(self, username: str, why: str) -> int:
+        n = 0
+        for conn in list(self.open_connections):
+            if conn.username == username:
+                conn.close(errors.CONNECTION_FORCED, f"CONNECTION_FORCED - {why}")
+                n += 1
+        return n
+
+    def delete_user(self, name: str) -> bool:
+        if not self.users.delete_user(name):
+            return False
+        self.close_user_connections(name, f"user '{name}' was deleted")
+        self.meta_dirty = True
+        return True
+
+    def change_password(self, name: str, password: str | None) -> None:
+        self.users.change_password(name, password)
+        self.close_user_connections(name, f"user '{name}' password changed")
+        self.meta_dirty = True
+
+    def ensure_default_user(self) -> None:
+        """On a blank node (no users), create the default user and vhost, as RabbitMQ does."""
+        vh = self.default_vhost
+        self.vhosts.setdefault(vh, VHost(vh, self))
+        if self.users.users:
+            return
+        self.users.add_user(self.default_user, self.default_pass, ["administrator"])
+        self.users.set_permissions(self.default_user, vh, Permission())
+        self.meta_dirty = True
+        log.info("created default user '%s' with full permissions on vhost '%s'", self.default_user, vh)
 
     def save_meta(self) -> None:
         self.meta_dirty = False

@@ -216,10 +216,11 @@ class VHost:
         auto_delete: bool,
         arguments: dict,
         conn: Any,
+        server_named: bool = False,
     ) -> tuple[Queue, bool]:
         if not name:
             name = self.generate_queue_name()
-        elif name.startswith("amq."):
+        elif name.startswith("amq.") and not server_named:
             raise ChannelError(errors.ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(arguments or {}, self.what("queue", name))
         q = self.queues.get(name)

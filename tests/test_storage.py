@@ -21,7 +21,6 @@ from pathlib import Path
 import pika
 import pika.exceptions
 import pytest
-from pika.exchange_type import ExchangeType
 
 from conftest import ROOT
 
@@ -276,7 +275,8 @@ def check_routes(ch) -> None:
     assert got == want
 
 
-def test_restart_keeps_durable_topology(fresh_broker):
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "kill9"])
+def test_restart_keeps_durable_topology(fresh_broker, kill):
     b = fresh_broker
     conn = connect(b)
     ch = conn.channel()
@@ -286,7 +286,7 @@ def test_restart_keeps_durable_topology(fresh_broker):
     check_routes(ch)  # the topology works before the restart
     conn.close()
 
-    restart(b)
+    restart(b, kill=kill)
 
     for x in ("d.direct", "d.fanout", "d.topic", "d.headers", "d.internal", "d.autodel"):
         assert exists(b, "exchange", x), x
@@ -356,6 +356,51 @@ def test_restart_unbind_and_delete_are_remembered(fresh_broker):
     ch.basic_publish("d.direct", "e2e", b"unbound-e2e")
     assert [bd for _m, _p, bd in get_all(ch, "dq.topic")] == [b"bound"]
     assert get_all(ch, "dq.e2e") == []
+    conn.close()
+
+
+TYPED_ARGS = {
+    "str": "text ü",
+    "bytes": b"\x00raw\xffbytes",  # pika sends bytes as a byte array ('x')
+    "bytes-utf8": b"plain",
+    "int": 7,
+    "long": 2**40,
+    "bool": True,
+    "decimal": __import__("decimal").Decimal("1.25"),
+    "timestamp": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+    "table": {"a": 1, "b": "two"},
+    "array": [1, "two", True],
+}
+
+
+@pytest.mark.parametrize("kind", list(TYPED_ARGS))
+def test_restart_keeps_binding_arguments_of_every_type(fresh_broker, kind):
+    """Headers bindings match on their arguments' values: after a restart they
+    must match the same messages, and unbinding with the same arguments works."""
+    b = fresh_broker
+    v = TYPED_ARGS[kind]
+    args = {"x-match": "all", "k": v}
+    conn = connect(b)
+    ch = conn.channel()
+    ch.exchange_declare("hx", "headers", durable=True)
+    ch.queue_declare("hq", durable=True)
+    ch.queue_bind("hq", "hx", "", arguments=args)
+    ch.queue_declare("after", durable=True)  # declared after the binding: must be saved too
+
+    def routed() -> list:
+        ch.basic_publish("hx", "", b"match", pika.BasicProperties(headers={"k": v}))
+        ch.basic_publish("hx", "", b"no match", pika.BasicProperties(headers={"k": "other"}))
+        return [bd for _m, _p, bd in get_all(ch, "hq")]
+
+    assert routed() == [b"match"]  # before the restart
+    conn.close()
+    restart(b)
+    assert exists(b, "queue", "after")
+    conn = connect(b)
+    ch = conn.channel()
+    assert routed() == [b"match"]  # the same after it
+    ch.queue_unbind("hq", "hx", "", arguments=args)
+    assert routed() == []
     conn.close()
 
 
@@ -517,6 +562,7 @@ class Acker(threading.Thread):
         self.b, self.queue, self.stop_ev = b, queue, stop
         self.acked: dict[int, tuple[float, float]] = {}  # n -> (got at, ack returned at)
         self.got: dict[int, float] = {}
+        self.gets: dict[int, list[tuple[float, bool]]] = {}  # n -> [(got at, redelivered)]
 
     def run(self) -> None:
         conn = None
@@ -532,6 +578,7 @@ class Acker(threading.Thread):
                 n = int(body)
                 got_at = time.monotonic()
                 self.got[n] = got_at
+                self.gets.setdefault(n, []).append((got_at, bool(m.redelivered)))
                 if n % 3:
                     time.sleep(random.random() * 0.003)
                     ch.basic_ack(m.delivery_tag)
@@ -604,6 +651,11 @@ def test_kill9_loop_confirmed_kept_acked_gone(fresh_broker):
                 f"(kills at {[round(k, 3) for k in kills]}, got at {got_at:.3f})"
             )
         assert redelivered[n] is True, f"message {n} was delivered and acked but came back with redelivered=False"
+    # a message delivered before a crash and got again after it is flagged redelivered
+    for n, gets in acker.gets.items():
+        for j, (at, flag) in enumerate(gets):
+            if any(g < k - window and k < at for g, _f in gets[:j] for k in kills):
+                assert flag is True, f"message {n} delivered again after a crash with redelivered=False"
     # a message delivered before a crash and not acked comes back redelivered
     for n, got_at in acker.got.items():
         if n in redelivered and n not in acker.acked and any(got_at < k - window for k in kills):
@@ -854,3 +906,30 @@ def test_large_queue_restarts_with_all_messages_in_order(fresh_broker):
     assert len(seen) == n + 1
     assert seen[:n] == [b"%08d" % i for i in range(n)]
     assert seen[n] == b"after-restart"
+
+
+# -- message TTL across a restart ----------------------------------------------------------------
+
+
+def test_restart_keeps_expiration_deadlines(fresh_broker):
+    """A per-message expiration is an absolute deadline: a restart neither resets
+    nor forgets it (RabbitMQ keeps the expiry time with the message); an expired
+    message is dropped when it reaches the head, never delivered."""
+    b = fresh_broker
+    conn = connect(b)
+    ch = conn.channel()
+    ch.queue_declare("ttl", durable=True)
+    ch.confirm_delivery()
+    t0 = time.monotonic()
+    for i, exp in enumerate(["2000", None, "600000", "2000", None, "600000"]):
+        ch.basic_publish("", "ttl", f"e{i}".encode(), pika.BasicProperties(delivery_mode=2, expiration=exp))
+    conn.close()
+    time.sleep(1.2)
+    restart(b)
+    # past the original deadlines (t0 + 2 s), well before deadlines reset at the restart
+    time.sleep(max(0.0, 2.6 - (time.monotonic() - t0)))
+    conn = connect(b)
+    got = get_all(conn.channel(), "ttl")
+    conn.close()
+    assert [bd for _m, _p, bd in got] == [b"e1", b"e2", b"e4", b"e5"]
+    assert [p.expiration for _m, p, _b in got] == [None, "600000", None, "600000"]

@@ -314,6 +314,112 @@ def test_destroy_removes_everything(stores, small_segments):
     assert got == []
 
 
+def test_recovered_segments_are_not_appended_to(stores):
+    s = stores()
+    q = s.queue_log("/", "q")
+    old = [q.append(True, EX, RK, hdr(i), body(i)) for i in range(3)]
+    s2, q2, got, _u, _p = reopen(stores, s)
+    assert got == old
+    sizes = {f: os.path.getsize(f) for f in seg_files(q2.dir)}
+    new = q2.append(True, EX, RK, hdr(9), b"new")
+    q2.flush()
+    assert new >> 32 > old[-1] >> 32  # a new segment
+    for f, size in sizes.items():
+        assert os.path.getsize(f) == size
+    _s3, q3, got3, _u, _p = reopen(stores, s2)
+    assert got3 == old + [new]
+
+
+def test_stale_ack_past_a_cut_tail_does_not_hide_a_new_record(stores):
+    """An ack of a record that is then lost from the segment (the ack file reached
+    the disk, the record did not) must not match a record written later."""
+    s = stores()
+    q = s.queue_log("/", "q")
+    refs = [q.append(True, EX, RK, hdr(i), body(i, 100)) for i in range(3)]
+    q.flush()
+    q.settle(refs[2])
+    s.close()
+    (path,) = seg_files(q.dir)
+    os.truncate(path, refs[2] & 0xFFFFFFFF)  # the acked record never made it
+    s2, q2, got, _u, _p = reopen(stores, None)
+    assert got == refs[:2]
+    new = [q2.append(True, EX, RK, hdr(i), body(i, 100)) for i in range(10, 13)]
+    _s3, q3, got3, _u, _p = reopen(stores, s2)
+    assert got3 == refs[:2] + new
+    assert [q3.read(r)[4] for r in new] == [body(i, 100) for i in range(10, 13)]
+
+
+def test_settled_write_segment_removed_at_close(stores):
+    s = stores()
+    q = s.queue_log("/", "q")
+    refs = [q.append(True, EX, RK, hdr(i), body(i)) for i in range(3)]
+    q.flush()
+    for r in refs:
+        q.settle(r)
+    s.close()
+    assert seg_files(q.dir) == [] and seg_files(q.dir, ".ack") == []
+
+
+def test_recovery_drops_fully_acked_last_segment(stores):
+    s = stores()
+    q = s.queue_log("/", "q")
+    refs = [q.append(True, EX, RK, hdr(i), body(i)) for i in range(3)]
+    q.flush()
+    s.close()
+    (path,) = seg_files(q.dir)
+    with open(path[:-4] + ".ack", "wb") as f:
+        for r in refs:
+            f.write(struct.pack(">I", r & 0xFFFFFFFF))
+    _s2, q2, got, _u, problems = reopen(stores, None)
+    assert got == [] and problems == []
+    assert seg_files(q2.dir) == [] and seg_files(q2.dir, ".ack") == []
+
+
+# -- durable metadata ------------------------------------------------------------------
+
+
+def test_meta_round_trip_field_types(tmp_path):
+    """Arguments as a client's table decodes them (pamqp: 'x' byte arrays come as
+    bytearray) survive a save and a load."""
+    import datetime
+    import decimal
+
+    from storage import meta
+
+    args = {
+        "s": "text ü",
+        "bytes": b"\x00\xff raw",
+        "bytearray": bytearray(b"\x00\xff raw"),
+        "bytearray-utf8": bytearray(b"plain"),
+        "int": 7,
+        "long": 2**40,
+        "float": 1.5,
+        "bool": True,
+        "none": None,
+        "decimal": decimal.Decimal("1.25"),
+        "ts": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+        "table": {"a": [1, {"b": b"\xfe"}]},
+    }
+    defs = {
+        "vhosts": [{"name": "/"}],
+        "exchanges": [],
+        "queues": [{"name": "q", "vhost": "/", "durable": True, "auto_delete": False, "arguments": args}],
+        "bindings": [{"source": "x", "vhost": "/", "destination": "q", "destination_type": "queue",
+                      "routing_key": "", "arguments": args}],
+    }
+    meta.save(str(tmp_path), defs)
+    back = meta.load(str(tmp_path))
+    for where in (back["queues"][0]["arguments"], back["bindings"][0]["arguments"]):
+        for k, v in args.items():
+            w = where[k]
+            if isinstance(v, (bytes, bytearray)):  # a byte array stays one (bytes or bytearray)
+                assert isinstance(w, (bytes, bytearray)) and bytes(w) == bytes(v), (k, v, w)
+            else:
+                assert w == v and type(w) is type(v), (k, v, w)
+    assert not os.path.exists(os.path.join(str(tmp_path), meta.FILENAME + ".tmp"))
+    assert meta.load(str(tmp_path / "nowhere")) == {}
+
+
 # -- damage -------------------------------------------------------------------------
 
 
