@@ -57,6 +57,18 @@ def main() -> None:
     help="Let the user 'guest' log in from other hosts than loopback (off, like RabbitMQ).",
 )
 @click.option("--heartbeat", default=60, show_default=True, type=int, help="Heartbeat interval offered (s).")
+@click.option(
+    "--memory-high-watermark",
+    default="0.4",
+    show_default=True,
+    help="Block publishers above this resident memory: a fraction of RAM (0.4) or a size (512MB).",
+)
+@click.option(
+    "--disk-free-limit",
+    default="50MB",
+    show_default=True,
+    help="Block publishers when the data dir's disk has less free space than this (0 disables).",
+)
 def serve(
     host: str,
     port: int,
@@ -66,6 +78,8 @@ def serve(
     default_pass: str,
     allow_remote_guest: bool,
     heartbeat: int,
+    memory_high_watermark: str,
+    disk_free_limit: str,
 ) -> None:
     """Run the broker in the foreground until SIGINT or SIGTERM."""
     _setup_logging(log_level)
@@ -85,6 +99,8 @@ def serve(
         default_pass=default_pass,
         loopback_users=() if allow_remote_guest else None,
         heartbeat=heartbeat,
+        memory_high_watermark=memory_high_watermark,
+        disk_free_limit=disk_free_limit,
     )
 
     async def run() -> None:

@@ -123,6 +123,8 @@ class Connection:
         self._close_handle: Any = None
         self._header_buf = b""
         self.blocked = False
+        self.publishing = False
+        self.block_pending = False
         self.name = self.peer
         self._timeout_handle = self.loop.call_later(broker.handshake_timeout, self._handshake_timeout)
         self.recv_bytes = 0
@@ -214,6 +216,9 @@ class Connection:
         except Exception:  # a bug must not take down other connections
             log.exception("internal error on connection %s", self.peer)
             self.connection_error(ConnectionError(errors.INTERNAL_ERROR, "internal error"))
+        if self.block_pending:
+            self.block_pending = False
+            self.block(self.broker.alarm_reasons())
         if self.broker.meta_dirty:
             self.broker.save_meta()
         if self.out or self.confirm_dirty:
@@ -285,6 +290,10 @@ class Connection:
                 )
             if idx == framing.IDX_BASIC_PUBLISH:
                 ch.on_publish(payload)
+                if not self.publishing:
+                    self.publishing = True
+                    if self.broker.alarmed:
+                        self.block_pending = True
             elif idx == framing.IDX_BASIC_ACK:
                 ch.on_ack(payload)
             elif idx == IDX_CHANNEL_OPEN:
@@ -418,6 +427,8 @@ class Connection:
             return
         now = self.loop.time()
         hb = self.heartbeat
+        if self.blocked:
+            self.last_recv = now  # we are not reading while blocked: no verdict on silence
         if now - self.last_recv > 2 * hb:
             log.warning("connection %s: missed heartbeats from client, timeout: %ss", self.name, hb)
             self.teardown()
@@ -426,6 +437,36 @@ class Connection:
         if now - self.last_send >= hb / 2:
             self.write(framing.HEARTBEAT_FRAME)
         self._hb_handle = self.loop.call_later(hb / 2, self._heartbeat_tick)
+
+    # -- resource alarms -----------------------------------------------------------
+    def block(self, reasons: list[str]) -> None:
+        """A resource alarm is up: stop reading this publishing connection."""
+        if self.blocked or self.state != "opened":
+            return
+        self.blocked = True
+        reason = "low on " + " and ".join(reasons) if reasons else "resource alarm"
+        if self.capabilities.get("connection.blocked"):
+            self.send0(C.Connection.Blocked(reason=reason))
+            self.flush()
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        log.info("connection %s blocked: %s", self.name, reason)
+
+    def unblock(self) -> None:
+        if not self.blocked:
+            return
+        self.blocked = False
+        self.last_recv = self.loop.time()
+        if self.state != "opened":
+            return
+        if self.capabilities.get("connection.blocked"):
+            self.send0(C.Connection.Unblocked())
+            self.flush()
+        if self.reading_paused and not self.writing_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        log.info("connection %s unblocked", self.name)
 
     def _handshake_timeout(self) -> None:
         if self.state not in ("opened", "closed", "closing"):

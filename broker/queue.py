@@ -222,7 +222,12 @@ class Queue:
             self.messages.append(msg)
             status = PUSH_OK
         else:
-            ref = qlog.append(persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body, msg.deadline)
+            try:
+                ref = qlog.append(persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body, msg.deadline)
+            except OSError as exc:  # e.g. no space for a new segment file
+                self.bytes_ready -= len(msg.body)
+                qlog.store.append_failed(qlog, exc)
+                return PUSH_REJECTED
             msg.ref = msg.seq = ref
             # a short queue keeps its messages in memory; a backlog keeps only refs
             if len(self.messages) < KEEP_IN_MEMORY or self.max_priority is not None:

@@ -26,6 +26,7 @@ from storage import meta
 from storage.log import LogStore
 
 from . import __version__
+from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .auth import Permission, UserStore
 from .connection import Connection
 from .vhost import VHost
@@ -82,6 +83,9 @@ class Broker:
         channel_max: int = 2047,
         handshake_timeout: float = 10.0,
         default_vhost: str = "/",
+        memory_high_watermark: str | float = 0.4,
+        disk_free_limit: str | int = "50MB",
+        alarm_interval: float = 0.5,
     ) -> None:
         self.host = host
         self.port = port
@@ -106,6 +110,9 @@ class Broker:
         self.stats_unroutable = 0
         self.meta_dirty = False
         self.reply_channels: dict[str, Any] = {}
+        self.monitor = ResourceMonitor(
+            self, parse_watermark(memory_high_watermark), parse_size(disk_free_limit), alarm_interval
+        )
         self.store: LogStore | None = LogStore(data_dir) if data_dir else None
         self._housekeeper: asyncio.TimerHandle | None = None
 
@@ -117,11 +124,13 @@ class Broker:
             self.store.on_synced = self._synced
             self.store.on_sync_failed = self._sync_failed
             self.store.on_write_failed = self._write_failed
+            self.store.on_written = self.monitor.written
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
         self.ensure_default_user()
         if self.meta_dirty:
             self.save_meta()
+        self.monitor.start()
         self.server = await self.loop.create_server(
             lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024
         )
@@ -378,6 +387,23 @@ class Broker:
             self.store.housekeep()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
 
+    # -- resource alarms ---------------------------------------------------------------
+    @property
+    def alarmed(self) -> bool:
+        return self.monitor.alarmed
+
+    def alarm_reasons(self) -> list[str]:
+        return self.monitor.reasons()
+
+    def block_publishers(self, reasons: list[str]) -> None:
+        for conn in list(self.open_connections):
+            if conn.publishing:
+                conn.block(reasons)
+
+    def unblock_publishers(self) -> None:
+        for conn in list(self.open_connections):
+            conn.unblock()
+
     def connection_opened(self, conn: Connection) -> None:
         self.open_connections.add(conn)
 
@@ -401,6 +427,7 @@ class Broker:
             conn.close_transport(abort=True)
         if self.server is not None:
             await self.server.wait_closed()
+        self.monitor.stop()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         if self.store is not None:

@@ -484,6 +484,7 @@ class LogStore:
         self.on_write_failed: Callable[[QueueLog, int], None] | None = None
         self._failed: Exception | None = None
         self.write_errors = 0
+        self.on_written: Callable[[int], None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
         self._lock_fd = -1
         self.fsyncs = 0
@@ -577,9 +578,18 @@ class LogStore:
             self.on_write_failed(exc.qlog, exc.lost_from)
         self._failed = exc.cause
 
+    def append_failed(self, qlog: QueueLog, exc: OSError) -> None:
+        """A record could not even be buffered (its segment file could not be made)."""
+        log.error("cannot append to %s: %s; the publish is refused", qlog.dir, exc)
+        self.write_errors += 1
+
     def flush(self) -> None:
         self.flush_scheduled = False
         self.now = time.monotonic()
+        if self.on_written is not None:
+            pending = sum(q.wbuf_size for q in self.dirty_logs)
+            if pending:
+                self.on_written(pending)
         for qlog in list(self.dirty_logs):
             try:
                 qlog.flush()

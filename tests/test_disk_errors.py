@@ -27,7 +27,8 @@ def small_disk(tmp_path):
 
 
 def test_full_disk_nacks_and_keeps_serving(small_disk, tmp_path):
-    b = BrokerProcess(small_disk, tmp_path / "broker.log").start()
+    # the disk alarm would block the publisher first: this test is about failing writes
+    b = BrokerProcess(small_disk, tmp_path / "broker.log", ["--disk-free-limit", "0"]).start()
     try:
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port))
         ch = conn.channel()
@@ -65,7 +66,7 @@ def test_full_disk_nacks_and_keeps_serving(small_disk, tmp_path):
     finally:
         b.stop()
     # and everything confirmed after the purge survives a restart
-    b2 = BrokerProcess(small_disk, tmp_path / "broker2.log").start()
+    b2 = BrokerProcess(small_disk, tmp_path / "broker2.log", ["--disk-free-limit", "0"]).start()
     try:
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b2.port))
         ch = conn.channel()

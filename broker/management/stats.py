@@ -1,0 +1,161 @@
+"""Message rates for the management API, from periodic samples of the engine's counters.
+
+The engine only keeps cumulative counters (per queue: ``published``,
+``delivered``, ``acked``; per connection: ``recv_bytes``, ``sent_bytes``).
+Every ``interval`` seconds (5 s, like RabbitMQ's ``collect_statistics_interval``;
+``BROKER_MANAGEMENT_SAMPLE_INTERVAL`` changes it) :meth:`Stats.sample` reads
+them and keeps, per object, the last values and the rates since the sample
+before.  A sample is one pass over the queues and connections: nothing is
+added to the AMQP hot path.
+
+Totals (overview, vhosts) also count what queues that are gone had done up to
+their last sample, so the overview's counters never go down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+DEFAULT_INTERVAL = 5.0
+
+# the per-queue counters sampled: (published, delivered, acked, ready, unacked)
+Q_FIELDS = ("publish", "deliver_get", "ack")
+
+
+def _interval_from_env() -> float:
+    try:
+        v = float(os.environ.get("BROKER_MANAGEMENT_SAMPLE_INTERVAL", DEFAULT_INTERVAL))
+        return v if v > 0 else DEFAULT_INTERVAL
+    except ValueError:
+        return DEFAULT_INTERVAL
+
+
+class Stats:
+    """Samples of the broker's counters, and the rates between the last two samples."""
+
+    def __init__(self, broker: Any, interval: float | None = None) -> None:
+        self.broker = broker
+        self.interval = interval if interval is not None else _interval_from_env()
+        self.started = time.time()
+        self.last_at = time.monotonic()
+        # queue -> (counters tuple, rates tuple)
+        self.queues: dict[Any, tuple[tuple, tuple]] = {}
+        # connection -> (recv, sent, recv_rate, sent_rate)
+        self.conns: dict[Any, tuple[int, int, float, float]] = {}
+        self.first_seen: dict[Any, int] = {}  # connection -> ms since the epoch
+        # per vhost name: publish/deliver_get/ack of queues that are gone
+        self.retired: dict[str, list[int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.sample()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop() if self.broker.loop is None else self.broker.loop
+        self._timer = loop.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.sample()
+        finally:
+            self._schedule()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        dt = now - self.last_at
+        self.last_at = now
+        old = self.queues
+        new: dict[Any, tuple[tuple, tuple]] = {}
+        zero = (0.0, 0.0, 0.0, 0.0, 0.0)
+        for vh in self.broker.vhosts.values():
+            for q in vh.queues.values():
+                cur = (q.published, q.delivered, q.acked, q.ready, q.unacked)
+                prev = old.get(q)
+                if prev is None or dt <= 0:
+                    rates = zero
+                else:
+                    p = prev[0]
+                    rates = tuple((c - b) / dt for c, b in zip(cur, p))
+                new[q] = (cur, rates)
+        for q, (cur, _r) in old.items():
+            if q not in new:
+                acc = self.retired.setdefault(q.vhost.name, [0, 0, 0])
+                for i in range(3):
+                    acc[i] += cur[i]
+        self.queues = new
+        cold = self.conns
+        cnew: dict[Any, tuple[int, int, float, float]] = {}
+        stamp = int(time.time() * 1000)
+        for conn in self.broker.open_connections:
+            prev_c = cold.get(conn)
+            r, s = conn.recv_bytes, conn.sent_bytes
+            if prev_c is None or dt <= 0:
+                cnew[conn] = (r, s, 0.0, 0.0)
+            else:
+                cnew[conn] = (r, s, (r - prev_c[0]) / dt, (s - prev_c[1]) / dt)
+            self.first_seen.setdefault(conn, stamp)
+        self.conns = cnew
+        for conn in [c for c in self.first_seen if c not in cnew and c not in self.broker.open_connections]:
+            del self.first_seen[conn]
+
+    # -- reading -------------------------------------------------------------------
+    def queue_rates(self, q: Any) -> tuple:
+        s = self.queues.get(q)
+        return s[1] if s is not None else (0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def conn_rates(self, conn: Any) -> tuple[float, float]:
+        s = self.conns.get(conn)
+        return (s[2], s[3]) if s is not None else (0.0, 0.0)
+
+    def connected_at(self, conn: Any) -> int:
+        return self.first_seen.setdefault(conn, int(time.time() * 1000))
+
+    def totals(self, vhosts: list[Any]) -> dict:
+        """Message counts, counters and rates summed over ``vhosts``."""
+        counts = [0, 0, 0]  # publish, deliver_get, ack
+        rates = [0.0, 0.0, 0.0, 0.0, 0.0]
+        ready = unacked = 0
+        for vh in vhosts:
+            for q in vh.queues.values():
+                counts[0] += q.published
+                counts[1] += q.delivered
+                counts[2] += q.acked
+                ready += q.ready
+                unacked += q.unacked
+                r = self.queue_rates(q)
+                for i in range(5):
+                    rates[i] += r[i]
+            acc = self.retired.get(vh.name)
+            if acc:
+                for i in range(3):
+                    counts[i] += acc[i]
+        return {
+            "message_stats": message_stats(counts, rates),
+            "messages": ready + unacked,
+            "messages_details": rate(rates[3] + rates[4]),
+            "messages_ready": ready,
+            "messages_ready_details": rate(rates[3]),
+            "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": rate(rates[4]),
+        }
+
+
+def rate(r: float) -> dict:
+    return {"rate": round(r, 1)}
+
+
+def message_stats(counts: Any, rates: Any) -> dict:
+    out: dict = {}
+    for i, name in enumerate(Q_FIELDS):
+        out[name] = counts[i]
+        out[name + "_details"] = rate(rates[i])
+    return out
