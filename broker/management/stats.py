@@ -48,6 +48,7 @@ class Stats:
         self.first_seen: dict[Any, int] = {}  # connection -> ms since the epoch
         # per vhost name: publish/deliver_get/ack of queues that are gone
         self.retired: dict[str, list[int]] = {}
+        self.floors: dict[Any, list[int]] = {}  # vhost -> counters last reported
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -92,6 +93,11 @@ class Stats:
                 for i in range(3):
                     acc[i] += cur[i]
         self.queues = new
+        for name in [n for n in self.retired if n not in self.broker.vhosts]:
+            del self.retired[name]
+        live = set(self.broker.vhosts.values())
+        for vh in [v for v in self.floors if v not in live]:
+            del self.floors[vh]
         cold = self.conns
         cnew: dict[Any, tuple[int, int, float, float]] = {}
         stamp = int(time.time() * 1000)
@@ -125,10 +131,11 @@ class Stats:
         rates = [0.0, 0.0, 0.0, 0.0, 0.0]
         ready = unacked = 0
         for vh in vhosts:
+            vc = [0, 0, 0]
             for q in vh.queues.values():
-                counts[0] += q.published
-                counts[1] += q.delivered
-                counts[2] += q.acked
+                vc[0] += q.published
+                vc[1] += q.delivered
+                vc[2] += q.acked
                 ready += q.ready
                 unacked += q.unacked
                 r = self.queue_rates(q)
@@ -137,7 +144,16 @@ class Stats:
             acc = self.retired.get(vh.name)
             if acc:
                 for i in range(3):
-                    counts[i] += acc[i]
+                    vc[i] += acc[i]
+            # what a queue did between its last sample and its deletion is not seen:
+            # never report less than before
+            floor = self.floors.setdefault(vh, [0, 0, 0])
+            for i in range(3):
+                if vc[i] < floor[i]:
+                    vc[i] = floor[i]
+                else:
+                    floor[i] = vc[i]
+                counts[i] += vc[i]
         return {
             "message_stats": message_stats(counts, rates),
             "messages": ready + unacked,

@@ -1,0 +1,298 @@
+"""The engine's objects as RabbitMQ's management API shows them (read-only helpers)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import hashlib
+import math
+import platform
+import re
+from typing import Any
+
+from ..exchange import freeze
+from ..queue import Queue
+from .stats import message_stats, rate
+
+RABBITMQ_COMPAT_VERSION = "3.13.7"
+
+
+def node_name() -> str:
+    return f"burrowmq@{platform.node() or 'localhost'}"
+
+
+def jsonable(v: Any) -> Any:
+    """Plain JSON values (AMQP tables may hold bytes, decimals, timestamps)."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if v is None or isinstance(v, (str, int, bool)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(b).decode("ascii")
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, datetime.datetime):
+        return int(v.timestamp())
+    return str(v)
+
+
+def split_peer(peer: str) -> tuple[str, int]:
+    host, _, port = peer.rpartition(":")
+    try:
+        return host, int(port)
+    except ValueError:
+        return peer, 0
+
+
+# -- exchanges, queues, bindings ---------------------------------------------------------
+
+def exchange_json(vh: Any, x: Any) -> dict:
+    d = x.describe()
+    d["vhost"] = vh.name
+    d["user_who_performed_action"] = "rmq-internal" if (not x.name or x.name.startswith("amq.")) else ""
+    return d
+
+
+def queue_json(vh: Any, q: Queue, stats: Any) -> dict:
+    d = q.describe()
+    r = stats.queue_rates(q)
+    d.update(
+        vhost=vh.name,
+        node=node_name(),
+        state="running",
+        type="classic",
+        policy=None,
+        effective_policy_definition={},
+        exclusive_consumer_tag=q.exclusive_consumer.tag if q.exclusive_consumer is not None else None,
+        message_bytes=q.bytes_ready,
+        message_bytes_ready=q.bytes_ready,
+        messages_details=rate(r[3] + r[4]),
+        messages_ready_details=rate(r[3]),
+        messages_unacknowledged_details=rate(r[4]),
+        message_stats=message_stats((q.published, q.delivered, q.acked), r),
+        durable_log=q.log is not None,
+    )
+    owner = q.owner
+    if owner is not None:
+        host, port = split_peer(owner.peer)
+        d["owner_pid_details"] = {"name": owner.name, "peer_host": host, "peer_port": port}
+    return d
+
+
+def args_hash(args: dict) -> str:
+    digest = hashlib.sha1(repr(freeze(args)).encode()).digest()
+    return base64.urlsafe_b64encode(digest[:12]).decode().rstrip("=")
+
+
+def properties_key(routing_key: str, args: dict) -> str:
+    """RabbitMQ's ``properties_key`` of a binding: it names the binding in URLs."""
+    rk = routing_key.replace("%", "%25").replace("~", "%7E")
+    if args:
+        return f"{rk}~{args_hash(args)}"
+    return rk if rk else "~"
+
+
+def binding_json(vh: Any, source: str, dest: str, dest_type: str, routing_key: str, args: dict) -> dict:
+    return {
+        "source": source,
+        "vhost": vh.name,
+        "destination": dest,
+        "destination_type": dest_type,
+        "routing_key": routing_key,
+        "arguments": args or {},
+        "properties_key": properties_key(routing_key, args or {}),
+    }
+
+
+def vhost_bindings(vh: Any) -> list[dict]:
+    """Every binding of a vhost, the default exchange's implicit ones first (as RabbitMQ lists them)."""
+    out = [binding_json(vh, "", q.name, "queue", q.name, {}) for q in vh.queues.values()]
+    for x in vh.exchanges.values():
+        if not x.name:
+            continue
+        for b in x.bindings.values():
+            d = b.destination
+            out.append(
+                binding_json(vh, x.name, d.name, "queue" if isinstance(d, Queue) else "exchange",
+                             b.routing_key, b.arguments)
+            )
+    return out
+
+
+# -- connections, channels, consumers ------------------------------------------------------
+
+def connection_json(conn: Any, broker: Any, stats: Any) -> dict:
+    host, port = split_peer(conn.peer)
+    rr, sr = stats.conn_rates(conn)
+    props = conn.client_properties or {}
+    return {
+        "name": conn.name,
+        "node": node_name(),
+        "vhost": conn.vhost.name if conn.vhost is not None else None,
+        "user": conn.username,
+        "user_who_performed_action": conn.username,
+        "peer_host": host,
+        "peer_port": port,
+        "host": broker.host,
+        "port": broker.port,
+        "state": "running" if conn.state == "opened" else conn.state,
+        "channels": len(conn.channels),
+        "channel_max": conn.channel_max,
+        "frame_max": conn.frame_max,
+        "timeout": conn.heartbeat,
+        "protocol": "AMQP 0-9-1",
+        "type": "network",
+        "ssl": False,
+        "auth_mechanism": "PLAIN",
+        "client_properties": props,
+        "connected_at": stats.connected_at(conn),
+        "recv_oct": conn.recv_bytes,
+        "recv_oct_details": rate(rr),
+        "send_oct": conn.sent_bytes,
+        "send_oct_details": rate(sr),
+        "recv_cnt": 0,
+        "send_cnt": 0,
+    }
+
+
+def channel_name(conn: Any, ch: Any) -> str:
+    return f"{conn.name} ({ch.number})"
+
+
+def channel_json(conn: Any, ch: Any) -> dict:
+    host, port = split_peer(conn.peer)
+    return {
+        "name": channel_name(conn, ch),
+        "number": ch.number,
+        "node": node_name(),
+        "user": conn.username,
+        "user_who_performed_action": conn.username,
+        "vhost": conn.vhost.name if conn.vhost is not None else None,
+        "connection_details": {"name": conn.name, "peer_host": host, "peer_port": port},
+        "consumer_count": len(ch.consumers),
+        "messages_unacknowledged": len(ch.unacked),
+        "messages_unconfirmed": len(ch.pending),
+        "messages_uncommitted": len(ch.tx_publishes),
+        "acks_uncommitted": len(ch.tx_acks),
+        "prefetch_count": ch.prefetch,
+        "global_prefetch_count": ch.global_prefetch,
+        "confirm": ch.confirm,
+        "transactional": ch.tx,
+        "state": "closing" if ch.closing else ("running" if ch.flow else "flow"),
+    }
+
+
+def consumer_json(conn: Any, ch: Any, c: Any) -> dict:
+    host, port = split_peer(conn.peer)
+    q = c.queue
+    return {
+        "consumer_tag": c.tag,
+        "queue": {"name": q.name, "vhost": q.vhost.name},
+        "channel_details": {
+            "name": channel_name(conn, ch),
+            "number": ch.number,
+            "connection_name": conn.name,
+            "peer_host": host,
+            "peer_port": port,
+            "user": conn.username,
+            "node": node_name(),
+        },
+        "ack_required": not c.no_ack,
+        "exclusive": c.exclusive,
+        "prefetch_count": c.prefetch,
+        "arguments": c.arguments or {},
+        "priority": c.priority,
+        "active": True,
+        "activity_status": "up",
+    }
+
+
+# -- list queries (RabbitMQ's sort / columns / pagination parameters) ------------------
+
+def _get_path(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def _sort_key(v: Any) -> tuple:
+    if v is None:
+        return (0, 0)
+    if isinstance(v, bool):
+        return (1, int(v))
+    if isinstance(v, (int, float)):
+        return (1, v)
+    return (2, str(v))
+
+
+def _pick_columns(d: dict, cols: list[str]) -> dict:
+    out: dict = {}
+    for c in cols:
+        v = _get_path(d, c)
+        parts = c.split(".")
+        t = out
+        for p in parts[:-1]:
+            t = t.setdefault(p, {})
+        t[parts[-1]] = v
+    return out
+
+
+def apply_query(items: list[dict], query: Any, default_sort: str | None = "name") -> Any:
+    """Filtering, sorting, pagination and column selection, as RabbitMQ's list endpoints do."""
+    total = len(items)
+    name = query.get("name")
+    if name:
+        if query.get("use_regex", "").lower() == "true":
+            try:
+                rx = re.compile(name)
+            except re.error as exc:
+                from .server import bad_request
+
+                raise bad_request(f"invalid regular expression: {exc}") from None
+            items = [i for i in items if rx.search(str(i.get("name", "")))]
+        else:
+            items = [i for i in items if name in str(i.get("name", ""))]
+    sort = query.get("sort", default_sort or "")
+    if sort:
+        items = sorted(items, key=lambda i: _sort_key(_get_path(i, sort)))
+    if query.get("sort_reverse", "").lower() == "true":
+        items = list(reversed(items))
+    cols = [c for c in query.get("columns", "").split(",") if c]
+    page = query.get("page")
+    if page is not None:
+        from .server import bad_request
+
+        try:
+            page_n = int(page)
+            size = int(query.get("page_size", "100"))
+        except ValueError:
+            raise bad_request("page and page_size must be integers") from None
+        if page_n < 1 or size < 1 or size > 500:
+            raise bad_request("page must be >= 1 and page_size between 1 and 500")
+        filtered = len(items)
+        chunk = items[(page_n - 1) * size : page_n * size]
+        if cols:
+            chunk = [_pick_columns(i, cols) for i in chunk]
+        return {
+            "filtered_count": filtered,
+            "item_count": len(chunk),
+            "items": chunk,
+            "page": page_n,
+            "page_count": max(1, -(-filtered // size)),
+            "page_size": size,
+            "total_count": total,
+        }
+    if cols:
+        items = [_pick_columns(i, cols) for i in items]
+    return items
