@@ -32,8 +32,9 @@ from pamqp import commands as C
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError, ConnectionError
 
+from . import deadletter
 from .message import Message
-from .queue import PUSH_OK, PUSH_REJECTED, PUSH_SYNC, Queue, now_ms
+from .queue import PUSH_OK, PUSH_REJECTED, PUSH_SYNC, Queue, now_ms, validate_consumer_arguments
 
 REPLY_TO_PSEUDO_STR = "amq.rabbitmq.reply-to"
 REPLY_TO_PSEUDO = REPLY_TO_PSEUDO_STR.encode()
@@ -257,6 +258,8 @@ class Channel:
         flags = framing.property_flags(header)
         if flags & (framing.FLAG_EXPIRATION | framing.FLAG_REPLY_TO):
             self._special_properties(msg, flags)
+        if flags & framing.FLAG_HEADERS and (b"\x02CC" in header or b"\x03BCC" in header):
+            self._sender_selected(msg)
         if flags & framing.FLAG_USER_ID:
             uid = msg.properties.user_id
             if uid != self.conn.username:
@@ -301,7 +304,7 @@ class Channel:
                 except ValueError:
                     raise ChannelError(
                         errors.PRECONDITION_FAILED, f"invalid expiration '{text}': {{value_negative,{text}}}"
-                        if text.lstrip("-").isdigit() else f"invalid expiration '{text}': {{invalid_integer,\"{text}\"}}",
+                        if text.lstrip("-").isdigit() else f"invalid expiration '{text}': no_integer",
                         60, 40,
                     ) from None
                 msg.exp_deadline = msg.deadline = now_ms() + ttl
@@ -315,6 +318,26 @@ class Channel:
                 msg.header = fields.join_properties(prefix, props)
                 msg._props = None
 
+    def _sender_selected(self, msg: Message) -> None:
+        """CC and BCC headers add routing keys; BCC is removed before delivery."""
+        prefix, props = fields.split_properties(msg.header)
+        entries = fields.table_entries(props["headers"])
+        extra: list[str] = []
+        kept = []
+        for k, v in entries:
+            if k in ("CC", "BCC"):
+                for item in deadletter._decode_array(v):
+                    if isinstance(item, (str, bytes)):
+                        extra.append(item.decode() if isinstance(item, bytes) else item)
+                if k == "BCC":
+                    continue
+            kept.append((k, v))
+        if len(kept) != len(entries):
+            props["headers"] = fields.encode_table_entries(kept)
+            msg.header = fields.join_properties(prefix, props)
+            msg._props = None
+        msg.cc = tuple(extra)
+
     def route(self, x: Any, msg: Message, mandatory: int) -> int:
         """Push into every queue the exchange routes to.  Returns PUSH_SYNC if an
         fsync must come before the publish is safe (persistent, into a durable
@@ -323,9 +346,10 @@ class Channel:
         status = PUSH_OK
         persistent = None
         if x is self.vhost.default_exchange and msg.routing_key.startswith(REPLY_TO_PREFIX):
-            self.conn.broker.direct_reply(msg)
+            if not self.conn.broker.direct_reply(msg) and mandatory:
+                self._return(msg)
             return PUSH_OK
-        for q in self.vhost.route(x, msg.routing_key, msg):
+        for q in self.vhost.route_all(x, msg):
             m = msg if first else msg.copy()
             first = False
             if q.log is None:
@@ -339,10 +363,14 @@ class Channel:
         if first:
             self.conn.broker.stats_unroutable += 1
             if mandatory:
-                parts = [framing.return_frame(self.number, errors.NO_ROUTE, "NO_ROUTE", msg.ex_raw, msg.rk_raw)]
-                parts += framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
-                self.conn.write_parts(parts)
+                self._return(msg)
         return status
+
+    def _return(self, msg: Message) -> None:
+        """Basic.Return 312 NO_ROUTE with the message's content."""
+        parts = [framing.return_frame(self.number, errors.NO_ROUTE, "NO_ROUTE", msg.ex_raw, msg.rk_raw)]
+        parts += framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
+        self.conn.write_parts(parts)
 
     def synced(self, epoch: int) -> bool:
         """The store made ``epoch`` durable: confirm what waited for it.
@@ -588,6 +616,9 @@ class Channel:
     # queue class
     def m_queue_declare(self, m: C.Queue.Declare) -> None:
         vh = self.vhost
+        if m.passive and m.queue.startswith(REPLY_TO_PSEUDO_STR):
+            self._declare_reply_to(m)
+            return
         if m.passive:
             # no "last declared queue" shortcut here, as in RabbitMQ
             q = self.vhost.get_queue(m.queue)
@@ -601,6 +632,18 @@ class Channel:
         self.last_queue = q.name
         if not m.nowait:
             self.send(C.Queue.DeclareOk(queue=q.name, message_count=q.ready, consumer_count=len(q.consumers)))
+
+    def _declare_reply_to(self, m: C.Queue.Declare) -> None:
+        """Passive declare of the direct reply-to pseudo-queue (or one reply name)."""
+        if m.queue == REPLY_TO_PSEUDO_STR:
+            count = 1  # as RabbitMQ answers
+        else:
+            ch = self.conn.broker.reply_channels.get(m.queue[len(REPLY_TO_PREFIX) :])
+            if ch is None or not m.queue.startswith(REPLY_TO_PREFIX):
+                raise ChannelError(errors.NOT_FOUND, f"no {self.vhost.what('queue', m.queue)}", 50, 10)
+            count = 1
+        if not m.nowait:
+            self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=count))
 
     def _bind_args(self, m: Any) -> tuple[Queue, Any]:
         if m.exchange == "":
@@ -669,6 +712,7 @@ class Channel:
             return
         self.check("read", "queue", self.queue_name(m.queue))
         q = self.find_queue(m.queue)
+        validate_consumer_arguments(m.arguments or {}, self.vhost.what("queue", q.name))
         tag = m.consumer_tag or _new_tag()
         if tag in self.consumers:
             raise ConnectionError(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)

@@ -89,6 +89,7 @@ class Connection:
     """Protocol state of one client connection."""
 
     OUT_HIGH = 1 << 20
+    MAX_FRAMES_PER_TURN = 256
 
     def __init__(self, broker: "Broker", transport: Any) -> None:
         self.broker = broker
@@ -105,6 +106,10 @@ class Connection:
         self.flush_scheduled = False
         self.writing_paused = False
         self.reading_paused = False
+        self.backpressure = False  # the peer does not read: we stop reading it
+        self.slicing = False  # frames of an earlier read still to handle
+        self._frames: list = []
+        self._frame_i = 0
         self.starved = False
         self.exclusive_queues: list[Any] = []
         self.confirm_dirty: set[Channel] = set()
@@ -180,9 +185,9 @@ class Connection:
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.reading_paused and not self.blocked:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        if self.backpressure:
+            self.backpressure = False
+            self._set_reading()
         self.loop.call_soon(self._after_resume)
 
     def _after_resume(self) -> None:
@@ -200,8 +205,28 @@ class Connection:
                 if not data:
                     return
             frames = self.reader.feed(data)
-            handle = self.handle_frame
-            for ftype, chn, payload in frames:
+        except AMQPError as e:
+            self.connection_error(e)
+            self._after_input()
+            return
+        if self._frames:
+            self._frames.extend(frames)
+        else:
+            self._frames = frames
+            self._frame_i = 0
+        self._process()
+
+    def _process(self) -> None:
+        """Handle up to MAX_FRAMES_PER_TURN frames, then let other connections have
+        the loop (reading this one waits until its backlog of frames is done)."""
+        frames = self._frames
+        i = self._frame_i
+        end = min(len(frames), i + self.MAX_FRAMES_PER_TURN)
+        handle = self.handle_frame
+        try:
+            while i < end:
+                ftype, chn, payload = frames[i]
+                i += 1
                 if self.state == "closing" or self.state == "closed":
                     self._while_closing(ftype, payload)
                     continue
@@ -216,17 +241,44 @@ class Connection:
         except Exception:  # a bug must not take down other connections
             log.exception("internal error on connection %s", self.peer)
             self.connection_error(ConnectionError(errors.INTERNAL_ERROR, "internal error"))
+        if i < len(frames) and self.state != "closed":
+            self._frame_i = i
+            if not self.slicing:
+                self.slicing = True
+                self._set_reading()
+            self.loop.call_soon(self._process)
+        else:
+            self._frames = []
+            self._frame_i = 0
+            if self.slicing:
+                self.slicing = False
+                self._set_reading()
+        self._after_input()
+
+    def _after_input(self) -> None:
         if self.block_pending:
             self.block_pending = False
             self.block(self.broker.alarm_reasons())
         if self.broker.meta_dirty:
             self.broker.save_meta()
         if self.out or self.confirm_dirty:
-            self.flush()
-        if self.writing_paused and not self.reading_paused and self.state == "opened":
+            self.schedule_flush()
+        if self.writing_paused and not self.backpressure and self.state == "opened":
             # the peer does not read what we send: stop reading what it sends
-            self.reading_paused = True
+            self.backpressure = True
+            self._set_reading()
+
+    def _set_reading(self) -> None:
+        """Read from the socket unless blocked by an alarm, the peer's own
+        back-pressure, or a backlog of frames still to handle."""
+        want_paused = self.blocked or self.backpressure or self.slicing
+        if want_paused == self.reading_paused or self.state == "closed":
+            return
+        self.reading_paused = want_paused
+        if want_paused:
             self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def _protocol_header(self, data: bytes) -> bytes:
         buf = self._header_buf + data
@@ -448,9 +500,7 @@ class Connection:
         if self.capabilities.get("connection.blocked"):
             self.send0(C.Connection.Blocked(reason=reason))
             self.flush()
-        if not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        self._set_reading()
         log.info("connection %s blocked: %s", self.name, reason)
 
     def unblock(self) -> None:
@@ -463,9 +513,7 @@ class Connection:
         if self.capabilities.get("connection.blocked"):
             self.send0(C.Connection.Unblocked())
             self.flush()
-        if self.reading_paused and not self.writing_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self._set_reading()
         log.info("connection %s unblocked", self.name)
 
     def _handshake_timeout(self) -> None:

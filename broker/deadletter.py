@@ -87,7 +87,7 @@ def dead_letter(msg: Message, queue_name: str, reason: str, dlx: str, dlrk: str 
             "queue": queue_name,
             "time": fields.Timestamp(int(time.time())),
             "exchange": msg.exchange,
-            "routing-keys": [msg.routing_key],
+            "routing-keys": [msg.routing_key] + [k for k in msg.cc if k in _cc_only(msg)],
         }
         if original_expiration is not None:
             entry["original-expiration"] = original_expiration
@@ -114,7 +114,21 @@ def dead_letter(msg: Message, queue_name: str, reason: str, dlx: str, dlrk: str 
     header = fields.join_properties(prefix, props)
     rk = dlrk if dlrk is not None else msg.routing_key
     m = Message(dlx, rk, fields.shortstr(dlx), fields.shortstr(rk), header, msg.body)
+    if dlrk is None:
+        m.cc = tuple(_cc_only(msg))  # dead letters go out with the original keys, BCC excepted
     return m
+
+
+def _cc_only(msg: Message) -> list[str]:
+    """The CC keys still in the message's headers (BCC was removed on publish)."""
+    _prefix, props = fields.split_properties(msg.header)
+    raw = props.get("headers")
+    if raw is None or b"\x02CC" not in raw:
+        return []
+    for k, v in fields.table_entries(raw):
+        if k == "CC":
+            return [i.decode() if isinstance(i, bytes) else i for i in _decode_array(v) if isinstance(i, (str, bytes))]
+    return []
 
 
 def death_queues(msg: Message) -> tuple[set[str], bool]:

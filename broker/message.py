@@ -31,6 +31,7 @@ class Message:
         "deadline",
         "exp_deadline",
         "priority",
+        "cc",
     )
 
     def __init__(
@@ -55,11 +56,13 @@ class Message:
         self.exp_deadline = 0  # from the per-message expiration property (ms since the epoch)
         self.deadline = 0  # effective in its queue (with the queue's x-message-ttl)
         self.priority = 0
+        self.cc: tuple[str, ...] = ()  # sender-selected extra routing keys (CC, BCC headers)
 
     def copy(self) -> "Message":
         m = Message(self.exchange, self.routing_key, self.ex_raw, self.rk_raw, self.header, self.body)
         m._props = self._props
         m.exp_deadline = m.deadline = self.exp_deadline
+        m.cc = self.cc
         return m
 
     @property

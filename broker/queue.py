@@ -236,7 +236,12 @@ class Queue:
                 self.messages.append(ref)
             status = PUSH_SYNC if persistent else PUSH_OK
         if self.consumers:
-            self.dispatch()
+            if self.plain:
+                self.dispatch()
+            else:
+                # a message that arrives at the head goes to a waiting consumer before
+                # any expiry check: with a TTL of 0 that is its only chance (RabbitMQ)
+                self._dispatch_special(expire_first=len(self.messages) > 1)
         if not self.plain:
             self._after_push()
         return status
@@ -331,7 +336,7 @@ class Queue:
         dead = deadletter.dead_letter(msg, self.name, reason, self.dlx, self.dlrk)
         names, rejected = deadletter.death_queues(dead)
         persistent = None
-        for q in vh.route(x, dead.routing_key, dead):
+        for q in vh.route_all(x, dead):
             # a cycle with no rejection in it is dropped, as RabbitMQ does
             if q.name in names and not rejected and q is not self and reason != "rejected":
                 continue
@@ -509,9 +514,10 @@ class Queue:
                 idle += 1
         self.rr = i if i < n else 0
 
-    def _dispatch_special(self) -> None:
+    def _dispatch_special(self, expire_first: bool = True) -> None:
         """Dispatch with TTL, single active consumer and consumer priorities."""
-        self.expire()
+        if expire_first:
+            self.expire()
         msgs = self.messages
         while msgs and self.consumers:
             c = self._pick()
@@ -571,7 +577,7 @@ _INT_ARGS_MIN = {
 
 
 def validate_queue_arguments(args: dict, what: str) -> None:
-    """RabbitMQ's checks of queue arguments (406 PRECONDITION_FAILED)."""
+    """RabbitMQ's checks of queue arguments (406 PRECONDITION_FAILED, RabbitMQ's texts)."""
 
     def bad(key: str, detail: str) -> ChannelError:
         return ChannelError(errors.PRECONDITION_FAILED, f"invalid arg '{key}' for {what}: {detail}")
@@ -581,36 +587,54 @@ def validate_queue_arguments(args: dict, what: str) -> None:
             continue
         v = args[key]
         if isinstance(v, bool) or not isinstance(v, int):
-            raise bad(key, f"{{unacceptable_type,{_erl_type(v)}}}")
+            raise bad(key, f'"expected integer, got {_erl_type(v)}"')
         if v < lo:
             if lo == 1 and v == 0:
                 raise bad(key, f"{{value_zero,{v}}}")
             raise bad(key, f"{{value_negative,{v}}}")
     if "x-max-priority" in args and args["x-max-priority"] > 255:
-        raise bad("x-max-priority", f"{{value_too_large,{args['x-max-priority']},255}}")
+        raise bad("x-max-priority", f"{{max_value_exceeded,{args['x-max-priority']}}}")
     if "x-overflow" in args:
         v = args["x-overflow"]
         v = v.decode() if isinstance(v, bytes) else v
         if v not in OVERFLOW_VALUES:
-            raise bad("x-overflow", f"{{invalid_value,<<\"{v}\">>}}" if isinstance(v, str) else
-                      f"{{unacceptable_type,{_erl_type(v)}}}")
+            raise bad("x-overflow", "invalid_overflow")
+    if "x-single-active-consumer" in args and not isinstance(args["x-single-active-consumer"], bool):
+        raise bad("x-single-active-consumer", f"{{unacceptable_type,{_erl_type(args['x-single-active-consumer'])}}}")
     for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
         if key in args and not isinstance(args[key], (str, bytes)):
-            raise bad(key, f"{{unacceptable_type,{_erl_type(args[key])}}}")
-    if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
-        raise ChannelError(
-            errors.PRECONDITION_FAILED,
-            f"invalid arg 'x-dead-letter-routing-key' for {what}: "
-            "{no_dead_letter_exchange,x-dead-letter-routing-key}",
-        )
-    if "x-queue-type" in args:
-        v = args["x-queue-type"]
-        v = v.decode() if isinstance(v, bytes) else v
-        if v != "classic":
             raise ChannelError(
                 errors.PRECONDITION_FAILED,
-                f"invalid arg 'x-queue-type' for {what}: queue type '{v}' is not supported by BurrowMQ, "
-                "only 'classic'",
+                f"invalid type '{_erl_type(args[key])}' for arg '{key}' in {what}",
+            )
+    if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
+        raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
+
+
+def validate_new_queue_type(args: dict, what: str) -> None:
+    """x-queue-type of a queue about to be created: 'classic' only."""
+    if "x-queue-type" not in args:
+        return
+    v = args["x-queue-type"]
+    v = v.decode() if isinstance(v, bytes) else v
+    if v in ("quorum", "stream"):
+        raise ChannelError(
+            errors.PRECONDITION_FAILED,
+            f"invalid arg 'x-queue-type' for {what}: {v} queues are not supported by BurrowMQ; "
+            "declare a durable classic queue",
+        )
+    if v != "classic":
+        raise ChannelError(
+            errors.PRECONDITION_FAILED, f"invalid arg 'x-queue-type' for {what}: \"unsupported queue type '{v}'\""
+        )
+
+
+def validate_consumer_arguments(args: dict, what: str) -> None:
+    if "x-priority" in args:
+        v = args["x-priority"]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ChannelError(
+                errors.PRECONDITION_FAILED, f'invalid arg \'x-priority\' for {what}: "expected integer, got {_erl_type(v)}"'
             )
 
 

@@ -376,11 +376,14 @@ class Broker:
         n = q.drop_where(lambda e: not keep(e))
         log.error("queue '%s': %d messages dropped after a failed write", q.name, n)
 
-    def direct_reply(self, msg: Any) -> None:
-        """A publish to amq.rabbitmq.reply-to.<token>: straight to that channel's consumer."""
+    def direct_reply(self, msg: Any) -> bool:
+        """A publish to amq.rabbitmq.reply-to.<token>: straight to that channel's
+        consumer.  False if that consumer is gone."""
         ch = self.reply_channels.get(msg.routing_key[len("amq.rabbitmq.reply-to.") :])
-        if ch is not None:
-            ch.deliver_reply(msg)
+        if ch is None or ch.closing or ch.reply_consumer is None:
+            return False
+        ch.deliver_reply(msg)
+        return True
 
     def _housekeep(self) -> None:
         if self.store is not None:

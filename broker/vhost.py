@@ -16,7 +16,7 @@ from protocol.errors import ChannelError
 
 from .exchange import EXCHANGE_TYPES, field_type_name as _type_name, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
 from .message import Message
-from .queue import Queue, validate_queue_arguments
+from .queue import Queue, validate_new_queue_type, validate_queue_arguments
 
 # queue arguments RabbitMQ compares on a redeclare (classic queues)
 QUEUE_EQUIV_ARGS = (
@@ -149,6 +149,12 @@ class VHost:
                 raise ChannelError(
                     errors.ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'"
                 )
+            ae = (arguments or {}).get("alternate-exchange")
+            if ae is not None and not isinstance(ae, (str, bytes)):
+                raise ChannelError(
+                    errors.PRECONDITION_FAILED,
+                    f"invalid type '{_type_name(ae)}' for arg 'alternate-exchange' in {self.what('exchange', name)}",
+                )
             x = cls(self, name, durable, auto_delete, internal, arguments)
             self.exchanges[name] = x
             created = True
@@ -234,6 +240,7 @@ class VHost:
             args_equivalence(_with_defaults(q.arguments), _with_defaults(arguments or {}), QUEUE_EQUIV_ARGS, what)
             q.last_used = time.monotonic()
             return q, False
+        validate_new_queue_type(arguments or {}, self.what("queue", name))
         q = Queue(self, name, durable, exclusive, auto_delete, arguments, owner)
         self.queues[name] = q
         q.arm_expires()
@@ -316,6 +323,16 @@ class VHost:
             self._remove_exchange(src)
 
     # -- routing -------------------------------------------------------------
+    def route_all(self, x: Exchange, msg: Message) -> Iterable[Queue]:
+        """The queues for a message's routing key and its CC/BCC keys (each once)."""
+        if not msg.cc:
+            return self.route(x, msg.routing_key, msg)
+        out: dict[Queue, None] = {}
+        for rk in (msg.routing_key,) + msg.cc:
+            for q in self.route(x, rk, msg):
+                out[q] = None
+        return out
+
     def route(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
         """The queues a message published to ``x`` goes to (through exchange-to-exchange
         bindings, and to the alternate exchange when nothing else takes it)."""

@@ -205,6 +205,8 @@ class QueueLog:
         self.wbuf_size = 0
         self.wbuf_count = 0
         seg = self.wseg
+        if self.store.on_written is not None:
+            self.store.on_written(len(data))
         try:
             _write_all(seg.fd, data)
         except OSError as exc:
@@ -586,10 +588,6 @@ class LogStore:
     def flush(self) -> None:
         self.flush_scheduled = False
         self.now = time.monotonic()
-        if self.on_written is not None:
-            pending = sum(q.wbuf_size for q in self.dirty_logs)
-            if pending:
-                self.on_written(pending)
         for qlog in list(self.dirty_logs):
             try:
                 qlog.flush()
