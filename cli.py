@@ -30,76 +30,120 @@ def main() -> None:
     """BurrowMQ: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged."""
 
 
-@main.command()
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--port", default=5672, show_default=True, type=int, help="AMQP port (0 picks a free one).")
+def _check_watermark(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from broker.alarms import parse_watermark
+
+    try:
+        parse_watermark(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _check_size(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from broker.alarms import parse_size
+
+    try:
+        parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+SECRET_OPTIONS = {"default_pass"}
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """--config FILE (or BROKER_CONFIG_FILE): TOML whose keys are serve's long option
+    names; its values become defaults, so flags and environment still win."""
+    if not path:
+        return path
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise click.ClickException(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(f"config file {path} cannot be read: {exc}") from None
+    params = {p.name: p for p in ctx.command.params if isinstance(p, click.Option) and p.name != "config"}
+    defaults: dict = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        p = params.get(name)
+        if p is None:
+            known = ", ".join(sorted(n.replace("_", "-") for n in params))
+            raise click.ClickException(f"config file {path}: unknown key '{key}' (known keys: {known})")
+        try:
+            v = p.type_cast_value(ctx, value)
+            if p.callback is not None:
+                v = p.callback(ctx, p, v)
+        except click.BadParameter as exc:
+            raise click.ClickException(f"config file {path}: bad value for '{key}': {exc.message}") from None
+        defaults[name] = v
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+class ServeCommand(click.Command):
+    """Reports a bad option, environment variable or config value in one line."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: object) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
+        except click.BadParameter as exc:
+            raise click.ClickException(exc.format_message()) from None
+
+
+@main.command(cls=ServeCommand)
 @click.option(
-    "--data-dir",
-    default=lambda: os.environ.get("BROKER_DATA_DIR", "./burrowmq-data"),
-    show_default="./burrowmq-data",
-    help="Where durable state is kept.",
+    "--config", envvar="BROKER_CONFIG_FILE", is_eager=True, expose_value=False, callback=_load_config,
+    type=click.Path(dir_okay=False), help="TOML file of serve options (keys: the long option names).",
 )
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
+@click.option("--host", envvar="BROKER_HOST", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", envvar="BROKER_PORT", default=5672, show_default=True, type=int,
+              help="AMQP port (0 picks a free one).")
+@click.option("--data-dir", envvar="BROKER_DATA_DIR", default="./burrowmq-data", show_default=True,
+              help="Where durable state is kept.")
+@click.option("--log-level", envvar="BROKER_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(LOG_LEVELS))
+@click.option("--default-user", envvar="BROKER_DEFAULT_USER", default="guest", show_default=True,
+              help="User created on first start, with full rights on the default vhost.")
+@click.option("--default-pass", envvar="BROKER_DEFAULT_PASS", default="guest", show_default=True,
+              help="Password of the default user.")
+@click.option("--default-vhost", envvar="BROKER_DEFAULT_VHOST", default="/", show_default=True,
+              help="Vhost created on first start.")
+@click.option("--allow-remote-guest", envvar="BROKER_ALLOW_REMOTE_GUEST", is_flag=True,
+              help="Let the user 'guest' log in from other hosts than loopback (off, like RabbitMQ).")
+@click.option("--heartbeat", envvar="BROKER_HEARTBEAT", default=60, show_default=True, type=int,
+              help="Heartbeat interval offered (s).")
 @click.option(
-    "--default-user",
-    default=lambda: os.environ.get("BROKER_DEFAULT_USER", "guest"),
-    show_default="guest (env BROKER_DEFAULT_USER)",
-    help="User created at start, with full rights on vhost '/'.",
-)
-@click.option(
-    "--default-pass",
-    default=lambda: os.environ.get("BROKER_DEFAULT_PASS", "guest"),
-    show_default="guest (env BROKER_DEFAULT_PASS)",
-    help="Password of the default user.",
-)
-@click.option(
-    "--allow-remote-guest",
-    is_flag=True,
-    help="Let the user 'guest' log in from other hosts than loopback (off, like RabbitMQ).",
-)
-@click.option("--heartbeat", default=60, show_default=True, type=int, help="Heartbeat interval offered (s).")
-@click.option(
-    "--memory-high-watermark",
-    default="0.4",
-    show_default=True,
+    "--memory-high-watermark", envvar="BROKER_MEMORY_HIGH_WATERMARK", default="0.4", show_default=True,
+    callback=_check_watermark,
     help="Block publishers above this resident memory: a fraction of RAM (0.4) or a size (512MB).",
 )
 @click.option(
-    "--disk-free-limit",
-    default="50MB",
-    show_default=True,
+    "--disk-free-limit", envvar="BROKER_DISK_FREE_LIMIT", default="50MB", show_default=True, callback=_check_size,
     help="Block publishers when the data dir's disk has less free space than this (0 disables).",
 )
-@click.option(
-    "--management-port",
-    default=lambda: int(os.environ.get("BROKER_MANAGEMENT_PORT", "15672")),
-    show_default="15672 (env BROKER_MANAGEMENT_PORT)",
-    type=int,
-    help="Port of the management HTTP API (0 picks a free one).",
-)
-@click.option(
-    "--management-host",
-    default=None,
-    show_default="the --host value",
-    help="Address the management HTTP API listens on.",
-)
-def serve(
-    host: str,
-    port: int,
-    data_dir: str,
-    log_level: str,
-    default_user: str,
-    default_pass: str,
-    allow_remote_guest: bool,
-    heartbeat: int,
-    memory_high_watermark: str,
-    disk_free_limit: str,
-    management_port: int,
-    management_host: str | None,
-) -> None:
+@click.option("--management-port", envvar="BROKER_MANAGEMENT_PORT", default=15672, show_default=True, type=int,
+              help="Port of the management HTTP API (0 picks a free one, -1 turns it off).")
+@click.option("--management-host", envvar="BROKER_MANAGEMENT_HOST", default=None, show_default="the --host value",
+              help="Address the management HTTP API listens on.")
+@click.option("--metrics-port", envvar="BROKER_METRICS_PORT", default=15692, show_default=True, type=int,
+              help="Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).")
+@click.option("--definitions", envvar="BROKER_DEFINITIONS", default=None,
+              type=click.Path(dir_okay=False),
+              help="Definitions JSON (RabbitMQ's export format) to import at boot.")
+@click.pass_context
+def serve(ctx: click.Context, **opts: object) -> None:
     """Run the broker in the foreground until SIGINT or SIGTERM."""
-    _setup_logging(log_level)
+    o = opts
+    _setup_logging(str(o["log_level"]))
     log = logging.getLogger("broker")
+    log.info("configuration: %s", _describe_config(ctx, opts))
     from broker.server import Broker
 
     try:
@@ -107,47 +151,64 @@ def serve(
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
         uvloop = None
 
-    broker = Broker(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        default_user=default_user,
-        default_pass=default_pass,
-        loopback_users=() if allow_remote_guest else None,
-        heartbeat=heartbeat,
-        memory_high_watermark=memory_high_watermark,
-        disk_free_limit=disk_free_limit,
-    )
+    host = str(o["host"])
+    try:
+        broker = Broker(
+            host=host,
+            port=int(o["port"]),  # type: ignore[call-overload]
+            data_dir=str(o["data_dir"]),
+            default_user=str(o["default_user"]),
+            default_pass=str(o["default_pass"]),
+            default_vhost=str(o["default_vhost"]),
+            loopback_users=() if o["allow_remote_guest"] else None,
+            heartbeat=int(o["heartbeat"]),  # type: ignore[call-overload]
+            memory_high_watermark=str(o["memory_high_watermark"]),
+            disk_free_limit=str(o["disk_free_limit"]),
+            definitions_file=o["definitions"],  # type: ignore[arg-type]
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        from broker.server import DefinitionsError
         from storage.log import DataDirLocked
 
         try:
             await broker.start()
-        except DataDirLocked as exc:
+        except (DataDirLocked, DefinitionsError) as exc:
             log.error("%s", exc)
             raise SystemExit(1) from None
         except OSError as exc:
-            log.error("cannot listen on %s:%s: %s (is another broker running? try --port)", host, port, exc)
+            log.error("cannot listen on %s:%s: %s (is another broker running? try --port)", host, o["port"], exc)
             raise SystemExit(1) from None
+        servers = []
         from broker.management import ManagementServer
+        from broker.metrics import MetricsServer
 
-        mhost = management_host or host
-        mgmt = ManagementServer(broker, mhost, management_port)
-        try:
-            await mgmt.start()
-        except OSError as exc:
-            log.error(
-                "cannot listen on %s:%s for the management API: %s (try --management-port)",
-                mhost, management_port, exc,
-            )
-            await broker.stop()
-            raise SystemExit(1) from None
-        logging.getLogger("broker.management").info("management API listening on http://%s:%s", mhost, mgmt.port)
+        for kind, cls, port_opt, host_opt, what in (
+            ("management", ManagementServer, "management_port", "management_host", "management API"),
+            ("metrics", MetricsServer, "metrics_port", None, "Prometheus metrics"),
+        ):
+            port = int(o[port_opt])  # type: ignore[call-overload]
+            if port < 0:
+                continue
+            shost = str(o[host_opt] or host) if host_opt else host
+            srv = cls(broker, shost, port)
+            try:
+                await srv.start()
+            except OSError as exc:
+                log.error("cannot listen on %s:%s for the %s: %s (try --%s-port)", shost, port, what, exc, kind)
+                for s in servers:
+                    await s.stop()
+                await broker.stop()
+                raise SystemExit(1) from None
+            servers.append(srv)
+            path = "/metrics" if kind == "metrics" else ""
+            logging.getLogger(f"broker.{kind}").info("%s listening on http://%s:%s%s", what, shost, srv.port, path)
         # Queued messages are many small tracked objects: collect young objects less
         # often (measured: +20% deliveries per CPU second), and keep the start-up
         # objects out of every collection.
@@ -156,20 +217,38 @@ def serve(
         gc.set_threshold(100_000, 50, 100)
         log.info(
             "BurrowMQ %s ready: amqp://%s:%s (event loop %s)",
-            __version__,
-            host,
-            broker.port,
-            "uvloop" if uvloop is not None else "asyncio",
+            __version__, host, broker.port, "uvloop" if uvloop is not None else "asyncio",
         )
         await stop.wait()
-        log.info("stopping: closing client connections")
-        await mgmt.stop()
+        t0 = loop.time()
+        log.info("stopping: no new connections; finishing in-flight confirms, then closing clients")
+        for s in servers:
+            await s.stop()
         await broker.stop()
+        log.info("stopped in %.2f s", loop.time() - t0)
 
     if uvloop is not None:
         uvloop.run(run())
     else:
         asyncio.run(run())
+
+
+def _describe_config(ctx: click.Context, opts: dict) -> str:
+    """``name=value (source)`` for every option, secrets masked."""
+    from click.core import ParameterSource
+
+    names = {
+        ParameterSource.COMMANDLINE: "flag",
+        ParameterSource.ENVIRONMENT: "env",
+        ParameterSource.DEFAULT_MAP: "config file",
+        ParameterSource.DEFAULT: "default",
+    }
+    parts = []
+    for name, value in opts.items():
+        src = ctx.get_parameter_source(name)
+        shown = "****" if name in SECRET_OPTIONS else value
+        parts.append(f"{name.replace('_', '-')}={shown} ({names.get(src, 'default')})")  # type: ignore[arg-type]
+    return ", ".join(parts)
 
 
 # -- admin commands: rabbitmqctl's verbs, through a running broker's management API ------------

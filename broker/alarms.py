@@ -8,8 +8,8 @@ limit the alarm is raised: every connection that publishes is sent
 ``connection.blocked`` (if its client announced the capability) and is no
 longer read, so publishers stop while consumers go on draining.  A connection
 that publishes for the first time during an alarm is blocked at that publish.
-When every alarm has cleared, blocked connections get ``connection.unblocked``
-and are read again.  While the memory alarm is up, freed memory is handed back
+When every alarm has cleared (memory: 5% under the mark, so that it does not
+flap), blocked connections get ``connection.unblocked`` and are read again.  While the memory alarm is up, freed memory is handed back
 to the system (``malloc_trim``) so that the resident size can fall again.
 """
 
@@ -94,6 +94,8 @@ class ResourceMonitor:
         self.rss = 0
         self.disk_free = -1
         self._since = 0
+        self.input_bytes = 0
+        self.next_input_check = self.INPUT_CHECK_EVERY
         self._timer: Any = None
 
     @property
@@ -110,6 +112,17 @@ class ResourceMonitor:
 
     def start(self) -> None:
         self.check()
+
+    INPUT_CHECK_EVERY = 16 << 20
+
+    def input_checkpoint(self) -> None:
+        """Every 16 MiB read from clients, check memory at once: a fast publisher
+        must not outrun the periodic check by hundreds of megabytes."""
+        self.next_input_check = self.input_bytes + self.INPUT_CHECK_EVERY
+        if self.memory_limit and not self.memory_alarm:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.check()
 
     def written(self, nbytes: int) -> None:
         """The store is about to write ``nbytes``: check the disk at once if that
@@ -141,7 +154,8 @@ class ResourceMonitor:
             elif self.memory_alarm:
                 _trim()
                 self.rss = rss_bytes()
-                if self.rss < self.memory_limit:
+                # clear a little below the mark, so that the alarm does not flap on every check
+                if self.rss < self.memory_limit * 0.95:
                     self.memory_alarm = False
                     log.warning("memory alarm cleared: resident memory %d MB", self.rss // 2**20)
         data_dir = self.broker.data_dir

@@ -101,6 +101,7 @@ class Channel:
         self.conn = conn
         self.number = number
         self.vhost = conn.vhost
+        self.stats = conn.broker.stats
         self.closing = False
         self.flow = True
         self.active = True  # flow on and not closing
@@ -255,6 +256,7 @@ class Channel:
         if bits & 2:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
+        self.stats.published += 1
         flags = framing.property_flags(header)
         if flags & (framing.FLAG_EXPIRATION | framing.FLAG_REPLY_TO):
             self._special_properties(msg, flags)
@@ -362,6 +364,9 @@ class Channel:
                 status = r
         if first:
             self.conn.broker.stats_unroutable += 1
+        else:
+            self.stats.routed += 1
+        if first:
             if mandatory:
                 self._return(msg)
         return status
@@ -417,12 +422,17 @@ class Channel:
     def emit_confirms(self) -> None:
         upto = self.ack_upto
         if upto > self.ack_sent:
+            self.stats.confirmed += upto - self.ack_sent
             self.conn.write(framing.confirm_frame(self.number, upto, upto - self.ack_sent > 1))
             self.ack_sent = upto
 
     # -- delivery --------------------------------------------------------------
     def deliver(self, c: Consumer, q: Queue, msg: Message) -> None:
         self.next_tag = tag = self.next_tag + 1
+        st = self.stats
+        st.delivered += 1
+        if msg.redelivered:
+            st.redelivered += 1
         if c.no_ack:
             q.settle(msg)
         else:
@@ -449,6 +459,7 @@ class Channel:
                 c.unacked -= 1
                 self.global_unacked -= 1
             q.settle(msg)
+            self.stats.acked += 1
             if c is not None:
                 if self.global_prefetch:
                     self._kick_all()
@@ -522,6 +533,7 @@ class Channel:
             elif requeue is None:
                 for m in msgs:
                     q.settle(m)
+                self.stats.acked += len(msgs)
             else:
                 for m in msgs:
                     q.reject(m)
@@ -794,6 +806,9 @@ class Channel:
             self.send(C.Basic.GetEmpty())
             return
         self.next_tag = tag = self.next_tag + 1
+        self.stats.delivered += 1
+        if msg.redelivered:
+            self.stats.redelivered += 1
         if m.no_ack:
             q.settle(msg)
         else:

@@ -108,6 +108,7 @@ class Connection:
         self.reading_paused = False
         self.backpressure = False  # the peer does not read: we stop reading it
         self.slicing = False  # frames of an earlier read still to handle
+        self.draining = False  # the broker is stopping: read nothing more
         self._frames: list = []
         self._frame_i = 0
         self.starved = False
@@ -199,6 +200,10 @@ class Connection:
     def data_received(self, data: bytes) -> None:
         self.last_recv = self.loop.time()
         self.recv_bytes += len(data)
+        mon = self.broker.monitor
+        mon.input_bytes += len(data)
+        if mon.input_bytes >= mon.next_input_check:
+            mon.input_checkpoint()
         try:
             if self.state == "header":
                 data = self._protocol_header(data)
@@ -271,7 +276,7 @@ class Connection:
     def _set_reading(self) -> None:
         """Read from the socket unless blocked by an alarm, the peer's own
         back-pressure, or a backlog of frames still to handle."""
-        want_paused = self.blocked or self.backpressure or self.slicing
+        want_paused = self.blocked or self.backpressure or self.slicing or self.draining
         if want_paused == self.reading_paused or self.state == "closed":
             return
         self.reading_paused = want_paused
@@ -489,6 +494,13 @@ class Connection:
         if now - self.last_send >= hb / 2:
             self.write(framing.HEARTBEAT_FRAME)
         self._hb_handle = self.loop.call_later(hb / 2, self._heartbeat_tick)
+
+    def drain(self) -> None:
+        """The broker is stopping: take no more input from this client."""
+        self.draining = True
+        self._frames = []
+        self._frame_i = 0
+        self._set_reading()
 
     # -- resource alarms -----------------------------------------------------------
     def block(self, reasons: list[str]) -> None:

@@ -34,6 +34,23 @@ from .vhost import VHost
 log = logging.getLogger("broker.server")
 
 
+class DefinitionsError(Exception):
+    """A definitions file given at boot cannot be read."""
+
+
+class Stats:
+    """Broker-wide counters (metrics and the management overview)."""
+
+    __slots__ = (
+        "published", "routed", "delivered", "redelivered", "acked", "confirmed",
+        "bytes_in", "bytes_out", "connections_opened", "connections_closed",
+    )
+
+    def __init__(self) -> None:
+        for k in self.__slots__:
+            setattr(self, k, 0)
+
+
 class AMQPProtocol(asyncio.Protocol):
     """asyncio adapter: socket events -> Connection."""
 
@@ -59,6 +76,9 @@ class AMQPProtocol(asyncio.Protocol):
         if conn is not None:
             self.broker.connections.discard(conn)
             conn.connection_lost(exc)
+            st = self.broker.stats
+            st.bytes_in += conn.recv_bytes
+            st.bytes_out += conn.sent_bytes
 
     def pause_writing(self) -> None:
         self.conn.pause_writing()  # type: ignore[union-attr]
@@ -86,6 +106,7 @@ class Broker:
         memory_high_watermark: str | float = 0.4,
         disk_free_limit: str | int = "50MB",
         alarm_interval: float = 0.5,
+        definitions_file: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -108,6 +129,8 @@ class Broker:
             loopback_users = ("guest",) if default_user == "guest" else ()
         self.loopback_users = set(loopback_users)
         self.stats_unroutable = 0
+        self.stats = Stats()
+        self.definitions_file = definitions_file
         self.meta_dirty = False
         self.reply_channels: dict[str, Any] = {}
         self.monitor = ResourceMonitor(
@@ -127,6 +150,8 @@ class Broker:
             self.store.on_written = self.monitor.written
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
+        if self.definitions_file:
+            self.load_definitions_file(self.definitions_file)
         self.ensure_default_user()
         if self.meta_dirty:
             self.save_meta()
@@ -328,6 +353,25 @@ class Broker:
         self.close_user_connections(name, f"user '{name}' password changed")
         self.meta_dirty = True
 
+    def load_definitions_file(self, path: str) -> None:
+        """Import a definitions file at boot (RabbitMQ's load_definitions)."""
+        import json
+
+        try:
+            with open(path, "rb") as f:
+                defs = json.loads(f.read())
+        except (OSError, ValueError) as exc:
+            raise DefinitionsError(f"cannot load definitions from {path}: {exc}") from None
+        if not isinstance(defs, dict):
+            raise DefinitionsError(f"cannot load definitions from {path}: not a JSON object")
+        counts = self.apply_definitions(defs)
+        log.info(
+            "imported definitions from %s: %d vhosts, %d users, %d permissions, %d exchanges, %d queues, "
+            "%d bindings%s",
+            path, counts["vhosts"], counts["users"], counts["permissions"], counts["exchanges"], counts["queues"],
+            counts["bindings"], f"; {len(counts['problems'])} problems (see errors above)" if counts["problems"] else "",
+        )
+
     def ensure_default_user(self) -> None:
         """On a blank node (no users), create the default user and vhost, as RabbitMQ does."""
         vh = self.default_vhost
@@ -409,14 +453,31 @@ class Broker:
 
     def connection_opened(self, conn: Connection) -> None:
         self.open_connections.add(conn)
+        self.stats.connections_opened += 1
 
     def connection_gone(self, conn: Connection) -> None:
-        self.open_connections.discard(conn)
+        if conn in self.open_connections:
+            self.open_connections.discard(conn)
+            self.stats.connections_closed += 1
 
     async def stop(self, reason: str = "shutdown", timeout: float = 5.0) -> None:
-        """Stop accepting, close every client with 320 CONNECTION_FORCED, wait for them."""
+        """Stop accepting, stop reading clients, let in-flight confirms complete
+        (the last fsync), then close every client with 320 CONNECTION_FORCED."""
         if self.server is not None:
             self.server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        store = self.store
+        if store is not None and self.loop is not None:
+            store.flush()
+            deadline = self.loop.time() + timeout
+            while (store.syncing or store.sync_wanted) and self.loop.time() < deadline:
+                await asyncio.sleep(0.005)
+                if store.sync_wanted and not store.syncing:
+                    store.flush()
+        for conn in list(self.connections):
+            if conn.out or conn.confirm_dirty:
+                conn.flush()
         text = f"CONNECTION_FORCED - broker forced connection closure with reason '{reason}'"
         for conn in list(self.connections):
             if conn.state == "opened":

@@ -38,8 +38,9 @@ class BrokerProcess:
             sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1",
             "--port", str(port or self.port or 0), "--data-dir", str(self.data_dir), "--log-level", "debug",
         ]
-        if "--management-port" not in self.extra:
-            args += ["--management-port", "0"]  # many brokers run at once: never fight over 15672
+        for opt in ("--management-port", "--metrics-port"):
+            if opt not in self.extra:
+                args += [opt, "0"]  # many brokers run at once: never fight over 15672 / 15692
         args += self.extra
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -43,7 +43,10 @@ class Publisher(threading.Thread):
                 ch.basic_publish("", self.queue, self.body, self.props)
                 self.sent += 1
             ch.confirm_delivery()  # a round trip: everything before it has been taken
-            conn.process_data_events(0.5)
+            # pika hands blocked/unblocked to the callbacks only while processing events
+            deadline = time.time() + 10
+            while not self.unblocked and time.time() < deadline:
+                conn.process_data_events(0.1)
             conn.close()
         except BaseException as exc:  # reported by the test
             self.error = exc

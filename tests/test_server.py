@@ -264,3 +264,26 @@ def test_publisher_that_does_not_read_is_throttled(fresh_broker):
         pass
     assert got >= sent * 0.9  # returns carry the whole message back
     s.close()
+
+
+def _raw_tune(port: int, user: str = "guest", password: str = "guest") -> int:
+    """The heartbeat a broker offers in Connection.Tune (raw handshake)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        buf = b""
+        frames = []
+        while len(frames) < 2:
+            buf += s.recv(65536)
+            while len(buf) >= 7:
+                size = struct.unpack(">I", buf[3:7])[0]
+                if len(buf) < size + 8:
+                    break
+                frames.append(pframe.unmarshal(buf[: size + 8])[2])
+                buf = buf[size + 8 :]
+            if len(frames) == 1 and isinstance(frames[0], C.Connection.Start):
+                s.sendall(pframe.marshal(C.Connection.StartOk(client_properties={}, response=f"\0{user}\0{password}"), 0))
+        assert isinstance(frames[1], C.Connection.Tune)
+        return frames[1].heartbeat
+    finally:
+        s.close()
