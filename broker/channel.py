@@ -344,29 +344,15 @@ class Channel:
         """Push into every queue the exchange routes to.  Returns PUSH_SYNC if an
         fsync must come before the publish is safe (persistent, into a durable
         queue), PUSH_REJECTED if a queue refused it (nack), else PUSH_OK."""
-        first = True
-        status = PUSH_OK
-        persistent = None
         if x is self.vhost.default_exchange and msg.routing_key.startswith(REPLY_TO_PREFIX):
             if not self.conn.broker.direct_reply(msg) and mandatory:
                 self._return(msg)
             return PUSH_OK
-        for q in self.vhost.route_all(x, msg):
-            m = msg if first else msg.copy()
-            first = False
-            if q.log is None:
-                r = q.push(m)
-            else:
-                if persistent is None:
-                    persistent = framing.delivery_mode(msg.header) == 2
-                r = q.push(m, persistent)
-            if r > status:
-                status = r
-        if first:
-            self.conn.broker.stats_unroutable += 1
-        else:
+        routed, status = self.vhost.enqueue(self.vhost.route_all(x, msg), msg)
+        if routed:
             self.stats.routed += 1
-        if first:
+        else:
+            self.conn.broker.stats_unroutable += 1
             if mandatory:
                 self._return(msg)
         return status

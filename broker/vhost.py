@@ -11,12 +11,12 @@ import os
 import time
 from typing import Any, Iterable
 
-from protocol import errors
+from protocol import errors, framing
 from protocol.errors import ChannelError
 
 from .exchange import EXCHANGE_TYPES, field_type_name as _type_name, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
 from .message import Message
-from .queue import Queue, validate_new_queue_type, validate_queue_arguments
+from .queue import PUSH_OK, Queue, validate_new_queue_type, validate_queue_arguments
 
 # queue arguments RabbitMQ compares on a redeclare (classic queues)
 QUEUE_EQUIV_ARGS = (
@@ -336,10 +336,14 @@ class VHost:
     def route(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
         """The queues a message published to ``x`` goes to (through exchange-to-exchange
         bindings, and to the alternate exchange when nothing else takes it)."""
+        dests = self._route(x, routing_key, msg)
+        if not dests and x.alternate is not None:
+            return self._alternate(x, routing_key, msg)
+        return dests
+
+    def _route(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
         dests = x.match(routing_key, msg)
         if not x.exchange_dests:
-            if not dests and x.alternate is not None:
-                return self._alternate(x, routing_key, msg)
             return dests
         out: dict[Queue, None] = {}
         seen: set[Exchange] = {x}
@@ -351,8 +355,6 @@ class VHost:
             elif d not in seen:
                 seen.add(d)
                 stack.extend(d.match(routing_key, msg))
-        if not out and x.alternate is not None:
-            return self._alternate(x, routing_key, msg)
         return out
 
     def _alternate(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
@@ -362,27 +364,31 @@ class VHost:
             if ae is None or ae in seen:
                 return ()
             seen.add(ae)
-            dests = self.route_no_ae(ae, routing_key, msg)
+            dests = self._route(ae, routing_key, msg)
             if dests:
                 return dests
             x = ae
         return ()
 
-    def route_no_ae(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
-        dests = x.match(routing_key, msg)
-        if not x.exchange_dests:
-            return dests
-        out: dict[Queue, None] = {}
-        seen: set[Exchange] = {x}
-        stack: list[Any] = list(dests)
-        while stack:
-            d = stack.pop()
-            if isinstance(d, Queue):
-                out[d] = None
-            elif d not in seen:
-                seen.add(d)
-                stack.extend(d.match(routing_key, msg))
-        return out
+    @staticmethod
+    def enqueue(queues: Iterable[Queue], msg: Message) -> tuple[bool, int]:
+        """Push ``msg`` into each queue (a copy for every queue after the first).
+        Returns (routed anywhere, the worst push status: PUSH_OK < PUSH_SYNC < PUSH_REJECTED)."""
+        first = True
+        status = PUSH_OK
+        persistent = None
+        for q in queues:
+            m = msg if first else msg.copy()
+            first = False
+            if q.log is None:
+                r = q.push(m)
+            else:
+                if persistent is None:
+                    persistent = framing.delivery_mode(msg.header) == 2
+                r = q.push(m, persistent)
+            if r > status:
+                status = r
+        return not first, status
 
     # -- durable metadata ------------------------------------------------------------
     def definitions(self) -> dict:

@@ -243,8 +243,7 @@ class QueueLog:
             self.delivered_upto = ref
             self.store.dirty(self)
 
-    def _drop_segment(self, seg: Segment) -> None:
-        self.segments.pop(seg.sid, None)
+    def _close_files(self, seg: Segment) -> None:
         for fd in (seg.fd, seg.ack_fd):
             if fd >= 0:
                 self.store.sync_fds.discard(fd)
@@ -253,6 +252,10 @@ class QueueLog:
                 except OSError:
                     pass
         seg.fd = seg.ack_fd = -1
+
+    def _drop_segment(self, seg: Segment) -> None:
+        self.segments.pop(seg.sid, None)
+        self._close_files(seg)
         for p in (seg.path, seg.ack_path):
             try:
                 os.unlink(p)
@@ -314,14 +317,7 @@ class QueueLog:
             except OSError as exc:
                 log.error("flushing %s at close failed: %s", self.dir, exc)
         for seg in self.segments.values():
-            for fd in (seg.fd, seg.ack_fd):
-                if fd >= 0:
-                    self.store.sync_fds.discard(fd)
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            seg.fd = seg.ack_fd = -1
+            self._close_files(seg)
 
     def destroy(self) -> None:
         """The queue is deleted: remove every file of it."""

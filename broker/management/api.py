@@ -610,25 +610,12 @@ async def publish(ctx: Ctx) -> Any:
     if x is vh.default_exchange and rk.startswith(REPLY_TO_PREFIX):
         ctx.broker.direct_reply(msg)
         return {"routed": True}
-    status = 0
-    first = True
-    persistent = None
-    for q in vh.route(x, rk, msg):
-        m = msg if first else msg.copy()
-        first = False
-        if q.log is None:
-            r = q.push(m)
-        else:
-            if persistent is None:
-                persistent = framing.delivery_mode(msg.header) == 2
-            r = q.push(m, persistent)
-        if r > status:
-            status = r
-    if first:
+    routed, status = vh.enqueue(vh.route(x, rk, msg), msg)
+    if not routed:
         ctx.broker.stats_unroutable += 1
     if status == PUSH_SYNC and ctx.broker.store is not None:
         await _wait_fsync(ctx)
-    return {"routed": not first and status != PUSH_REJECTED}
+    return {"routed": routed and status != PUSH_REJECTED}
 
 
 # -- queues --------------------------------------------------------------------------------
