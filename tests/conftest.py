@@ -166,6 +166,26 @@ def pytest_runtest_makereport(item, call):
                 rep.sections.append((f"{name} log (tail)", tail))
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount a real tmpfs of a given size (a small disk to fill); needs root."""
+    mounted: list = []
+
+    def mount(size: str):
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,28 +7,16 @@ and is skipped otherwise).
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pika
-import pytest
 
 from conftest import BrokerProcess
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_full_disk_nacks_and_keeps_serving(small_disk, tmp_path):
+    disk = small_disk("2m")
     # the disk alarm would block the publisher first: this test is about failing writes
-    b = BrokerProcess(small_disk, tmp_path / "broker.log", ["--disk-free-limit", "0"]).start()
+    b = BrokerProcess(disk, tmp_path / "broker.log", ["--disk-free-limit", "0"]).start()
     try:
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port))
         ch = conn.channel()
@@ -66,7 +54,7 @@ def test_full_disk_nacks_and_keeps_serving(small_disk, tmp_path):
     finally:
         b.stop()
     # and everything confirmed after the purge survives a restart
-    b2 = BrokerProcess(small_disk, tmp_path / "broker2.log", ["--disk-free-limit", "0"]).start()
+    b2 = BrokerProcess(disk, tmp_path / "broker2.log", ["--disk-free-limit", "0"]).start()
     try:
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b2.port))
         ch = conn.channel()
