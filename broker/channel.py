@@ -328,9 +328,7 @@ class Channel:
         kept = []
         for k, v in entries:
             if k in ("CC", "BCC"):
-                for item in deadletter._decode_array(v):
-                    if isinstance(item, (str, bytes)):
-                        extra.append(item.decode() if isinstance(item, bytes) else item)
+                extra += deadletter.string_items(v)
                 if k == "BCC":
                     continue
             kept.append((k, v))

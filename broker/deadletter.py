@@ -34,30 +34,30 @@ def _decode_array(raw_value: bytes) -> list:
     return list(items)
 
 
-def previous_deaths(msg: Message) -> list[dict]:
-    """The message's x-death entries (decoded), newest first."""
-    _prefix, props = fields.split_properties(msg.header)
-    raw = props.get("headers")
-    if raw is None:
-        return []
-    for k, v in fields.table_entries(raw):
-        if k == "x-death":
-            return [d for d in _decode_array(v) if isinstance(d, dict)]
-    return []
-
-
 def _as_str(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def dead_letter(msg: Message, queue_name: str, reason: str, dlx: str, dlrk: str | None) -> Message:
-    """The copy of ``msg`` to publish to ``dlx`` after it died in ``queue_name``."""
+def string_items(raw_value: bytes) -> list[str]:
+    """The strings of a type-tagged array value (CC / BCC headers)."""
+    return [i.decode() if isinstance(i, bytes) else i for i in _decode_array(raw_value) if isinstance(i, (str, bytes))]
+
+
+def dead_letter(
+    msg: Message, queue_name: str, reason: str, dlx: str, dlrk: str | None
+) -> tuple[Message, set[str], bool]:
+    """The copy of ``msg`` to publish to ``dlx`` after it died in ``queue_name``, with
+    the queues of its x-death history and whether any of those deaths was a rejection
+    (RabbitMQ drops a dead-letter cycle that has no rejection in it)."""
     prefix, props = fields.split_properties(msg.header)
     entries = fields.table_entries(props["headers"]) if "headers" in props else []
     deaths: list[dict] = []
     rest: list[tuple[str, bytes]] = []
     have_first = False
+    cc: list[str] = []  # BCC was removed on publish: what is left is CC
     for k, v in entries:
+        if k == "CC":
+            cc = string_items(v)
         if k == "x-death":
             deaths = [d for d in _decode_array(v) if isinstance(d, dict)]
         elif k.startswith("x-last-death-"):
@@ -87,7 +87,7 @@ def dead_letter(msg: Message, queue_name: str, reason: str, dlx: str, dlrk: str 
             "queue": queue_name,
             "time": fields.Timestamp(int(time.time())),
             "exchange": msg.exchange,
-            "routing-keys": [msg.routing_key] + [k for k in msg.cc if k in _cc_only(msg)],
+            "routing-keys": [msg.routing_key] + cc,
         }
         if original_expiration is not None:
             entry["original-expiration"] = original_expiration
@@ -96,6 +96,8 @@ def dead_letter(msg: Message, queue_name: str, reason: str, dlx: str, dlrk: str 
         if "count" in d:
             d["count"] = fields.Long(int(d["count"]))
     deaths.insert(0, entry)
+    history = {_as_str(d.get("queue", "")) for d in deaths}
+    rejected = any(_as_str(d.get("reason", "")) == "rejected" for d in deaths)
 
     new_entries = rest
     if not have_first:
@@ -115,25 +117,5 @@ def dead_letter(msg: Message, queue_name: str, reason: str, dlx: str, dlrk: str 
     rk = dlrk if dlrk is not None else msg.routing_key
     m = Message(dlx, rk, fields.shortstr(dlx), fields.shortstr(rk), header, msg.body)
     if dlrk is None:
-        m.cc = tuple(_cc_only(msg))  # dead letters go out with the original keys, BCC excepted
-    return m
-
-
-def _cc_only(msg: Message) -> list[str]:
-    """The CC keys still in the message's headers (BCC was removed on publish)."""
-    _prefix, props = fields.split_properties(msg.header)
-    raw = props.get("headers")
-    if raw is None or b"\x02CC" not in raw:
-        return []
-    for k, v in fields.table_entries(raw):
-        if k == "CC":
-            return [i.decode() if isinstance(i, bytes) else i for i in _decode_array(v) if isinstance(i, (str, bytes))]
-    return []
-
-
-def death_queues(msg: Message) -> tuple[set[str], bool]:
-    """(queues in the message's x-death history, whether any death was a rejection)."""
-    deaths = previous_deaths(msg)
-    names = {_as_str(d.get("queue", "")) for d in deaths}
-    rejected = any(_as_str(d.get("reason", "")) == "rejected" for d in deaths)
-    return names, rejected
+        m.cc = tuple(cc)  # dead letters go out with the original keys, BCC excepted
+    return m, history, rejected

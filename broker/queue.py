@@ -333,8 +333,7 @@ class Queue:
         x = vh.exchanges.get(self.dlx)
         if x is None:
             return
-        dead = deadletter.dead_letter(msg, self.name, reason, self.dlx, self.dlrk)
-        names, rejected = deadletter.death_queues(dead)
+        dead, names, rejected = deadletter.dead_letter(msg, self.name, reason, self.dlx, self.dlrk)
         persistent = None
         for q in vh.route_all(x, dead):
             # a cycle with no rejection in it is dropped, as RabbitMQ does

@@ -413,11 +413,11 @@ class Broker:
             return
         hi = ((lost_from >> 32) + 1) << 32
 
-        def keep(e: Any) -> bool:
+        def lost(e: Any) -> bool:
             r = e if type(e) is int else e.ref
-            return not (lost_from <= r < hi)
+            return lost_from <= r < hi
 
-        n = q.drop_where(lambda e: not keep(e))
+        n = q.drop_where(lost)
         log.error("queue '%s': %d messages dropped after a failed write", q.name, n)
 
     def direct_reply(self, msg: Any) -> bool:

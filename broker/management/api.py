@@ -12,7 +12,6 @@ import asyncio
 import base64
 import binascii
 import datetime
-import json
 import os
 import platform
 import re
@@ -32,7 +31,7 @@ from ..auth import Permission
 from ..exchange import EXCHANGE_TYPES, freeze
 from ..message import Message
 from ..queue import PUSH_REJECTED, PUSH_SYNC, Queue, now_ms
-from .server import Ctx, HTTPError, bad_request, not_found, router
+from .server import Ctx, HTTPError, bad_request, json_object, not_found, router
 from .views import (
     RABBITMQ_COMPAT_VERSION,
     apply_query,
@@ -1134,13 +1133,7 @@ async def _import_body(ctx: Ctx) -> dict:
         form = await ctx.request.post()
         f = form.get("file")
         raw = f.file.read() if hasattr(f, "file") else (f or "")
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request(f"invalid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise bad_request("definitions must be a JSON object")
-        return data
+        return json_object(raw, "definitions")
     return await ctx.body()
 
 

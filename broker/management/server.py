@@ -63,6 +63,17 @@ def bad_request(reason: str) -> HTTPError:
     return HTTPError(400, "bad_request", reason)
 
 
+def json_object(raw: bytes | str, what: str) -> dict:
+    """Parse ``raw`` as a JSON object, or answer 400 saying what is wrong."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad_request(f"{what} must be a JSON object")
+    return data
+
+
 def from_channel_error(e: ChannelError) -> HTTPError:
     if e.code == errors.NOT_FOUND:
         return HTTPError(404, "not_found", e.text)
@@ -143,13 +154,7 @@ class Ctx:
         raw = await self.request.read()
         if not raw.strip():
             return {}
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request(f"invalid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise bad_request("the request body must be a JSON object")
-        return data
+        return json_object(raw, "the request body")
 
     def flag(self, name: str) -> bool:
         return self.query.get(name, "").lower() in ("true", "1", "yes")
