@@ -176,10 +176,11 @@ def serve(ctx: click.Context, **opts: object) -> None:
             loop.add_signal_handler(sig, stop.set)
         from broker.server import DefinitionsError
         from storage.log import DataDirLocked
+        from broker.metadata import MetadataSaveError
 
         try:
             await broker.start()
-        except (DataDirLocked, DefinitionsError) as exc:
+        except (DataDirLocked, DefinitionsError, MetadataSaveError) as exc:
             log.error("%s", exc)
             raise SystemExit(1) from None
         except OSError as exc:
@@ -688,6 +689,40 @@ def import_definitions(api: AdminApi, file: str) -> None:
     click.echo(f'Importing definitions from "{file}" ...')
     api.call("POST", "definitions", defs)
     click.echo("Done")
+
+
+LOST_FOUND_COLUMNS = {c: c for c in ("id", "vhost", "queue", "messages", "message_bytes", "moved_at")}
+
+
+@admin_command("list-lost-found", listing=True)
+def list_lost_found(api: AdminApi) -> None:
+    """Queue data that recovery found with no declared queue and kept aside."""
+    _print_rows(api, api.call("GET", "lost-found"), list(LOST_FOUND_COLUMNS), LOST_FOUND_COLUMNS)
+
+
+@admin_command("import-lost-found")
+@click.argument("entry")
+@click.option("-p", "--vhost", default=None, help="Target vhost (default: the one the data was made for).")
+@click.option("--queue", default=None, help="Target queue (default: the one the data was made for).")
+def import_lost_found(api: AdminApi, entry: str, vhost: str | None, queue: str | None) -> None:
+    """Publish the messages of a lost+found ENTRY into a durable queue, then remove the entry."""
+    body = {k: v for k, v in (("vhost", vhost), ("queue", queue)) if v is not None}
+    r = api.call("POST", f"lost-found/{_q(entry)}/import", body,
+                 not_found=f"no lost+found entry '{entry}' (see broker list-lost-found)")
+    made = " (declared it)" if r.get("queue_created") else ""
+    click.echo(f"Imported {r['imported']} messages into queue '{r['queue']}' in vhost '{r['vhost']}'{made}")
+    if r.get("refused"):
+        raise AdminError(f"{r['refused']} messages were refused by the queue (its length limit?); "
+                         f"the entry is kept: make room, then delete-lost-found {entry} or import the rest")
+
+
+@admin_command("delete-lost-found")
+@click.argument("entry")
+def delete_lost_found(api: AdminApi, entry: str) -> None:
+    """Discard a lost+found ENTRY and its messages for good."""
+    missing = f"no lost+found entry '{entry}' (see broker list-lost-found)"
+    api.call("DELETE", f"lost-found/{_q(entry)}", not_found=missing)
+    click.echo(f"Deleted lost+found entry {entry}")
 
 
 @admin_command("status", listing=True)

@@ -34,6 +34,7 @@ from protocol.errors import AMQPError, ChannelError, ConnectionError
 from . import __version__
 from .auth import AuthError, parse_response
 from .channel import Channel
+from .metadata import MetadataSaveError
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -127,6 +128,7 @@ class Connection:
         self.last_send = self.last_recv
         self._hb_handle: Any = None
         self._close_handle: Any = None
+        self._meta_changes = 0  # the metadata journal's change count when this input began
         self._header_buf = b""
         self.blocked = False
         self.publishing = False
@@ -224,6 +226,7 @@ class Connection:
     def _process(self) -> None:
         """Handle up to MAX_FRAMES_PER_TURN frames, then let other connections have
         the loop (reading this one waits until its backlog of frames is done)."""
+        self._meta_changes = self.broker.journal.changes
         frames = self._frames
         i = self._frame_i
         end = min(len(frames), i + self.MAX_FRAMES_PER_TURN)
@@ -264,14 +267,30 @@ class Connection:
         if self.block_pending:
             self.block_pending = False
             self.block(self.broker.alarm_reasons())
-        if self.broker.meta_dirty:
-            self.broker.save_meta()
+        if self.broker.journal.changes != self._meta_changes:
+            self._commit_metadata()
         if self.out or self.confirm_dirty:
             self.schedule_flush()
         if self.writing_paused and not self.backpressure and self.state == "opened":
             # the peer does not read what we send: stop reading what it sends
             self.backpressure = True
             self._set_reading()
+
+    def _commit_metadata(self) -> None:
+        """Save what this input changed in the durable metadata before any answer
+        goes out; if that fails, none does: the connection is closed with 541."""
+        self._meta_changes = self.broker.journal.changes
+        try:
+            self.broker.journal.commit()
+        except MetadataSaveError as exc:
+            self.out.clear()
+            self.out_size = 0
+            self.connection_error(
+                ConnectionError(
+                    errors.INTERNAL_ERROR,
+                    f"{exc}; the last operations on this connection may not survive a restart",
+                )
+            )
 
     def _set_reading(self) -> None:
         """Read from the socket unless blocked by an alarm, the peer's own

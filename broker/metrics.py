@@ -78,6 +78,11 @@ class BrokerCollector:
                 value=1 if mon.memory_alarm else 0)
         yield g("rabbitmq_alarms_free_disk_space_watermark", "1 while the disk alarm is set",
                 value=1 if mon.disk_alarm else 0)
+        journal = b.journal
+        yield g("burrowmq_alarms_metadata_unsaved", "1 while durable metadata cannot be saved",
+                value=1 if journal.alarmed else 0)
+        yield c("burrowmq_metadata_save_failures", "Failed saves of the durable metadata",
+                value=journal.save_failures)
         if b.store is not None:
             yield c("rabbitmq_storage_fsyncs", "Group-commit fsyncs of the message store", value=b.store.fsyncs)
             yield c("rabbitmq_storage_write_errors", "Failed writes to the message store",

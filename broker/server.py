@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
+import os
 import time
 from collections import deque
 from typing import Any
 
 from protocol import errors, framing
 from storage import meta
-from storage.log import LogStore
+from storage.log import LogStore, read_identity
 
 from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .auth import Permission, UserStore
 from .connection import Connection
+from .metadata import MetadataJournal
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
@@ -131,16 +132,17 @@ class Broker:
         self.stats_unroutable = 0
         self.stats = Stats()
         self.definitions_file = definitions_file
-        self.meta_dirty = False
         self.reply_channels: dict[str, Any] = {}
         self.monitor = ResourceMonitor(
             self, parse_watermark(memory_high_watermark), parse_size(disk_free_limit), alarm_interval
         )
         self.store: LogStore | None = LogStore(data_dir) if data_dir else None
+        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions)
         self._housekeeper: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.journal.attach(self.loop)
         if self.store is not None:
             self.store.open()  # raises DataDirLocked if another broker has it
             self.store.attach(self.loop)
@@ -153,8 +155,7 @@ class Broker:
         if self.definitions_file:
             self.load_definitions_file(self.definitions_file)
         self.ensure_default_user()
-        if self.meta_dirty:
-            self.save_meta()
+        self.journal.commit()
         self.monitor.start()
         self.server = await self.loop.create_server(
             lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024
@@ -193,18 +194,32 @@ class Broker:
                 nq += 1
                 nmsg += len(refs)
                 nredel += sum(1 for r in refs if r <= upto) if upto else 0
-        # logs of queues that are no longer declared
-        for d in self.store.existing_queue_dirs() - set(self.store.logs):
-            shutil.rmtree(d, ignore_errors=True)
+        # logs that no declared queue owns: kept aside, never deleted
+        for d in sorted(self.store.existing_queue_dirs() - set(self.store.logs)):
+            self._quarantine(d)
         for p in problems:
             log.error("recovery: %s", p)
-        self.meta_dirty = False
+        self.journal.dirty = False
         log.info(
             "recovered %d durable queues with %d messages (%d to be redelivered), %d exchanges, %d bindings, "
             "%d users, %d vhosts in %.2f s%s",
             nq, nmsg, nredel, counts["exchanges"], counts["bindings"], counts["users"], len(self.vhosts),
             time.monotonic() - t0, f"; {len(problems)} problems (see errors above)" if problems else "",
         )
+
+    def _quarantine(self, directory: str) -> None:
+        assert self.store is not None
+        vhost, queue = read_identity(directory)
+        what = f"queue '{queue}' in vhost '{vhost}'" if queue is not None else "an unnamed queue"
+        try:
+            dest = self.store.quarantine(directory)
+        except OSError as exc:
+            log.error("recovery: message data of %s in %s matches no declared queue and could not be moved "
+                      "to lost+found (%s); it is left where it is", what, directory, exc)
+            return
+        log.warning("recovery: message data of %s matches no declared queue: moved to %s "
+                    "(see `broker list-lost-found`; `broker import-lost-found %s` re-imports it)",
+                    what, dest, os.path.basename(dest))
 
     # -- definitions (RabbitMQ's JSON shape) -----------------------------------------
     def apply_definitions(self, defs: dict, log_errors: bool = False) -> dict:
@@ -278,7 +293,7 @@ class Broker:
         for p in problems:
             log.error("definitions: %s", p)
         counts["problems"] = problems  # type: ignore[assignment]
-        self.meta_dirty = True
+        self.journal.changed()
         return counts
 
     def definitions(self) -> dict:
@@ -315,7 +330,7 @@ class Broker:
         vh = self.vhosts.get(name)
         if vh is None:
             vh = self.vhosts[name] = VHost(name, self)
-            self.meta_dirty = True
+            self.journal.changed()
             log.info("vhost '%s' created", name)
         return vh
 
@@ -329,7 +344,7 @@ class Broker:
         for q in list(vh.queues.values()):
             vh.delete_queue(q)
         self.users.drop_vhost(name)
-        self.meta_dirty = True
+        self.journal.changed()
         log.info("vhost '%s' deleted", name)
         return True
 
@@ -345,13 +360,13 @@ class Broker:
         if not self.users.delete_user(name):
             return False
         self.close_user_connections(name, f"user '{name}' was deleted")
-        self.meta_dirty = True
+        self.journal.changed()
         return True
 
     def change_password(self, name: str, password: str | None) -> None:
         self.users.change_password(name, password)
         self.close_user_connections(name, f"user '{name}' password changed")
-        self.meta_dirty = True
+        self.journal.changed()
 
     def load_definitions_file(self, path: str) -> None:
         """Import a definitions file at boot (RabbitMQ's load_definitions)."""
@@ -362,6 +377,8 @@ class Broker:
                 defs = json.loads(f.read())
         except (OSError, ValueError) as exc:
             raise DefinitionsError(f"cannot load definitions from {path}: {exc}") from None
+        except RecursionError:
+            raise DefinitionsError(f"cannot load definitions from {path}: JSON nested too deeply") from None
         if not isinstance(defs, dict):
             raise DefinitionsError(f"cannot load definitions from {path}: not a JSON object")
         counts = self.apply_definitions(defs)
@@ -380,16 +397,8 @@ class Broker:
             return
         self.users.add_user(self.default_user, self.default_pass, ["administrator"])
         self.users.set_permissions(self.default_user, vh, Permission())
-        self.meta_dirty = True
+        self.journal.changed()
         log.info("created default user '%s' with full permissions on vhost '%s'", self.default_user, vh)
-
-    def save_meta(self) -> None:
-        self.meta_dirty = False
-        if self.store is not None:
-            try:
-                meta.save(self.store.data_dir, self.definitions())
-            except Exception as exc:  # never let a metadata problem take a connection down
-                log.error("cannot save durable metadata: %s", exc)
 
     def _synced(self, epoch: int) -> None:
         assert self.store is not None
@@ -495,7 +504,6 @@ class Broker:
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         if self.store is not None:
-            if self.meta_dirty:
-                self.save_meta()
+            self.journal.close()
             self.store.close()
         log.info("broker stopped")

@@ -11,8 +11,8 @@ import os
 import time
 from typing import Any, Iterable
 
-from protocol import errors, framing
-from protocol.errors import ChannelError
+from protocol import errors, fields, framing
+from protocol.errors import ChannelError, ConnectionError
 
 from .exchange import EXCHANGE_TYPES, field_type_name as _type_name, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
 from .message import Message
@@ -97,6 +97,13 @@ def args_equivalence(current: dict, received: dict, keys: Iterable[str], what: s
         )
 
 
+def check_arguments_bounds(arguments: Any, what: str) -> None:
+    """Refuse (406) arguments too deep or too large to keep in durable metadata."""
+    problem = fields.table_bounds_problem(arguments or {})
+    if problem is not None:
+        raise ChannelError(errors.PRECONDITION_FAILED, f"invalid arguments for {what}: {problem}")
+
+
 class VHost:
     """Registry of one virtual host's exchanges and queues."""
 
@@ -137,6 +144,7 @@ class VHost:
         arguments: dict,
     ) -> tuple[Exchange, bool]:
         """Declare (or check) an exchange; returns it and whether it was created."""
+        check_arguments_bounds(arguments, self.what("exchange", name))
         cls = EXCHANGE_TYPES.get(type_name)
         if cls is None:
             raise ChannelError(errors.PRECONDITION_FAILED, f"unknown exchange type '{type_name}'")
@@ -228,6 +236,7 @@ class VHost:
             name = self.generate_queue_name()
         elif name.startswith("amq.") and not server_named:
             raise ChannelError(errors.ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        check_arguments_bounds(arguments, self.what("queue", name))
         validate_queue_arguments(arguments or {}, self.what("queue", name))
         q = self.queues.get(name)
         owner = conn if exclusive else None
@@ -242,25 +251,32 @@ class VHost:
             return q, False
         validate_new_queue_type(arguments or {}, self.what("queue", name))
         q = Queue(self, name, durable, exclusive, auto_delete, arguments, owner)
+        if owner is None and durable:
+            self.attach_log(q)  # first: a queue whose log cannot be made is not declared
         self.queues[name] = q
         q.arm_expires()
         if owner is not None:
             owner.exclusive_queues.append(q)
         elif durable:
-            self.attach_log(q)
             self.changed()
         return q, True
 
     def attach_log(self, q: Queue) -> None:
         store = self.broker.store if self.broker is not None else None
         if store is not None:
-            q.log = store.queue_log(self.name, q.name)
+            try:
+                q.log = store.queue_log(self.name, q.name)
+            except OSError as exc:
+                raise ConnectionError(
+                    errors.INTERNAL_ERROR, f"cannot create the message log of {self.what('queue', q.name)}: "
+                    f"{exc.strerror or exc}"
+                ) from None
             q.log.owner = q
 
     def changed(self) -> None:
         """Durable metadata changed: the broker saves it before replying."""
         if self.broker is not None:
-            self.broker.meta_dirty = True
+            self.broker.journal.changed()
 
     def delete_queue(self, q: Queue, reason: str = "deleted") -> int:
         """Remove a queue with its bindings; cancel its consumers; return ready count."""
@@ -291,6 +307,7 @@ class VHost:
 
     # -- bindings ------------------------------------------------------------
     def bind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
+        check_arguments_bounds(arguments, "binding arguments")
         if isinstance(source, HeadersExchange):
             problem = validate_headers_binding(arguments or {})
             if problem:

@@ -167,3 +167,42 @@ class Timestamp(int):
 
 def encode_timestamp(seconds: int) -> bytes:
     return b"T" + struct.pack(">Q", seconds)
+
+
+# Bounds on the field tables the broker keeps in its durable metadata (queue,
+# exchange and binding arguments): deep or huge tables would make every later
+# metadata save slow or impossible.  RabbitMQ's own arguments are flat.
+MAX_TABLE_DEPTH = 32
+MAX_TABLE_BYTES = 64 * 1024
+
+
+def table_bounds_problem(table: Any) -> str | None:
+    """Why ``table`` (decoded: dicts, lists, scalars) is over the bounds, or None.
+
+    Walks the value with an explicit stack, so that no nesting can exhaust
+    Python's recursion limit; sizes are counted roughly as AMQP encodes them.
+    """
+    size = 0
+    stack: list[tuple[Any, int]] = [(table, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            if depth > MAX_TABLE_DEPTH:
+                return f"field tables nested more than {MAX_TABLE_DEPTH} levels deep"
+            for k, x in v.items():
+                size += 2 + len(str(k).encode("utf-8", "replace"))
+                stack.append((x, depth + 1))
+        elif isinstance(v, (list, tuple)):
+            if depth > MAX_TABLE_DEPTH:
+                return f"field tables nested more than {MAX_TABLE_DEPTH} levels deep"
+            size += 5
+            stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, str):
+            size += 5 + len(v.encode("utf-8", "replace"))
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            size += 5 + len(v)
+        else:
+            size += 9
+        if size > MAX_TABLE_BYTES:
+            return f"arguments larger than {MAX_TABLE_BYTES} bytes"
+    return None

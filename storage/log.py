@@ -38,6 +38,7 @@ import concurrent.futures
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -46,7 +47,7 @@ import time
 import zlib
 from array import array
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger("storage")
 
@@ -56,6 +57,8 @@ REC_HEAD = struct.Struct(">IIB")  # length, crc, type
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 MAX_RECORD = 256 * 1024 * 1024
+IDENTITY_FILE = "queue.json"
+LOST_FOUND = "lost+found"
 
 
 class DataDirLocked(Exception):
@@ -433,6 +436,55 @@ def _next_record_ok(data: bytes, off: int) -> bool:
     return zlib.crc32(memoryview(data)[off + 8 : end]) == crc
 
 
+def _write_identity(directory: str, vhost: str, name: str) -> None:
+    """Name the queue a log directory belongs to (directories are named by a
+    hash), so that data found without metadata can still be identified."""
+    path = os.path.join(directory, IDENTITY_FILE)
+    if os.path.exists(path):
+        return
+    raw = json.dumps({"vhost": vhost, "queue": name}, ensure_ascii=False).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write_all(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_identity(directory: str) -> tuple[str | None, str | None]:
+    """(vhost, queue name) a log directory was made for, or (None, None)."""
+    try:
+        with open(os.path.join(directory, IDENTITY_FILE), "rb") as f:
+            d = json.loads(f.read())
+        return str(d["vhost"]), str(d["queue"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
+def read_live_records(directory: str) -> Iterator[tuple[bool, int, bytes, bytes, bytes, bytes]]:
+    """The unsettled persistent messages of a log directory, in order, read without
+    changing anything: (persistent, deadline, ex_raw, rk_raw, header, body)."""
+    names = sorted(n for n in os.listdir(directory) if n.endswith(".seg"))
+    for name in names:
+        path = os.path.join(directory, name)
+        with open(path, "rb") as f:
+            data = f.read()
+        sid = int(name[:-4])
+        _end, live, _bad, _nbytes = _scan(data, sid, _read_acks(path[:-4] + ".ack"))
+        for ref in live:
+            off = ref & 0xFFFFFFFF
+            length = REC_HEAD.unpack_from(data, off)[0]
+            yield decode_message_full(memoryview(data)[off + 9 : off + 8 + length])
+
+
+def _fsync_dir(directory: str) -> None:
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     mv = memoryview(data)
     while mv:
@@ -537,9 +589,30 @@ class LogStore:
         qlog = self.logs.get(d)
         if qlog is None:
             os.makedirs(d, exist_ok=True)
+            try:
+                _write_identity(d, vhost, name)
+            except OSError:
+                shutil.rmtree(d, ignore_errors=True)
+                raise
             qlog = QueueLog(self, d)
             self.logs[d] = qlog
         return qlog
+
+    def quarantine(self, directory: str) -> str:
+        """Move a queue directory that no declared queue owns into ``lost+found``
+        (never delete message data we cannot match); return its new path."""
+        lf = os.path.join(self.data_dir, LOST_FOUND)
+        os.makedirs(lf, mode=0o700, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        dest = os.path.join(lf, f"{os.path.basename(directory)}-{stamp}")
+        n = 1
+        while os.path.exists(dest):
+            n += 1
+            dest = os.path.join(lf, f"{os.path.basename(directory)}-{stamp}-{n}")
+        os.rename(directory, dest)
+        for d in (lf, self.msg_dir):
+            _fsync_dir(d)
+        return dest
 
     def drop_queue_log(self, qlog: QueueLog) -> None:
         self.logs.pop(qlog.dir, None)

@@ -1,9 +1,9 @@
 """The management API's endpoints (RabbitMQ's paths, verbs, status codes and JSON shape).
 
 Every handler works on the engine's objects directly, on the broker's loop.
-Anything that changes users, vhosts, permissions or durable topology ends with
-``broker.save_meta()``, so that it survives a restart before the HTTP answer
-goes out.
+Anything that changes users, vhosts, permissions or durable topology is saved
+(``Ctx.commit``) before the HTTP answer goes out, so that it survives a restart;
+a save that fails is a 500.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
 
 def _save(ctx: Ctx) -> None:
-    ctx.broker.save_meta()
+    ctx.commit()
 
 
 def _bool(body: dict, key: str, default: bool) -> bool:
@@ -182,6 +182,7 @@ def _node(ctx: Ctx) -> dict:
         "disk_free": disk_free,
         "disk_free_limit": getattr(mon, "disk_free_limit", 0),
         "disk_free_alarm": bool(getattr(mon, "disk_alarm", False)),
+        "metadata_alarm": b.journal.failure,
         "fd_used": fds,
         "fd_total": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "sockets_used": len(b.connections),
@@ -229,15 +230,13 @@ async def whoami(ctx: Ctx) -> Any:
 
 
 def _alarms(ctx: Ctx) -> Any:
-    mon = getattr(ctx.broker, "monitor", None)
-    reasons = mon.reasons() if mon is not None else []
-    if not reasons:
+    alarms: list[dict] = [{"node": node_name(), "resource": r} for r in ctx.broker.monitor.reasons()]
+    journal = ctx.broker.journal
+    if journal.alarmed:
+        alarms.append({"node": node_name(), "resource": "metadata", "reason": journal.failure})
+    if not alarms:
         return {"status": "ok"}
-    return 503, {
-        "status": "failed",
-        "reason": "There are alarms in effect in the cluster",
-        "alarms": [{"node": node_name(), "resource": r} for r in reasons],
-    }
+    return 503, {"status": "failed", "reason": "There are alarms in effect in the cluster", "alarms": alarms}
 
 
 @route("api/health/checks/alarms")
@@ -550,7 +549,7 @@ class _SyncWaiter:
         return True
 
 
-async def _wait_fsync(ctx: Ctx) -> None:
+async def wait_fsync(ctx: Ctx) -> None:
     store = ctx.broker.store
     fut = asyncio.get_running_loop().create_future()
     w = _SyncWaiter(store.want_sync(), fut)
@@ -613,7 +612,7 @@ async def publish(ctx: Ctx) -> Any:
     if not routed:
         ctx.broker.stats_unroutable += 1
     if status == PUSH_SYNC and ctx.broker.store is not None:
-        await _wait_fsync(ctx)
+        await wait_fsync(ctx)
     return {"routed": routed and status != PUSH_REJECTED}
 
 
@@ -1037,7 +1036,7 @@ async def put_user(ctx: Ctx) -> Any:
         raise bad_request("a new user needs 'password' or 'password_hash'")
     else:
         store.set_tags(name, tags)
-    ctx.broker.meta_dirty = True
+    ctx.broker.journal.changed()
     _save(ctx)
     return (201, None) if existing is None else None
 
@@ -1101,7 +1100,7 @@ async def put_permission(ctx: Ctx) -> Any:
         vals[k] = v
     existed = ctx.broker.users.permission(user, vh) is not None
     ctx.broker.users.set_permissions(user, vh, Permission(**vals))
-    ctx.broker.meta_dirty = True
+    ctx.broker.journal.changed()
     _save(ctx)
     return None if existed else (201, None)
 
@@ -1111,7 +1110,7 @@ async def delete_permission(ctx: Ctx) -> Any:
     ctx.require_admin()
     if not ctx.broker.users.clear_permissions(ctx.params["user"], ctx.params["vhost"]):
         raise not_found()
-    ctx.broker.meta_dirty = True
+    ctx.broker.journal.changed()
     _save(ctx)
     return None
 

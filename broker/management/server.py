@@ -32,9 +32,10 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from protocol import errors
-from protocol.errors import ChannelError
+from protocol.errors import AMQPError, ChannelError
 
 from ..auth import check_password
+from ..metadata import MetadataSaveError
 from .stats import Stats
 from .views import jsonable
 
@@ -63,18 +64,47 @@ def bad_request(reason: str) -> HTTPError:
     return HTTPError(400, "bad_request", reason)
 
 
+MAX_JSON_DEPTH = 64
+
+
 def json_object(raw: bytes | str, what: str) -> dict:
-    """Parse ``raw`` as a JSON object, or answer 400 saying what is wrong."""
+    """Parse ``raw`` as a JSON object, or answer 400 saying what is wrong.
+
+    Nesting is bounded (``MAX_JSON_DEPTH``): a deeper document is refused
+    before anything recursive (validation, metadata saving) can see it."""
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise bad_request(f"{what} must be a JSON object")
+    if _too_deep(data, MAX_JSON_DEPTH):
+        raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     return data
 
 
-def from_channel_error(e: ChannelError) -> HTTPError:
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests objects/arrays deeper than ``limit`` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            children: Any = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((x, depth + 1) for x in children)
+    return False
+
+
+def from_channel_error(e: AMQPError) -> HTTPError:
+    if e.code == errors.INTERNAL_ERROR:
+        return HTTPError(500, "internal_error", e.text)
     if e.code == errors.NOT_FOUND:
         return HTTPError(404, "not_found", e.text)
     if e.code == errors.ACCESS_REFUSED:
@@ -156,6 +186,15 @@ class Ctx:
             return {}
         return json_object(raw, "the request body")
 
+    def commit(self) -> None:
+        """Save the durable metadata this request changed, or answer 500."""
+        try:
+            self.broker.journal.commit()
+        except MetadataSaveError as exc:
+            raise HTTPError(
+                500, "internal_error", f"{exc}; the change is in effect but may not survive a restart"
+            ) from None
+
     def flag(self, name: str) -> bool:
         return self.query.get(name, "").lower() in ("true", "1", "yes")
 
@@ -225,7 +264,7 @@ class ManagementServer:
     """The management API of one broker, served by aiohttp on the broker's loop."""
 
     def __init__(self, broker: Any, host: str = "0.0.0.0", port: int = 15672, stats_interval: float | None = None):
-        from . import api  # noqa: F401  (registers the routes)
+        from . import api, lost_found  # noqa: F401  (register the routes)
 
         self.broker = broker
         self.host = host
@@ -263,7 +302,7 @@ class ManagementServer:
             return await self._handle(request)
         except HTTPError as e:
             return json_response({"error": e.error, "reason": e.reason}, e.status, e.headers)
-        except ChannelError as e:
+        except AMQPError as e:
             h = from_channel_error(e)
             return json_response({"error": h.error, "reason": h.reason}, h.status)
         except web.HTTPException:
@@ -294,7 +333,10 @@ class ManagementServer:
                             {"Allow": allowed})
         ctx = Ctx(self, request, params)
         self.authenticate(ctx)
+        changes = self.broker.journal.changes
         out = await handler(ctx)
+        if self.broker.journal.changes != changes:
+            ctx.commit()
         if out is None:
             return web.Response(status=204)
         if isinstance(out, web.StreamResponse):
