@@ -19,11 +19,8 @@ log = logging.getLogger("storage.meta")
 FILENAME = "definitions.json"
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+def _special(v: Any) -> Any:
+    """JSON for the values the json module cannot write (called by it, only for those)."""
     if isinstance(v, (bytes, bytearray, memoryview)):
         # kept as bytes (not text) so that a restored binding matches exactly as before
         return {"__bytes__": base64.b64encode(bytes(v)).decode()}
@@ -31,8 +28,6 @@ def _jsonable(v: Any) -> Any:
         return {"__decimal__": str(v)}
     if isinstance(v, datetime.datetime):
         return {"__timestamp__": v.timestamp()}
-    if v is None or isinstance(v, (str, int, float, bool)):
-        return v
     return repr(v)
 
 
@@ -55,7 +50,7 @@ def _restore(v: Any) -> Any:
 def save(data_dir: str, definitions: dict) -> None:
     path = os.path.join(data_dir, FILENAME)
     tmp = path + ".tmp"
-    raw = json.dumps(_jsonable(definitions), indent=1, sort_keys=True).encode()
+    raw = json.dumps(definitions, default=_special, ensure_ascii=False, separators=(",", ":")).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, raw)
