@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pamqp import commands as C
 
-from protocol import errors, fields, framing
+from protocol import errors, fields, framing, methods, names
 from protocol.errors import ChannelError, ConnectionError
 
 from . import deadletter
@@ -61,7 +61,7 @@ class Consumer:
         self.channel = channel
         self.queue = queue
         self.tag = tag
-        self.tag_raw = framing.shortstr(tag)
+        self.tag_raw = names.shortstr(tag)
         self.no_ack = no_ack
         self.exclusive = exclusive
         self.prefetch = prefetch
@@ -316,7 +316,7 @@ class Channel:
             if raw is not None and raw[1:] == REPLY_TO_PSEUDO:
                 if self.reply_consumer is None:
                     raise ChannelError(errors.PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
-                props["reply_to"] = fields.shortstr(REPLY_TO_PREFIX + self.reply_token)
+                props["reply_to"] = names.shortstr(REPLY_TO_PREFIX + self.reply_token)
                 msg.header = fields.join_properties(prefix, props)
                 msg._props = None
 
@@ -627,7 +627,7 @@ class Channel:
             )
         self.last_queue = q.name
         if not m.nowait:
-            self.send(C.Queue.DeclareOk(queue=q.name, message_count=q.ready, consumer_count=len(q.consumers)))
+            self.write(methods.queue_declare_ok(self.number, q.name, q.ready, len(q.consumers)))
 
     def _declare_reply_to(self, m: C.Queue.Declare) -> None:
         """Passive declare of the direct reply-to pseudo-queue (or one reply name)."""
@@ -639,7 +639,7 @@ class Channel:
                 raise ChannelError(errors.NOT_FOUND, f"no {self.vhost.what('queue', m.queue)}", 50, 10)
             count = 1
         if not m.nowait:
-            self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=count))
+            self.write(methods.queue_declare_ok(self.number, m.queue, 0, count))
 
     def _bind_args(self, m: Any) -> tuple[Queue, Any]:
         if m.exchange == "":
@@ -717,7 +717,7 @@ class Channel:
         c = Consumer(self, q, tag, bool(m.no_ack), bool(m.exclusive), self.prefetch, m.arguments or {})
         self.consumers[tag] = c
         if not m.nowait:
-            self.send(C.Basic.ConsumeOk(consumer_tag=tag))
+            self.write(methods.basic_consume_ok(self.number, tag))
         q.add_consumer(c)
         q.dispatch()
 
@@ -734,7 +734,7 @@ class Channel:
         self.reply_token = base64.urlsafe_b64encode(os.urandom(18)).decode()
         self.conn.broker.reply_channels[self.reply_token] = self
         if not m.nowait:
-            self.send(C.Basic.ConsumeOk(consumer_tag=tag))
+            self.write(methods.basic_consume_ok(self.number, tag))
 
     def deliver_reply(self, msg: Message) -> None:
         """A reply published to amq.rabbitmq.reply-to.<our token>."""
@@ -745,7 +745,7 @@ class Channel:
         parts.insert(
             0,
             framing.deliver_frame(
-                self.number, framing.shortstr(self.reply_consumer), tag, False, msg.ex_raw, msg.rk_raw
+                self.number, names.shortstr(self.reply_consumer), tag, False, msg.ex_raw, msg.rk_raw
             ),
         )
         self.conn.write_parts(parts)
@@ -754,11 +754,11 @@ class Channel:
         if self.reply_consumer is not None and m.consumer_tag == self.reply_consumer:
             self._drop_reply_consumer()
             if not m.nowait:
-                self.send(C.Basic.CancelOk(consumer_tag=m.consumer_tag))
+                self.write(methods.basic_cancel_ok(self.number, m.consumer_tag))
             return
         c = self.consumers.pop(m.consumer_tag, None)
         if not m.nowait:
-            self.send(C.Basic.CancelOk(consumer_tag=m.consumer_tag))
+            self.write(methods.basic_cancel_ok(self.number, m.consumer_tag))
         if c is not None:
             self._drop_consumer(c)
 
@@ -780,7 +780,7 @@ class Channel:
         c.queue.remove_consumer(c)
         if self.consumers.pop(c.tag, None) is not None and not self.closing:
             if self.conn.capabilities.get("consumer_cancel_notify"):
-                self.send(C.Basic.Cancel(consumer_tag=c.tag, nowait=True))
+                self.write(methods.basic_cancel(self.number, c.tag))
 
     def m_basic_get(self, m: C.Basic.Get) -> None:
         self.check("read", "queue", self.queue_name(m.queue))

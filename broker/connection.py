@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
-from protocol import errors, framing
+from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
 from . import __version__
@@ -572,11 +572,7 @@ class Connection:
             return
         ch.emit_confirms()
         ch.teardown()
-        self.write(
-            framing.method_frame(
-                chn, C.Channel.Close(reply_code=e.code, reply_text=e.text, class_id=e.class_id, method_id=e.method_id)
-            )
-        )
+        self.write(methods.channel_close(chn, e.code, e.text, e.class_id, e.method_id))
 
     def close_channel(self, ch: Channel, reply: bool) -> None:
         """The client closed the channel."""
@@ -607,7 +603,7 @@ class Connection:
             return
         for ch in self.channels.values():
             ch.emit_confirms()
-        self.send0(C.Connection.Close(reply_code=code, reply_text=text, class_id=class_id, method_id=method_id))
+        self.write(methods.connection_close(code, text, class_id, method_id))
         self.flush()
         self.teardown()
         self.state = "closing"

@@ -18,7 +18,7 @@ from typing import Any
 
 from pamqp import decode
 
-from protocol import fields
+from protocol import fields, names
 
 from .message import Message
 
@@ -115,7 +115,7 @@ def dead_letter(
     props["headers"] = fields.encode_table_entries(new_entries)
     header = fields.join_properties(prefix, props)
     rk = dlrk if dlrk is not None else msg.routing_key
-    m = Message(dlx, rk, fields.shortstr(dlx), fields.shortstr(rk), header, msg.body)
+    m = Message(dlx, rk, names.shortstr(dlx), names.shortstr(rk), header, msg.body)
     if dlrk is None:
         m.cc = tuple(cc)  # dead letters go out with the original keys, BCC excepted
     return m, history, rejected

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError
+from protocol.names import name_problem
 
 from . import deadletter
 from .message import Message
@@ -601,11 +602,13 @@ def validate_queue_arguments(args: dict, what: str) -> None:
     if "x-single-active-consumer" in args and not isinstance(args["x-single-active-consumer"], bool):
         raise bad("x-single-active-consumer", f"{{unacceptable_type,{_erl_type(args['x-single-active-consumer'])}}}")
     for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
-        if key in args and not isinstance(args[key], (str, bytes)):
-            raise ChannelError(
-                errors.PRECONDITION_FAILED,
-                f"invalid type '{_erl_type(args[key])}' for arg '{key}' in {what}",
-            )
+        if key not in args:
+            continue
+        v = args[key]
+        if not isinstance(v, (str, bytes)):
+            raise ChannelError(errors.PRECONDITION_FAILED, f"invalid type '{_erl_type(v)}' for arg '{key}' in {what}")
+        if problem := name_problem(v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v):
+            raise bad(key, f"the name {problem}")
     if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
         raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
 

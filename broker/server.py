@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any
 
 from protocol import errors, framing
+from protocol.names import name_problem
 from storage import meta
 from storage.log import LogStore, read_identity
 
@@ -228,12 +229,17 @@ class Broker:
         counts = {"vhosts": 0, "users": 0, "permissions": 0, "exchanges": 0, "queues": 0, "bindings": 0}
         problems: list[str] = []
         for v in defs.get("vhosts", []) or []:
-            if v.get("name") and v["name"] not in self.vhosts:
+            if v.get("name") and (problem := name_problem(v["name"])):
+                problems.append(f"vhost: the name {problem}")
+            elif v.get("name") and v["name"] not in self.vhosts:
                 self.vhosts[v["name"]] = VHost(v["name"], self)
                 counts["vhosts"] += 1
         for u in defs.get("users", []) or []:
             name = u.get("name")
             if not name:
+                continue
+            if problem := name_problem(name):
+                problems.append(f"user: the name {problem}")
                 continue
             algo = u.get("hashing_algorithm", "rabbit_password_hashing_sha256")
             tags = u.get("tags", [])
@@ -256,6 +262,9 @@ class Broker:
                 )
                 counts["permissions"] += 1
         for x in defs.get("exchanges", []) or []:
+            if problem := name_problem(x.get("vhost", "/")):
+                problems.append(f"exchange '{x.get('name')}': the vhost name {problem}")
+                continue
             vh = self.vhosts.setdefault(x.get("vhost", "/"), VHost(x.get("vhost", "/"), self))
             try:
                 vh.declare_exchange(
@@ -266,6 +275,9 @@ class Broker:
             except Exception as exc:
                 problems.append(f"exchange '{x.get('name')}': {exc}")
         for qd in defs.get("queues", []) or []:
+            if problem := name_problem(qd.get("vhost", "/")):
+                problems.append(f"queue '{qd.get('name')}': the vhost name {problem}")
+                continue
             vh = self.vhosts.setdefault(qd.get("vhost", "/"), VHost(qd.get("vhost", "/"), self))
             try:
                 vh.declare_queue(

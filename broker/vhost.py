@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError, ConnectionError
+from protocol.names import name_problem
 
 from .exchange import EXCHANGE_TYPES, field_type_name as _type_name, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
 from .message import Message
@@ -42,6 +43,14 @@ PREDECLARED = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
+
+
+def check_name(field: str, name: Any) -> None:
+    """406 for a name no AMQP client can send (not UTF-8, over 255 bytes).  The
+    wire's short strings rule these out; the HTTP API and definitions files reach here."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise ChannelError(errors.PRECONDITION_FAILED, f"{field} {problem}")
 
 
 def _with_defaults(args: dict) -> dict:
@@ -150,6 +159,7 @@ class VHost:
             raise ChannelError(errors.PRECONDITION_FAILED, f"unknown exchange type '{type_name}'")
         if name == "":
             raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
+        check_name("exchange name", name)
         x = self.exchanges.get(name)
         created = False
         if x is None:
@@ -162,6 +172,13 @@ class VHost:
                 raise ChannelError(
                     errors.PRECONDITION_FAILED,
                     f"invalid type '{_type_name(ae)}' for arg 'alternate-exchange' in {self.what('exchange', name)}",
+                )
+            if ae is not None and (
+                problem := name_problem(ae.decode("utf-8", "surrogateescape") if isinstance(ae, bytes) else ae)
+            ):
+                raise ChannelError(
+                    errors.PRECONDITION_FAILED,
+                    f"invalid arg 'alternate-exchange' for {self.what('exchange', name)}: the name {problem}",
                 )
             x = cls(self, name, durable, auto_delete, internal, arguments)
             self.exchanges[name] = x
@@ -234,7 +251,8 @@ class VHost:
     ) -> tuple[Queue, bool]:
         if not name:
             name = self.generate_queue_name()
-        elif name.startswith("amq.") and not server_named:
+        check_name("queue name", name)
+        if name.startswith("amq.") and not server_named:
             raise ChannelError(errors.ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         check_arguments_bounds(arguments, self.what("queue", name))
         validate_queue_arguments(arguments or {}, self.what("queue", name))
@@ -308,6 +326,7 @@ class VHost:
     # -- bindings ------------------------------------------------------------
     def bind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
         check_arguments_bounds(arguments, "binding arguments")
+        check_name("routing key", routing_key)
         if isinstance(source, HeadersExchange):
             problem = validate_headers_binding(arguments or {})
             if problem:

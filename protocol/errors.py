@@ -9,6 +9,8 @@ which are ``NAME - detail`` (for example ``NOT_FOUND - no queue 'q' in vhost '/'
 
 from __future__ import annotations
 
+from .names import clip
+
 REPLY_SUCCESS = 200
 CONTENT_TOO_LARGE = 311
 NO_ROUTE = 312
@@ -60,7 +62,7 @@ class AMQPError(Exception):
         self.detail = detail
         self.class_id = class_id
         self.method_id = method_id
-        self.text = f"{NAMES.get(code, str(code))} - {detail}"[:255]
+        self.text = clip(f"{NAMES.get(code, str(code))} - {detail}")
         super().__init__(self.text)
 
 

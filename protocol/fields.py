@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from .errors import FrameError
+from .names import shortstr
 
 # basic properties in flag order (bit 15 first) and their wire types
 PROPERTIES = (
@@ -82,21 +83,17 @@ def join_properties(prefix: bytes, props: dict[str, bytes]) -> bytes:
     return prefix + _u16.pack(flags) + b"".join(parts)
 
 
-def shortstr(s: str) -> bytes:
-    raw = s.encode("utf-8")[:255]
-    return bytes((len(raw),)) + raw
-
-
 def table_entries(raw_table: bytes) -> list[tuple[str, bytes]]:
     """The entries of a raw field table (with its 4-byte length) as
-    (key, raw type-tagged value) pairs, values untouched."""
+    (key, raw type-tagged value) pairs, values untouched.  A key that is not
+    UTF-8 keeps its bytes (as surrogate escapes) for :func:`encode_table_entries`."""
     n = _u32.unpack_from(raw_table, 0)[0]
     end = 4 + n
     off = 4
     out = []
     while off < end:
         kl = raw_table[off]
-        key = raw_table[off + 1 : off + 1 + kl].decode("utf-8", "replace")
+        key = raw_table[off + 1 : off + 1 + kl].decode("utf-8", "surrogateescape")
         off += 1 + kl
         vend = _skip_value(raw_table, off)
         out.append((key, bytes(raw_table[off:vend])))
@@ -118,7 +115,7 @@ def _skip_value(buf: bytes, off: int) -> int:
 
 
 def encode_table_entries(entries: list[tuple[str, bytes]]) -> bytes:
-    body = b"".join(shortstr(k) + v for k, v in entries)
+    body = b"".join(shortstr(k.encode("utf-8", "surrogateescape")) + v for k, v in entries)
     return _u32.pack(len(body)) + body
 
 

@@ -28,6 +28,7 @@ from pamqp import frame as pframe
 from pamqp.exceptions import UnmarshalingException
 
 from .errors import COMMAND_INVALID, ConnectionError, FrameError
+from .names import shortstr
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -141,9 +142,26 @@ def decode_method(payload: bytes) -> Any:
         method.unmarshal(payload[4:])
     except RecursionError:
         raise FrameError(f"cannot decode {method.name} frame: field tables nested too deeply") from None
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError, UnmarshalingException) as exc:
+    except UnicodeDecodeError:
+        field = _field_not_utf8(cls, payload[4:])
+        raise FrameError(f"cannot decode {method.name} frame: '{field}' is not valid UTF-8") from None
+    except (struct.error, ValueError, IndexError, UnmarshalingException) as exc:
         raise FrameError(f"cannot decode {method.name} frame: {exc}") from None
     return method
+
+
+def _field_not_utf8(cls: Any, args: bytes) -> str:
+    """The argument of a method that pamqp could not decode as UTF-8.
+
+    pamqp sets the arguments in order and stops at the bad one, so on an
+    instance made without ``__init__`` (no defaults) it is the first one unset.
+    """
+    bare = cls.__new__(cls)
+    try:
+        bare.unmarshal(args)
+    except UnicodeDecodeError:
+        pass
+    return next((a for a in cls.__slots__ if not hasattr(bare, a)), "?")
 
 
 def parse_publish(p: bytes) -> tuple[bytes, bytes, int]:
@@ -171,15 +189,9 @@ def parse_ack(p: bytes) -> tuple[int, bool]:
     return tag, bool(bits & 1)
 
 
-def shortstr(s: str) -> bytes:
-    raw = s.encode("utf-8")
-    if len(raw) > 255:
-        raise ValueError("short string longer than 255 bytes")
-    return bytes((len(raw),)) + raw
-
-
 def method_frame(channel: int, method: Any) -> bytes:
-    """Marshal a control method with pamqp."""
+    """Marshal a control method with pamqp (one that carries no client-chosen
+    name: those are in :mod:`protocol.methods`)."""
     return pframe.marshal(method, channel)
 
 

@@ -210,14 +210,14 @@ def test_failed_metadata_save_fails_the_operation(small_disk, tmp_path):
 def test_unmatched_queue_data_goes_to_lost_found_and_back(tmp_path):
     b = _start(tmp_path)
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port))
-    conn.channel().queue_declare("lost-orders", durable=True)
+    conn.channel().queue_declare("订单", durable=True)
     conn.close()
-    _publish_confirmed(b.port, "lost-orders", 50)
+    _publish_confirmed(b.port, "订单", 50)
     b.stop()
     # the metadata loses the queue (as a failed save used to make it do)
     path = b.data_dir / "definitions.json"
     defs = json.loads(path.read_text())
-    defs["queues"] = [q for q in defs["queues"] if q["name"] != "lost-orders"]
+    defs["queues"] = [q for q in defs["queues"] if q["name"] != "订单"]
     path.write_text(json.dumps(defs))
     b.start()
     assert "matches no declared queue: moved to" in b.log_text()
@@ -228,20 +228,20 @@ def test_unmatched_queue_data_goes_to_lost_found_and_back(tmp_path):
     entries = json.loads(r.stdout)
     assert len(entries) == 1
     entry = entries[0]
-    assert (entry["vhost"], entry["queue"], entry["messages"]) == ("/", "lost-orders", 50)
+    assert (entry["vhost"], entry["queue"], entry["messages"]) == ("/", "订单", 50)
     # a non-administrator may not see or import it
     api = Http(url)
     api.ok("PUT", "/api/users/mon", {"password": "pw", "tags": "monitoring"})
     assert api.as_user("mon", "pw").req("GET", "/api/lost-found").status == 403
     r = run(["import-lost-found", entry["id"]], url=url, check=True)
-    assert "Imported 50 messages into queue 'lost-orders' in vhost '/' (declared it)" in r.stdout
+    assert "Imported 50 messages into queue '订单' in vhost '/' (declared it)" in r.stdout
     assert json.loads(run(["list-lost-found", "--json"], url=url, check=True).stdout) == []
     r = run(["import-lost-found", entry["id"]], url=url)
     assert r.returncode == 1 and "no lost+found entry" in r.stderr
     # the messages are back, in order, and durable again
     b.stop()
     b.start()
-    assert _drain(b.port, "lost-orders") == [f"m{i}".encode() for i in range(50)]
+    assert _drain(b.port, "订单") == [f"m{i}".encode() for i in range(50)]
     b.stop()
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from pamqp import commands as C
 
-from protocol import errors, fields, framing
+from protocol import errors, framing, names
 from protocol.errors import ChannelError
 
 from .. import __version__
@@ -520,7 +520,7 @@ def _make_message(exchange: str, routing_key: str, props: C.Basic.Properties, bo
         header = framing.content_header_payload(len(body), props)
     except Exception as exc:  # pamqp refuses values it cannot encode
         raise bad_request(f"invalid message properties: {exc}") from None
-    m = Message(exchange, routing_key, fields.shortstr(exchange), fields.shortstr(routing_key), header, body)
+    m = Message(exchange, routing_key, names.shortstr(exchange), names.shortstr(routing_key), header, body)
     m._props = props
     return m
 
@@ -575,8 +575,8 @@ async def publish(ctx: Ctx) -> Any:
     rk, payload = body["routing_key"], body["payload"]
     if not isinstance(rk, str) or not isinstance(payload, str):
         raise bad_request("'routing_key' and 'payload' must be strings")
-    if len(rk.encode()) > 255:
-        raise bad_request("'routing_key' is longer than 255 bytes")
+    if problem := names.name_problem(rk):
+        raise bad_request(f"'routing_key' {problem}")
     enc = body.get("payload_encoding", "string")
     if enc == "string":
         data = payload.encode("utf-8")
@@ -816,8 +816,8 @@ def _binding_routes(dtype: str) -> None:
         src, dest = _ends(ctx, vh, dtype)
         body = await ctx.body()
         rk = body.get("routing_key", "")
-        if not isinstance(rk, str):
-            raise bad_request("'routing_key' must be a string")
+        if problem := names.name_problem(rk):
+            raise bad_request(f"'routing_key' {problem}")
         args = _args(body)
         if not src.name:
             raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")

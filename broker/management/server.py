@@ -3,6 +3,8 @@
 Routing is done here on the raw request path, split at ``/`` *before* each
 segment is percent-decoded, so that a vhost named ``/`` (``%2F``) or a
 connection name containing slashes is one segment, as RabbitMQ's API expects.
+Every name in the path is checked before a handler runs: one that is not
+UTF-8 or is over 255 bytes is answered 400 with the name's field in the reason.
 
 Who may do what (RabbitMQ's user tags):
 
@@ -33,6 +35,7 @@ from aiohttp import web
 
 from protocol import errors
 from protocol.errors import AMQPError, ChannelError
+from protocol.names import NOT_UTF8, name_problem
 
 from ..auth import check_password
 from ..metadata import MetadataSaveError
@@ -257,7 +260,31 @@ def split_path(raw_path: str) -> list[str]:
         segs = segs[1:]
     if segs and segs[-1] == "":
         segs = segs[:-1]
-    return [urllib.parse.unquote(s) for s in segs]
+    # bytes that are not UTF-8 stay as surrogate escapes, for check_path_names to refuse
+    return [urllib.parse.unquote(s, errors="surrogateescape") for s in segs]
+
+
+# what a path parameter names, for error reasons; ":name" depends on the collection
+_PARAM_FIELDS = {"vhost": "vhost name", "user": "user name", "src": "source exchange name",
+                 "dest": "destination name", "node": "node name"}
+_COLLECTION_ITEMS = {"queues": "queue", "exchanges": "exchange", "users": "user", "vhosts": "vhost",
+                     "connections": "connection", "channels": "channel", "nodes": "node"}
+
+
+def check_path_names(segments: list[str], params: dict) -> None:
+    """400 for a path parameter that cannot be a name (not UTF-8, over 255 bytes).
+
+    The binding properties key (``props``) is the percent-encoded routing key
+    plus a hash, so only its encoding is checked, not its length."""
+    for key, value in params.items():
+        problem = name_problem(value)
+        if problem is None or (key == "props" and problem != NOT_UTF8):
+            continue
+        if key == "name":
+            field = _COLLECTION_ITEMS.get(segments[1], "object") + " name"
+        else:
+            field = _PARAM_FIELDS.get(key, f"'{key}'")
+        raise bad_request(f"the {field} in the path {problem}")
 
 
 class ManagementServer:
@@ -333,6 +360,7 @@ class ManagementServer:
                             {"Allow": allowed})
         ctx = Ctx(self, request, params)
         self.authenticate(ctx)
+        check_path_names(segments, params)
         changes = self.broker.journal.changes
         out = await handler(ctx)
         if self.broker.journal.changes != changes:
