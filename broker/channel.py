@@ -134,6 +134,9 @@ class Channel:
         # direct reply-to
         self.reply_consumer: str | None = None
         self.reply_token = ""
+        # Basic.Cancel of our own consumers, held while this channel deletes their
+        # queue: RabbitMQ sends Queue.Delete-Ok first (py-amqp relies on it)
+        self.held_cancels: list[str] | None = None
 
     # -- helpers ---------------------------------------------------------------
     def check(self, what: str, kind: str, name: str) -> None:
@@ -686,9 +689,18 @@ class Channel:
                 raise ChannelError(errors.PRECONDITION_FAILED, f"{self.vhost.what('queue', name)} in use")
             if m.if_empty and q.ready:
                 raise ChannelError(errors.PRECONDITION_FAILED, f"{self.vhost.what('queue', name)} not empty")
-            n = self.vhost.delete_queue(q)
+            held: list[str] = []
+            self.held_cancels = held
+            try:
+                n = self.vhost.delete_queue(q)
+            finally:
+                self.held_cancels = None
+        else:
+            held = []
         if not m.nowait:
             self.send(C.Queue.DeleteOk(message_count=n))
+        for tag in held:
+            self.write(methods.basic_cancel(self.number, tag))
 
     # basic class
     def m_basic_qos(self, m: C.Basic.Qos) -> None:
@@ -780,7 +792,10 @@ class Channel:
         c.queue.remove_consumer(c)
         if self.consumers.pop(c.tag, None) is not None and not self.closing:
             if self.conn.capabilities.get("consumer_cancel_notify"):
-                self.write(methods.basic_cancel(self.number, c.tag))
+                if self.held_cancels is not None:
+                    self.held_cancels.append(c.tag)
+                else:
+                    self.write(methods.basic_cancel(self.number, c.tag))
 
     def m_basic_get(self, m: C.Basic.Get) -> None:
         self.check("read", "queue", self.queue_name(m.queue))

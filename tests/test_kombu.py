@@ -401,3 +401,26 @@ def test_ensure_publish_autoretry(conn, uid):
     publish({"ok": True}, routing_key=name, serializer="json")
     (body, _m), = collect(conn, [q], 1)
     assert body == {"ok": True}
+
+
+def test_queue_delete_ok_comes_before_the_cancel_py_amqp(broker, uid):
+    """py-amqp (kombu, Celery) consuming, then deleting the queue on the same channel:
+    RabbitMQ answers Queue.Delete-Ok before the Basic.Cancel; the other order made
+    ``queue_delete`` itself raise ConsumerCancelled."""
+    import amqp
+
+    conn = amqp.Connection(f"127.0.0.1:{broker.port}")
+    conn.connect()
+    try:
+        ch = conn.channel()
+        q = f"del-order-{uid}"
+        ch.queue_declare(q)
+        ch.basic_publish(amqp.Message(b"x"), routing_key=q)
+        tag = ch.basic_consume(q, callback=lambda m: None)
+        conn.drain_events(timeout=2)  # the delivery
+        assert ch.queue_delete(q) == 0  # the message is unacked, not ready
+        with pytest.raises(amqp.exceptions.ConsumerCancelled) as e:
+            conn.drain_events(timeout=2)
+        assert tag in str(e.value)
+    finally:
+        conn.collect()
