@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .httpguard import HttpLimits, HttpListener
+
 log = logging.getLogger("broker.metrics")
 
 
@@ -93,13 +95,14 @@ def _rss() -> int:
 class MetricsServer:
     """aiohttp server for /metrics on the broker's loop."""
 
-    def __init__(self, broker: Any, host: str, port: int) -> None:
+    def __init__(self, broker: Any, host: str, port: int, limits: HttpLimits | None = None) -> None:
         self.broker = broker
         self.host = host
         self.port = port
+        self.limits = limits or HttpLimits()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BrokerCollector(broker))  # type: ignore[arg-type]
-        self._runner: web.AppRunner | None = None
+        self._listener: HttpListener | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
@@ -108,14 +111,14 @@ class MetricsServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        server = site._server  # the bound port when 0 was asked for
-        if server is not None and server.sockets:  # type: ignore[union-attr]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._listener = HttpListener("Prometheus metrics", web.AppRunner(app), self.limits, log)
+        try:
+            self.port = await self._listener.start(self.host, self.port)
+        except BaseException:
+            self._listener = None
+            raise
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
