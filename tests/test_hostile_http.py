@@ -1,4 +1,5 @@
-"""Hostile HTTP peers against a real broker: body limit, slow peers, connection cap.
+"""Hostile HTTP peers against a real broker: body limit, slow peers, connection cap,
+what /metrics tells strangers.
 
 Each attack runs while another client does publish+get round trips over AMQP
 (:class:`RoundTrips`); the tests assert that client's worst round trip stays
@@ -14,6 +15,7 @@ import re
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -355,3 +357,56 @@ def test_connections_over_the_cap_are_refused_and_amqp_still_works(broker_factor
                 raise
             time.sleep(0.1)
     assert b.log_text().count("HTTP connections open") <= 2, "refusals flood the log"
+
+
+# -- 4. /metrics tells strangers no names ------------------------------------------------------
+
+
+def test_metrics_are_aggregated_and_per_object_needs_a_monitoring_user(broker, uid):
+    api = Http(mgmt_url(broker))
+    vhost = f"secret-vh-{uid}"
+    assert api.put(f"/api/vhosts/{vhost}").status in (201, 204)
+    assert api.put(f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"}).status \
+        in (201, 204)
+    conn = connect(broker, vhost=vhost)
+    ch = conn.channel()
+    ch.queue_declare(f"secret-q-{uid}")
+    for _ in range(3):
+        ch.basic_publish("", f"secret-q-{uid}", b"x")
+    base = metrics_base(broker)
+    try:
+        text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+        assert uid not in text
+        assert 'queue="' not in text and 'vhost="' not in text
+        totals = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        assert float(totals["rabbitmq_queue_messages_ready"]) >= 3
+        assert "rabbitmq_queue_consumers" in totals
+
+        def scrape(user: str | None, password: str = "") -> tuple[int, str]:
+            req = urllib.request.Request(base + "/metrics/per-object")
+            if user is not None:
+                import base64
+
+                cred = base64.b64encode(f"{user}:{password}".encode()).decode()
+                req.add_header("Authorization", "Basic " + cred)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        status, text = scrape(None)
+        assert status == 401 and uid not in text
+        status, text = scrape("guest", "wrong")
+        assert status == 401 and uid not in text
+        mgr, mon = f"mgr-{uid}", f"mon-{uid}"
+        assert api.put(f"/api/users/{mgr}", {"password": "pw", "tags": "management"}).status in (201, 204)
+        assert api.put(f"/api/users/{mon}", {"password": "pw", "tags": "monitoring"}).status in (201, 204)
+        status, text = scrape(mgr, "pw")
+        assert status == 403 and uid not in text
+        status, text = scrape(mon, "pw")
+        assert status == 200
+        assert f'rabbitmq_queue_messages_ready{{queue="secret-q-{uid}",vhost="{vhost}"}} 3.0' in text
+    finally:
+        conn.close()
+        api.delete(f"/api/vhosts/{vhost}")
