@@ -1,5 +1,5 @@
 """Hostile HTTP peers against a real broker: body limit, slow peers, connection cap,
-what /metrics tells strangers.
+what /metrics tells strangers, and the aliveness test's manners.
 
 Each attack runs while another client does publish+get round trips over AMQP
 (:class:`RoundTrips`); the tests assert that client's worst round trip stays
@@ -407,6 +407,56 @@ def test_metrics_are_aggregated_and_per_object_needs_a_monitoring_user(broker, u
         status, text = scrape(mon, "pw")
         assert status == 200
         assert f'rabbitmq_queue_messages_ready{{queue="secret-q-{uid}",vhost="{vhost}"}} 3.0' in text
+    finally:
+        conn.close()
+        api.delete(f"/api/vhosts/{vhost}")
+
+
+# -- 5. the aliveness test ---------------------------------------------------------------------
+
+
+def test_aliveness_needs_permissions_on_its_queue(broker, uid):
+    api = Http(mgmt_url(broker))
+    user = f"alive-{uid}"
+    assert api.put(f"/api/users/{user}", {"password": "pw", "tags": "management"}).status in (201, 204)
+    as_user = api.as_user(user, "pw")
+    r = as_user.get("/api/aliveness-test/%2F")
+    assert r.status == 403, r  # no permissions in the vhost at all
+    api.put(f"/api/permissions/%2F/{user}", {"configure": "^app-", "write": ".*", "read": ".*"})
+    r = as_user.get("/api/aliveness-test/%2F")
+    assert r.status == 403, r
+    assert r.json["reason"] == f"ACCESS_REFUSED - access to queue 'aliveness-test' in vhost '/' refused for user '{user}'"
+    api.put(f"/api/permissions/%2F/{user}", {"configure": "^aliveness-test$", "write": "^amq\\.default$",
+                                             "read": "^aliveness-test$"})
+    r = as_user.get("/api/aliveness-test/%2F")
+    assert r.status == 200 and r.json == {"status": "ok"}, r
+
+
+def test_aliveness_never_touches_a_clients_queue_named_aliveness_test(broker, uid):
+    """Before: the test used the client's queue 'aliveness-test' and deleted its messages."""
+    api = Http(mgmt_url(broker))
+    vhost = f"alive-vh-{uid}"
+    assert api.put(f"/api/vhosts/{vhost}").status in (201, 204)
+    api.put(f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    conn = connect(broker, vhost=vhost)
+    try:
+        ch = conn.channel()
+        ch.queue_declare("aliveness-test")
+        ch.confirm_delivery()
+        bodies = [f"order {i}".encode() for i in range(3)]
+        for body in bodies:
+            ch.basic_publish("", "aliveness-test", body)
+        for _ in range(3):
+            r = api.get(f"/api/aliveness-test/{vhost}")
+            assert r.status == 200 and r.json == {"status": "ok"}, r
+        names = [q["name"] for q in api.get(f"/api/queues/{vhost}").json]
+        assert names == ["aliveness-test"]
+        assert ch.queue_declare("aliveness-test", passive=True).method.message_count == 3
+        got = []
+        for _ in range(3):
+            m = ch.basic_get("aliveness-test", auto_ack=True)
+            got.append(m[2])
+        assert got == bodies
     finally:
         conn.close()
         api.delete(f"/api/vhosts/{vhost}")
