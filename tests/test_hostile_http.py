@@ -460,3 +460,29 @@ def test_aliveness_never_touches_a_clients_queue_named_aliveness_test(broker, ui
     finally:
         conn.close()
         api.delete(f"/api/vhosts/{vhost}")
+
+
+# -- 6. configuration --------------------------------------------------------------------------
+
+
+def test_http_limits_come_from_the_config_file_and_bad_values_stop_the_start(broker_factory, tmp_path):
+    from test_config import run_cli
+
+    cfg = tmp_path / "limits.toml"
+    cfg.write_text('management-max-body-size = "100KB"\nhttp-header-timeout = 3.5\nhttp-max-connections = 50\n')
+    b = broker_factory(extra=["--config", str(cfg)])
+    line = next(x for x in b.log_text().splitlines() if "configuration:" in x)
+    for shown in ("management-max-body-size=100KB", "http-header-timeout=3.5", "http-max-connections=50"):
+        assert f"{shown} (config file)" in line
+    r = Http(mgmt_url(b)).post("/api/exchanges/%2F/amq.default/publish",
+                               {"properties": {}, "routing_key": "nowhere", "payload": "a" * 200_000,
+                                "payload_encoding": "string"})
+    assert r.status == 413 and "100000 bytes" in r.json["reason"], r
+    for args, env, named in (
+        (["--management-max-body-size", "lots"], {}, "--management-max-body-size"),
+        ([], {"BROKER_HTTP_HEADER_TIMEOUT": "0"}, "--http-header-timeout"),
+        ([], {"BROKER_HTTP_MAX_CONNECTIONS": "none"}, "--http-max-connections"),
+    ):
+        r = run_cli(["serve", "--data-dir", str(tmp_path / "d"), *args], env=env)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert named in r.stderr, r.stderr
