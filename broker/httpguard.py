@@ -21,7 +21,8 @@ aiohttp parses the requests; this module bounds what one peer can hold on to.
   ``keepalive_timeout``.
 
 A connection is, in turn: *head* (the head timer runs), *busy* (a request is
-being handled: no timer here, the handler bounds its own reads), *idle* (its
+being handled: no timer here, the handler bounds its own reads), perhaps
+*discarding* (aiohttp reads away a body the handler left unread), *idle* (its
 answer is sent: aiohttp's keep-alive timer runs; the next byte starts a head).
 """
 
@@ -89,6 +90,7 @@ class GuardedRequestHandler(RequestHandler):
         self._listener = listener
         self._admitted = False
         self._busy = False
+        self._unread_body: Any = None  # the last request's body, if its handler left some unread
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,9 +105,16 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
-        if data and self._head_timer is None and not self._busy:
+        if data and self._head_timer is None and not self._busy and not self._discarding():
             self._start_head_timer()  # the first byte of a request after an answered one
         super().data_received(data)
+
+    def _discarding(self) -> bool:
+        """aiohttp is still reading away an unread body (for at most its lingering time):
+        those bytes are no request head."""
+        if self._unread_body is not None and self._unread_body.is_eof():
+            self._unread_body = None
+        return self._unread_body is not None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._admitted:
@@ -122,6 +131,7 @@ class GuardedRequestHandler(RequestHandler):
             return await super()._handle_request(request, *args)
         finally:
             self._busy = False
+            self._unread_body = None if request.content.is_eof() else request.content
 
     def _start_head_timer(self) -> None:
         self._head_timer = self._loop.call_later(self._listener.limits.header_timeout, self._head_timed_out)
