@@ -134,6 +134,22 @@ class ServeCommand(click.Command):
               help="Address the management HTTP API listens on.")
 @click.option("--metrics-port", envvar="BROKER_METRICS_PORT", default=15692, show_default=True, type=int,
               help="Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).")
+@click.option(
+    "--management-max-body-size", envvar="BROKER_MANAGEMENT_MAX_BODY_SIZE", default="20MiB", show_default=True,
+    callback=_check_size, help="Largest request body the management API reads (413 above it).",
+)
+@click.option("--http-max-connections", envvar="BROKER_HTTP_MAX_CONNECTIONS", default=1024, show_default=True,
+              type=click.IntRange(min=1),
+              help="Open connections each HTTP listener (management API, metrics) holds; more get 503.")
+@click.option("--http-header-timeout", envvar="BROKER_HTTP_HEADER_TIMEOUT", default=10.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds an HTTP request line and headers may take to arrive (then 408 and close).")
+@click.option("--http-body-timeout", envvar="BROKER_HTTP_BODY_TIMEOUT", default=60.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds an HTTP request body may take to arrive (then 408 and close).")
+@click.option("--http-keepalive-timeout", envvar="BROKER_HTTP_KEEPALIVE_TIMEOUT", default=60.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds an HTTP connection may stay idle between requests.")
 @click.option("--definitions", envvar="BROKER_DEFINITIONS", default=None,
               type=click.Path(dir_okay=False),
               help="Definitions JSON (RabbitMQ's export format) to import at boot.")
@@ -187,8 +203,18 @@ def serve(ctx: click.Context, **opts: object) -> None:
             log.error("cannot listen on %s:%s: %s (is another broker running? try --port)", host, o["port"], exc)
             raise SystemExit(1) from None
         servers = []
+        from broker.alarms import parse_size
+        from broker.httpguard import HttpLimits
         from broker.management import ManagementServer
         from broker.metrics import MetricsServer
+
+        limits = HttpLimits(
+            max_body_size=parse_size(str(o["management_max_body_size"])),
+            max_connections=int(o["http_max_connections"]),  # type: ignore[call-overload]
+            header_timeout=float(o["http_header_timeout"]),  # type: ignore[arg-type]
+            body_timeout=float(o["http_body_timeout"]),  # type: ignore[arg-type]
+            keepalive_timeout=float(o["http_keepalive_timeout"]),  # type: ignore[arg-type]
+        )
 
         for kind, cls, port_opt, host_opt, what in (
             ("management", ManagementServer, "management_port", "management_host", "management API"),
@@ -198,7 +224,7 @@ def serve(ctx: click.Context, **opts: object) -> None:
             if port < 0:
                 continue
             shost = str(o[host_opt] or host) if host_opt else host
-            srv = cls(broker, shost, port)
+            srv = cls(broker, shost, port, limits=limits)
             try:
                 await srv.start()
             except OSError as exc:

@@ -1,13 +1,22 @@
-"""Prometheus metrics at /metrics on their own port (15692 by default, as RabbitMQ).
+"""Prometheus metrics on their own port (15692 by default, as RabbitMQ).
 
 The names follow RabbitMQ's Prometheus plugin (``rabbitmq_...``) so that the
 dashboards and alerts people already have for RabbitMQ work unchanged.  The
 values are read from the engine when Prometheus scrapes, on the broker's own
 loop (an aiohttp handler), so no thread ever touches engine state.
+
+As RabbitMQ with ``prometheus.return_per_object_metrics = false``, ``/metrics``
+gives totals only: no queue or vhost names, which are nobody else's business.
+``/metrics/per-object`` adds the per-queue series (labels ``vhost``, ``queue``);
+it needs HTTP basic auth of a user tagged ``monitoring`` or ``administrator``
+(the tags that may read every queue through the management API).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import logging
 from typing import Any, Iterator
 
@@ -16,14 +25,22 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .auth import check_password
+from .httpguard import HttpLimits, HttpListener
+
 log = logging.getLogger("broker.metrics")
+
+PER_OBJECT_TAGS = frozenset(("monitoring", "administrator"))
+REALM = 'Basic realm="BurrowMQ metrics"'
 
 
 class BrokerCollector:
-    """Reads a :class:`~broker.server.Broker` into Prometheus metric families."""
+    """Reads a :class:`~broker.server.Broker` into Prometheus metric families:
+    totals only, or with ``per_object`` one series per queue as well."""
 
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, broker: Any, per_object: bool) -> None:
         self.broker = broker
+        self.per_object = per_object
 
     def collect(self) -> Iterator[Any]:
         b = self.broker
@@ -34,18 +51,19 @@ class BrokerCollector:
         queues = [q for vh in b.vhosts.values() for q in vh.queues.values()]
         yield g("rabbitmq_queues", "Queues", value=len(queues))
         yield g("rabbitmq_consumers", "Consumers", value=sum(len(q.consumers) for q in queues))
-        ready = g("rabbitmq_queue_messages_ready", "Messages ready to be delivered", labels=["vhost", "queue"])
-        unacked = g("rabbitmq_queue_messages_unacked", "Messages delivered and not yet acknowledged",
-                    labels=["vhost", "queue"])
-        qcons = g("rabbitmq_queue_consumers", "Consumers of a queue", labels=["vhost", "queue"])
-        for q in queues:
-            labels = [q.vhost.name, q.name]
-            ready.add_metric(labels, q.ready)
-            unacked.add_metric(labels, q.unacked)
-            qcons.add_metric(labels, len(q.consumers))
-        yield ready
-        yield unacked
-        yield qcons
+        per_queue = (
+            ("rabbitmq_queue_messages_ready", "Messages ready to be delivered", lambda q: q.ready),
+            ("rabbitmq_queue_messages_unacked", "Messages delivered and not yet acknowledged", lambda q: q.unacked),
+            ("rabbitmq_queue_consumers", "Consumers of a queue", lambda q: len(q.consumers)),
+        )
+        for name, doc, value in per_queue:
+            if not self.per_object:
+                yield g(name, doc + " (all queues)", value=sum(value(q) for q in queues))
+                continue
+            family = g(name, doc, labels=["vhost", "queue"])
+            for q in queues:
+                family.add_metric([q.vhost.name, q.name], value(q))
+            yield family
         yield g("rabbitmq_queue_messages_ready_total", "Messages ready in all queues",
                 value=sum(q.ready for q in queues))
         yield g("rabbitmq_queue_messages_unacked_total", "Unacknowledged messages in all queues",
@@ -95,32 +113,80 @@ def _rss() -> int:
     return rss_bytes()
 
 
-class MetricsServer:
-    """aiohttp server for /metrics on the broker's loop."""
+def _registry(broker: Any, per_object: bool) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BrokerCollector(broker, per_object))  # type: ignore[arg-type]
+    return registry
 
-    def __init__(self, broker: Any, host: str, port: int) -> None:
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MetricsServer:
+    """aiohttp server for /metrics and /metrics/per-object on the broker's loop."""
+
+    def __init__(self, broker: Any, host: str, port: int, limits: HttpLimits | None = None) -> None:
         self.broker = broker
         self.host = host
         self.port = port
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BrokerCollector(broker))  # type: ignore[arg-type]
-        self._runner: web.AppRunner | None = None
+        self.limits = limits or HttpLimits()
+        self.totals = _registry(broker, per_object=False)
+        self.per_object = _registry(broker, per_object=True)
+        self._listener: HttpListener | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return self._scrape(self.totals)
+
+    async def _metrics_per_object(self, request: web.Request) -> web.Response:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        return self._scrape(self.per_object)
+
+    @staticmethod
+    def _scrape(registry: CollectorRegistry) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """None if the request carries a monitoring (or administrator) user's credentials,
+        else the 401 / 403 to answer, in the management API's shape."""
+        def error(status: int, reason: str) -> web.Response:
+            headers = {"WWW-Authenticate": REALM} if status == 401 else None
+            return web.json_response({"error": "not_authorized", "reason": reason}, status=status, headers=headers)
+
+        header = request.headers.get("Authorization", "")
+        try:
+            if header[:6].lower() != "basic ":
+                raise ValueError
+            name, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            return error(401, "Login failed")
+        user = self.broker.users.users.get(name)
+        if not sep or user is None or not user.password_hash or not check_password(password, user.password_hash):
+            log.warning("metrics: login refused for user %r from %s", name, request.remote)
+            return error(401, "Login failed")
+        if name in self.broker.loopback_users and not _is_loopback(request.remote or ""):
+            return error(401, "User can only log in via localhost")
+        if not PER_OBJECT_TAGS & set(user.tags):
+            return error(403, "Not monitor user")
+        return None
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        server = site._server  # the bound port when 0 was asked for
-        if server is not None and server.sockets:  # type: ignore[union-attr]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        app.router.add_get("/metrics/per-object", self._metrics_per_object)
+        self._listener = HttpListener("Prometheus metrics", web.AppRunner(app), self.limits, log)
+        try:
+            self.port = await self._listener.start(self.host, self.port)
+        except BaseException:
+            self._listener = None
+            raise
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 import urllib.request
@@ -15,8 +16,11 @@ def metrics_url(b) -> str:
     return m.group(1)
 
 
-def scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
+def scrape(url: str, user: str | None = None, password: str = "") -> dict[str, float]:
+    req = urllib.request.Request(url)
+    if user is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    text = urllib.request.urlopen(req, timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -45,8 +49,11 @@ def test_metrics_for_a_small_workload(broker_factory):
     after = scrape(url)
     assert after["rabbitmq_connections"] == 1
     assert after["rabbitmq_channels"] == 1
-    assert after['rabbitmq_queue_messages_ready{queue="mq",vhost="/"}'] == 5
-    assert after['rabbitmq_queue_messages_unacked{queue="mq",vhost="/"}'] == 1
+    assert after["rabbitmq_queue_messages_ready"] == 5  # totals only: no queue names on /metrics
+    assert after["rabbitmq_queue_messages_unacked"] == 1
+    per_object = scrape(url + "/per-object", "guest", "guest")
+    assert per_object['rabbitmq_queue_messages_ready{queue="mq",vhost="/"}'] == 5
+    assert per_object['rabbitmq_queue_messages_unacked{queue="mq",vhost="/"}'] == 1
     assert after["rabbitmq_global_messages_received_total"] == 11
     assert after["rabbitmq_global_messages_delivered_total"] == 5
     assert after["rabbitmq_global_messages_acknowledged_total"] == 4

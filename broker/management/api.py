@@ -266,24 +266,36 @@ async def health_port(ctx: Ctx) -> Any:
     return 503, {"status": "failed", "reason": "No active listener", "missing": port, "ports": ports}
 
 
+ALIVENESS_QUEUE = "aliveness-test"  # RabbitMQ's name: the one permissions are checked on
+ALIVENESS_PROBE = "amq.aliveness-test"  # the queue really used: clients cannot declare amq.* names
+
+
 @route("api/aliveness-test/:vhost")
 async def aliveness(ctx: Ctx) -> Any:
+    """RabbitMQ's aliveness test: declare a queue, publish to it, get the message back.
+
+    The user needs what RabbitMQ's test needs: configure and read on the queue
+    'aliveness-test', write on the default exchange.  The queue used is the broker's
+    own ``amq.aliveness-test``, made and removed within this one synchronous step: it
+    never holds a client's message, nor shows in a listing."""
     vh = ctx.vhost_for_write()
+    ctx.check(vh, "configure", "queue", ALIVENESS_QUEUE)
+    ctx.check(vh, "write", "exchange", "amq.default")
+    ctx.check(vh, "read", "queue", ALIVENESS_QUEUE)
+    q, created = vh.declare_queue(ALIVENESS_PROBE, False, False, False, {}, None, server_named=True)
+    if not created:
+        return 503, {"status": "failed", "reason": f"a queue named '{ALIVENESS_PROBE}' already exists"}
     try:
-        q, _ = vh.declare_queue("aliveness-test", False, False, False, {}, None)
         x = vh.default_exchange
-        msg = _make_message(x.name, "aliveness-test", C.Basic.Properties(), b"test_message")
-        for dest in vh.route(x, "aliveness-test", msg):
+        msg = _make_message(x.name, ALIVENESS_PROBE, C.Basic.Properties(), b"test_message")
+        for dest in vh.route(x, ALIVENESS_PROBE, msg):
             dest.push(msg if dest is q else msg.copy())
         got = q.get()
-        while got is not None and got.body != b"test_message":
-            q.settle(got)
-            got = q.get()
         if got is None:
-            return 503, {"status": "failed", "reason": "the test message did not come back"}
+            return 503, {"status": "failed", "reason": "aliveness-test queue is empty"}
         q.settle(got)
-    except ChannelError as e:
-        return 503, {"status": "failed", "reason": e.text}
+    finally:
+        vh.delete_queue(q)
     return {"status": "ok"}
 
 

@@ -23,6 +23,7 @@ Who may do what (RabbitMQ's user tags):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -39,6 +40,7 @@ from protocol.names import NOT_UTF8, name_problem
 
 from ..auth import check_password
 from ..metadata import MetadataSaveError
+from ..httpguard import HttpLimits, HttpListener
 from .stats import Stats
 from .views import jsonable
 
@@ -103,6 +105,32 @@ def _too_deep(value: Any, limit: int) -> bool:
             return True
         stack.extend((x, depth + 1) for x in children)
     return False
+
+
+def body_too_large(limit: int) -> HTTPError:
+    return HTTPError(413, "payload_too_large",
+                     f"request body larger than the limit of {limit} bytes (--management-max-body-size)")
+
+
+async def read_body(request: web.Request, limits: HttpLimits) -> bytes:
+    """The request body, if it stays within ``limits.max_body_size`` bytes and arrives
+    within ``limits.body_timeout`` seconds.  (A larger Content-Length was refused
+    before the handler ran; a chunked body is cut here at the limit.)"""
+    limit = limits.max_body_size
+
+    async def read() -> bytes:
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise body_too_large(limit)
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(read(), limits.body_timeout)
+    except TimeoutError:
+        raise HTTPError(408, "request_timeout", f"request body not received within {limits.body_timeout:g} s "
+                        "(--http-body-timeout)") from None
 
 
 def from_channel_error(e: AMQPError) -> HTTPError:
@@ -184,7 +212,7 @@ class Ctx:
 
     # -- input ---------------------------------------------------------------------
     async def body(self) -> dict:
-        raw = await self.request.read()
+        raw = await read_body(self.request, self.server.limits)
         if not raw.strip():
             return {}
         return json_object(raw, "the request body")
@@ -253,6 +281,13 @@ def json_response(data: Any, status: int = 200, headers: dict | None = None) -> 
     return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
 
+def error_response(e: HTTPError) -> web.Response:
+    resp = json_response({"error": e.error, "reason": e.reason}, e.status, e.headers)
+    if e.status in (408, 413):  # its body is left unread: close rather than wait for another request
+        resp.force_close()
+    return resp
+
+
 def split_path(raw_path: str) -> list[str]:
     path = raw_path.split("?", 1)[0]
     segs = path.split("/")
@@ -290,48 +325,47 @@ def check_path_names(segments: list[str], params: dict) -> None:
 class ManagementServer:
     """The management API of one broker, served by aiohttp on the broker's loop."""
 
-    def __init__(self, broker: Any, host: str = "0.0.0.0", port: int = 15672, stats_interval: float | None = None):
+    def __init__(self, broker: Any, host: str = "0.0.0.0", port: int = 15672, stats_interval: float | None = None,
+                 limits: HttpLimits | None = None):
         from . import api, lost_found  # noqa: F401  (register the routes)
 
         self.broker = broker
         self.host = host
         self.port = port
+        self.limits = limits or HttpLimits()
         self.stats = Stats(broker, stats_interval)
         self.vhost_meta: dict[str, dict] = {}  # description / tags given with PUT /api/vhosts/NAME
-        self.runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=256 * 1024 * 1024)
+        self.listener: HttpListener | None = None
+        # aiohttp's own limit too, for the bodies it reads itself (multipart forms)
+        self.app = web.Application(client_max_size=self.limits.max_body_size)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True, backlog=128)
+        runner = web.AppRunner(self.app, handle_signals=False)
+        self.listener = HttpListener("management API", runner, self.limits, log)
         try:
-            await site.start()
+            self.port = await self.listener.start(self.host, self.port)
         except BaseException:
-            await self.runner.cleanup()
-            self.runner = None
+            self.listener = None
             raise
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
         self.stats.start()
 
     async def stop(self) -> None:
         self.stats.stop()
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
 
     # -- request handling --------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._handle(request)
         except HTTPError as e:
-            return json_response({"error": e.error, "reason": e.reason}, e.status, e.headers)
+            return error_response(e)
         except AMQPError as e:
-            h = from_channel_error(e)
-            return json_response({"error": h.error, "reason": h.reason}, h.status)
+            return error_response(from_channel_error(e))
+        except web.HTTPRequestEntityTooLarge:  # aiohttp's own reading (multipart forms)
+            return error_response(body_too_large(self.limits.max_body_size))
         except web.HTTPException:
             raise
         except Exception as exc:  # a bug: answer 500 and log it, never take the broker down
@@ -339,6 +373,8 @@ class ManagementServer:
             return json_response({"error": "internal_error", "reason": str(exc)}, 500)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.content_length is not None and request.content_length > self.limits.max_body_size:
+            raise body_too_large(self.limits.max_body_size)  # before anything else, without reading it
         segments = split_path(request.raw_path)
         if not segments or segments[0] != "api":
             if not segments:
