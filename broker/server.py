@@ -147,7 +147,6 @@ class Broker:
             self.store.on_synced = self._synced
             self.store.on_sync_failed = self._sync_failed
             self.store.on_write_failed = self._write_failed
-            self.store.on_written = self.monitor.written
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
         if self.definitions_file:
