@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 
 import aio_pika
@@ -18,7 +20,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from conftest import BrokerProcess
+from conftest import ROOT, BrokerProcess
 from test_management_api import Http, mgmt_url
 
 MiB = 1024 * 1024
@@ -162,3 +164,123 @@ def test_publish_that_cannot_fit_is_refused_before_it_is_written(small_disk, tmp
         conn.close()
     finally:
         b.stop()
+
+
+# -- definitions import: what is not applied is said, never dropped -------------------------------
+
+def hostile_definitions(uid: str, broken: bool = True) -> dict:
+    """A definitions document with parts this broker does not apply; with ``broken``,
+    also a binding whose destination is missing and a permission for an unknown user."""
+    vh, user = f"hd{uid}", f"hu{uid}"
+    defs = {
+        "rabbit_version": "3.12.0",
+        "vhosts": [{"name": vh, "description": "the shop", "tags": ["prod"],
+                    "metadata": {"description": "the shop", "tags": ["prod"]}, "limits": {"max-connections": 10}}],
+        "users": [{"name": user, "password": "hupw", "tags": "management", "limits": {"max-connections": 5}}],
+        "permissions": [{"user": user, "vhost": vh, "configure": ".*", "write": ".*", "read": ".*"}],
+        "topic_permissions": [{"user": user, "vhost": vh, "exchange": "amq.topic", "write": "^eu", "read": ".*"}],
+        "policies": [{"vhost": vh, "name": "ttl-all", "pattern": ".*", "apply-to": "queues",
+                      "definition": {"message-ttl": 1000}, "priority": 0}],
+        "parameters": [{"vhost": vh, "component": "vhost-limits", "name": "limits", "value": {"max-queues": 3}}],
+        "global_parameters": [{"name": "cluster_name", "value": "rabbit@old"}],
+        "federation_upstreams": [{"name": "up", "uri": "amqp://elsewhere"}],
+        "exchanges": [{"name": "hx", "vhost": vh, "type": "topic", "durable": True, "auto_delete": False,
+                       "internal": False, "arguments": {}, "colour": "blue"}],
+        "queues": [{"name": "hq", "vhost": vh, "durable": True, "auto_delete": False, "arguments": {},
+                    "shiny": True}],
+        "bindings": [{"source": "hx", "vhost": vh, "destination": "hq", "destination_type": "queue",
+                      "routing_key": "eu.#", "arguments": {}}],
+    }
+    if broken:
+        defs["permissions"].append({"user": f"ghost{uid}", "vhost": vh, "configure": ".*", "write": ".*",
+                                    "read": ".*"})
+        defs["bindings"].append({"source": "hx", "vhost": vh, "destination": "nowhere", "destination_type": "queue",
+                                 "routing_key": "x", "arguments": {}})
+    return defs
+
+
+def expected_not_applied(uid: str, broken: bool = True) -> set[tuple[str, str, str]]:
+    """(section, item, field) of everything the import must report."""
+    vh, user = f"hd{uid}", f"hu{uid}"
+    out = {
+        ("vhosts", vh, "description"), ("vhosts", vh, "tags"), ("vhosts", vh, "metadata"), ("vhosts", vh, "limits"),
+        ("users", user, "limits"),
+        ("topic_permissions", user, ""), ("policies", "ttl-all", ""), ("parameters", "limits", ""),
+        ("global_parameters", "cluster_name", ""), ("federation_upstreams", "", ""),
+        ("exchanges", "hx", "colour"), ("queues", "hq", "shiny"),
+    }
+    if broken:
+        out |= {("permissions", f"ghost{uid}", ""), ("bindings", "hx -> nowhere", "")}
+    return out
+
+
+def _reported(answer: dict) -> set[tuple[str, str, str]]:
+    return {(e["section"], e["item"], e.get("field", "")) for e in answer["not_applied"]}
+
+
+def _supported_parts_applied(api: Http, uid: str) -> None:
+    vh, user = f"hd{uid}", f"hu{uid}"
+    assert api.get(f"/api/vhosts/{vh}").status == 200
+    assert api.get(f"/api/queues/{vh}/hq").status == 200
+    assert api.get(f"/api/exchanges/{vh}/hx").json["type"] == "topic"
+    assert [b["routing_key"] for b in api.get(f"/api/bindings/{vh}/e/hx/q/hq").json] == ["eu.#"]
+    assert api.get(f"/api/permissions/{vh}/{user}").json["write"] == ".*"
+    assert api.as_user(user, "hupw").get("/api/whoami").json["name"] == user
+
+
+def test_http_import_lists_what_it_did_not_apply(broker, uid):
+    api = Http(mgmt_url(broker))
+    r = api.post("/api/definitions", hostile_definitions(uid))
+    # an item that failed makes it a bad request, as in RabbitMQ; the answer lists everything left out
+    assert r.status == 400, r
+    assert r.json["error"] == "bad_request"
+    assert "nowhere" in r.json["reason"] and f"ghost{uid}" in r.json["reason"] and "policies" in r.json["reason"]
+    assert _reported(r.json) == expected_not_applied(uid)
+    assert all(e["reason"] for e in r.json["not_applied"])
+    _supported_parts_applied(api, uid)
+    # nothing failed, parts left out: a success that says what it left out
+    uid2 = uid + "b"
+    r = api.post("/api/definitions", hostile_definitions(uid2, broken=False))
+    assert r.status == 200, r
+    assert _reported(r.json) == expected_not_applied(uid2, broken=False)
+    _supported_parts_applied(api, uid2)
+    # a vhost's import reports the sections it does not take
+    vh = f"hd{uid}"
+    r = api.post(f"/api/definitions/{vh}", {
+        "queues": [{"name": "vq", "durable": True, "auto_delete": False, "arguments": {}, "x": 1}],
+        "users": [{"name": f"nobody{uid}", "password": "x"}],
+        "policies": [{"name": "p", "pattern": ".*", "definition": {}}],
+    })
+    assert r.status == 200, r
+    assert _reported(r.json) == {("queues", "vq", "x"), ("users", "", ""), ("policies", "p", "")}
+    assert api.get(f"/api/queues/{vh}/vq").status == 200
+    assert api.get(f"/api/users/nobody{uid}").status == 404
+
+
+def test_definitions_at_boot_log_each_part_not_applied(broker_factory, tmp_path):
+    defs = hostile_definitions("boot")
+    defs["users"].append({"name": "guest", "password": "guest", "tags": "administrator"})  # to look at the result
+    f = tmp_path / "defs.json"
+    f.write_text(json.dumps(defs))
+    b = broker_factory(extra=["--definitions", str(f), "--management-port", "0"])
+    text = b.log_text()
+    lines = [ln for ln in text.splitlines() if f"definitions from {f}: not applied:" in ln]
+    expected = expected_not_applied("boot")
+    assert len(lines) == len(expected), "\n".join(lines)
+    for section, item, fld in expected:
+        assert any(section in ln and item in ln and fld in ln for ln in lines), (section, item, fld)
+    assert f"; {len(expected)} not applied (see above)" in text
+    _supported_parts_applied(Http(mgmt_url(b)), "boot")
+
+
+def test_cli_import_prints_what_it_did_not_apply(broker_factory, tmp_path):
+    b = broker_factory(extra=["--management-port", "0"])
+    f = tmp_path / "defs.json"
+    f.write_text(json.dumps(hostile_definitions("cli", broken=False)))
+    r = subprocess.run([sys.executable, "-m", "cli", "import-definitions", str(f)], cwd=ROOT, capture_output=True,
+                       text=True, check=False, env={**os.environ, "BROKER_URL": mgmt_url(b), "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    printed = [ln for ln in r.stdout.splitlines() if ln.startswith("Not applied: ")]
+    assert len(printed) == len(expected_not_applied("cli", broken=False)), r.stdout
+    assert any("policies 'ttl-all'" in ln for ln in printed)
+    assert r.stdout.strip().endswith("Done")
