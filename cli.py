@@ -713,7 +713,14 @@ def import_definitions(api: AdminApi, file: str) -> None:
     if not isinstance(defs, dict):
         raise AdminError(f"{file} is not a definitions file (a JSON object)")
     click.echo(f'Importing definitions from "{file}" ...')
-    api.call("POST", "definitions", defs)
+    answer = api.call("POST", "definitions", defs)
+    for e in (answer or {}).get("not_applied", []):
+        what = f"{e.get('section')} '{e.get('item')}'" if e.get("item") else str(e.get("section"))
+        if e.get("vhost"):
+            what += f" in vhost '{e['vhost']}'"
+        if e.get("field"):
+            what += f", field '{e['field']}'"
+        click.echo(f"Not applied: {what}: {e.get('reason')}")
     click.echo("Done")
 
 

@@ -6,11 +6,27 @@ A timer samples the process's resident memory (``/proc/self/statm``) and the
 free space of the data directory's file system.  When either crosses its
 limit the alarm is raised: every connection that publishes is sent
 ``connection.blocked`` (if its client announced the capability) and is no
-longer read, so publishers stop while consumers go on draining.  A connection
+longer read (frames already read from it wait too, as in RabbitMQ), so
+publishers stop while consumers go on draining.  A connection
 that publishes for the first time during an alarm is blocked at that publish.
 When every alarm has cleared (memory: 5% under the mark, so that it does not
-flap), blocked connections get ``connection.unblocked`` and are read again.  While the memory alarm is up, freed memory is handed back
-to the system (``malloc_trim``) so that the resident size can fall again.
+flap), blocked connections get ``connection.unblocked`` and are read again.
+While the memory alarm is up, freed memory is handed back to the system
+(``malloc_trim``) so that the resident size can fall again.
+
+The disk is guarded *before* writes, not only by the timer: between two
+readings of the file system the monitor estimates free space as the last
+reading minus the bytes appended to queue logs since (the store counts them).
+:attr:`ResourceMonitor.disk_mark` is the appended-bytes count at which that
+estimate reaches the limit, so a publish only compares two integers
+(``VHost.enqueue``).  A publish whose bytes (record size times the durable
+queues it goes to) could cross the mark makes the monitor read the disk at
+once (:meth:`ResourceMonitor.admit_disk_write`): if the write would still
+take free space under the limit, the alarm is raised before it is written,
+so the overshoot is at most that one publish's fanout.  That publish is accepted
+when it leaves at least half the limit free (it was sent before its
+publisher could know), and refused otherwise (nack on a confirm channel):
+the disk never fills with messages.
 """
 
 from __future__ import annotations
@@ -81,6 +97,9 @@ def _trim() -> None:
         pass
 
 
+NO_MARK = 1 << 62  # a disk mark no count of appended bytes reaches: the disk is not watched
+
+
 class ResourceMonitor:
     """Raises and clears the memory and disk alarms of one broker."""
 
@@ -92,8 +111,9 @@ class ResourceMonitor:
         self.memory_alarm = False
         self.disk_alarm = False
         self.rss = 0
+        # free bytes at the last reading, less what was buffered then and not yet written (-1: unknown)
         self.disk_free = -1
-        self._since = 0
+        self.disk_mark = NO_MARK  # appended_bytes at which the estimate reaches the limit
         self.input_bytes = 0
         self.next_input_check = self.INPUT_CHECK_EVERY
         self._timer: Any = None
@@ -124,16 +144,6 @@ class ResourceMonitor:
                 self._timer.cancel()
             self.check()
 
-    def written(self, nbytes: int) -> None:
-        """The store is about to write ``nbytes``: check the disk at once if that
-        could take it under the limit before the next periodic check."""
-        self._since += nbytes
-        if self.disk_free_limit and self.disk_free >= 0 and not self.disk_alarm:
-            if self.disk_free - self._since < self.disk_free_limit + (8 << 20):
-                if self._timer is not None:
-                    self._timer.cancel()
-                self.check()
-
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -158,25 +168,69 @@ class ResourceMonitor:
                 if self.rss < self.memory_limit * 0.95:
                     self.memory_alarm = False
                     log.warning("memory alarm cleared: resident memory %d MB", self.rss // 2**20)
+        self._read_disk()
+        if self.disk_free >= 0:
+            if not self.disk_alarm and self.disk_free < self.disk_free_limit:
+                self._set_disk_alarm(self._under_limit(self.disk_free))
+            elif self.disk_alarm and self.disk_free >= self.disk_free_limit:
+                self.disk_alarm = False
+                log.warning("disk alarm cleared: %d MB free", self.disk_free // 2**20)
+        self._apply(was)
+
+    # -- disk: estimate between readings, and the check before a write ----------------------
+    def admit_disk_write(self, nbytes: int) -> bool:
+        """A publish is about to append ``nbytes`` to queue logs and the estimate
+        says that may cross the limit: read the disk now, raise the alarm before
+        the write if it would cross, and say whether the publish may be written
+        (False: it would leave less than half the limit free; refuse it)."""
+        was = self.alarmed
+        self._read_disk()
+        free = self.disk_free
+        if free < 0:
+            return True  # the disk cannot be read: the write itself will tell
+        after = free - nbytes
+        limit = self.disk_free_limit
+        fits = after >= limit // 2
+        if not self.disk_alarm and free < limit:
+            self._set_disk_alarm(self._under_limit(free))
+        elif not self.disk_alarm and fits and after < limit:
+            self._set_disk_alarm(f"a publish of {nbytes} bytes (all its durable queues) would leave "
+                                 + self._under_limit(after))
+        if not fits:
+            log.warning(
+                "publish of %d bytes (all its durable queues) refused: %d MB free in %s, and at least half "
+                "the disk free limit of %d MB stays free",
+                nbytes, free // 2**20, self.broker.data_dir, limit // 2**20,
+            )
+        self._apply(was)
+        return fits
+
+    def _read_disk(self) -> None:
+        """Read the data directory's free space and move the disk mark."""
+        store = self.broker.store
         data_dir = self.broker.data_dir
-        if self.disk_free_limit and data_dir:
-            try:
-                st = os.statvfs(data_dir)
-                self.disk_free = st.f_bavail * st.f_frsize
-                self._since = 0
-            except OSError:
-                self.disk_free = -1
-            if self.disk_free >= 0:
-                if not self.disk_alarm and self.disk_free < self.disk_free_limit:
-                    self.disk_alarm = True
-                    log.warning(
-                        "disk alarm set: %d MB free in %s, under the limit of %d MB; publishers are blocked",
-                        self.disk_free // 2**20, data_dir, self.disk_free_limit // 2**20,
-                    )
-                elif self.disk_alarm and self.disk_free >= self.disk_free_limit:
-                    self.disk_alarm = False
-                    log.warning("disk alarm cleared: %d MB free", self.disk_free // 2**20)
-        if self.alarmed and not was:
+        if not (self.disk_free_limit and data_dir and store is not None):
+            return
+        try:
+            st = os.statvfs(data_dir)
+        except OSError:
+            self.disk_free = -1
+            self.disk_mark = NO_MARK
+            return
+        self.disk_free = st.f_bavail * st.f_frsize - store.buffered_bytes()
+        self.disk_mark = store.appended_bytes + self.disk_free - self.disk_free_limit
+
+    def _under_limit(self, free: int) -> str:
+        return (f"{free // 2**20} MB free in {self.broker.data_dir}, under the limit of "
+                f"{self.disk_free_limit // 2**20} MB")
+
+    def _set_disk_alarm(self, why: str) -> None:
+        self.disk_alarm = True
+        log.warning("disk alarm set: %s; publishers are blocked", why)
+
+    def _apply(self, was_alarmed: bool) -> None:
+        """Block or unblock publishers when the alarm state changed."""
+        if self.alarmed and not was_alarmed:
             self.broker.block_publishers(self.reasons())
-        elif was and not self.alarmed:
+        elif was_alarmed and not self.alarmed:
             self.broker.unblock_publishers()

@@ -232,7 +232,7 @@ class Connection:
         end = min(len(frames), i + self.MAX_FRAMES_PER_TURN)
         handle = self.handle_frame
         try:
-            while i < end:
+            while i < end and not self.blocked:
                 ftype, chn, payload = frames[i]
                 i += 1
                 if self.state == "closing" or self.state == "closed":
@@ -254,7 +254,8 @@ class Connection:
             if not self.slicing:
                 self.slicing = True
                 self._set_reading()
-            self.loop.call_soon(self._process)
+            if not self.blocked:  # frames read before an alarm wait for it to clear, as in RabbitMQ
+                self.loop.call_soon(self._process)
         else:
             self._frames = []
             self._frame_i = 0
@@ -545,6 +546,8 @@ class Connection:
             self.send0(C.Connection.Unblocked())
             self.flush()
         self._set_reading()
+        if self._frames:
+            self.loop.call_soon(self._process)
         log.info("connection %s unblocked", self.name)
 
     def _handshake_timeout(self) -> None:

@@ -31,6 +31,7 @@ from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .auth import Permission, UserStore
 from .connection import Connection
 from .metadata import MetadataJournal
+from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
@@ -150,7 +151,6 @@ class Broker:
             self.store.on_synced = self._synced
             self.store.on_sync_failed = self._sync_failed
             self.store.on_write_failed = self._write_failed
-            self.store.on_written = self.monitor.written
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
         if self.definitions_file:
@@ -171,7 +171,8 @@ class Broker:
         assert self.store is not None
         t0 = time.monotonic()
         defs = meta.load(self.store.data_dir)
-        counts = self.apply_definitions(defs, log_errors=True)
+        report = self.apply_definitions(defs, source="the metadata file")
+        counts = report.counts
         nq = nmsg = nredel = 0
         problems: list[str] = []
         for vh in self.vhosts.values():
@@ -203,9 +204,10 @@ class Broker:
         self.journal.dirty = False
         log.info(
             "recovered %d durable queues with %d messages (%d to be redelivered), %d exchanges, %d bindings, "
-            "%d users, %d vhosts in %.2f s%s",
+            "%d users, %d vhosts in %.2f s%s%s",
             nq, nmsg, nredel, counts["exchanges"], counts["bindings"], counts["users"], len(self.vhosts),
             time.monotonic() - t0, f"; {len(problems)} problems (see errors above)" if problems else "",
+            f"; {len(report.not_applied)} definitions not applied (see above)" if report.not_applied else "",
         )
 
     def _quarantine(self, directory: str) -> None:
@@ -223,90 +225,15 @@ class Broker:
                     what, dest, os.path.basename(dest))
 
     # -- definitions (RabbitMQ's JSON shape) -----------------------------------------
-    def apply_definitions(self, defs: dict, log_errors: bool = False) -> dict:
+    def apply_definitions(
+        self, defs: dict, source: str = "an import", sections: tuple[str, ...] = APPLIED_SECTIONS
+    ) -> ImportReport:
         """Create what a definitions document describes (vhosts, users, permissions,
-        exchanges, queues, bindings); existing things are kept.  Returns counts."""
-        counts = {"vhosts": 0, "users": 0, "permissions": 0, "exchanges": 0, "queues": 0, "bindings": 0}
-        problems: list[str] = []
-        for v in defs.get("vhosts", []) or []:
-            if v.get("name") and (problem := name_problem(v["name"])):
-                problems.append(f"vhost: the name {problem}")
-            elif v.get("name") and v["name"] not in self.vhosts:
-                self.vhosts[v["name"]] = VHost(v["name"], self)
-                counts["vhosts"] += 1
-        for u in defs.get("users", []) or []:
-            name = u.get("name")
-            if not name:
-                continue
-            if problem := name_problem(name):
-                problems.append(f"user: the name {problem}")
-                continue
-            algo = u.get("hashing_algorithm", "rabbit_password_hashing_sha256")
-            tags = u.get("tags", [])
-            if isinstance(tags, str):
-                tags = [t for t in (x.strip() for x in tags.split(",")) if t]
-            if "password" in u and "password_hash" not in u:
-                self.users.add_user(name, u["password"], tags)
-            elif algo == "rabbit_password_hashing_sha256":
-                self.users.add_user_with_hash(name, u.get("password_hash", ""), tags)
-            else:
-                problems.append(f"user '{name}': password hashing algorithm {algo} is not supported; "
-                                "the user was created without a password")
-                self.users.add_user_with_hash(name, "", tags)
-            counts["users"] += 1
-        for pm in defs.get("permissions", []) or []:
-            if pm.get("user") in self.users.users and pm.get("vhost") in self.vhosts:
-                self.users.set_permissions(
-                    pm["user"], pm["vhost"],
-                    Permission(pm.get("configure", ""), pm.get("write", ""), pm.get("read", "")),
-                )
-                counts["permissions"] += 1
-        for x in defs.get("exchanges", []) or []:
-            if problem := name_problem(x.get("vhost", "/")):
-                problems.append(f"exchange '{x.get('name')}': the vhost name {problem}")
-                continue
-            vh = self.vhosts.setdefault(x.get("vhost", "/"), VHost(x.get("vhost", "/"), self))
-            try:
-                vh.declare_exchange(
-                    x["name"], x.get("type", "direct"), x.get("durable", True), x.get("auto_delete", False),
-                    x.get("internal", False), x.get("arguments") or {},
-                )
-                counts["exchanges"] += 1
-            except Exception as exc:
-                problems.append(f"exchange '{x.get('name')}': {exc}")
-        for qd in defs.get("queues", []) or []:
-            if problem := name_problem(qd.get("vhost", "/")):
-                problems.append(f"queue '{qd.get('name')}': the vhost name {problem}")
-                continue
-            vh = self.vhosts.setdefault(qd.get("vhost", "/"), VHost(qd.get("vhost", "/"), self))
-            try:
-                vh.declare_queue(
-                    qd["name"], qd.get("durable", True), False, qd.get("auto_delete", False),
-                    qd.get("arguments") or {}, None,
-                )
-                counts["queues"] += 1
-            except Exception as exc:
-                problems.append(f"queue '{qd.get('name')}': {exc}")
-        for b in defs.get("bindings", []) or []:
-            vh = self.vhosts.get(b.get("vhost", "/"))
-            if vh is None:
-                continue
-            src = vh.exchanges.get(b.get("source", ""))
-            table = vh.queues if b.get("destination_type", "queue") == "queue" else vh.exchanges
-            dest = table.get(b.get("destination", ""))
-            if src is None or dest is None or not src.name:
-                problems.append(f"binding {b.get('source')} -> {b.get('destination')}: missing end")
-                continue
-            try:
-                vh.bind(src, dest, b.get("routing_key", ""), b.get("arguments") or {})
-                counts["bindings"] += 1
-            except Exception as exc:
-                problems.append(f"binding {b.get('source')} -> {b.get('destination')}: {exc}")
-        for p in problems:
-            log.error("definitions: %s", p)
-        counts["problems"] = problems  # type: ignore[assignment]
+        exchanges, queues, bindings, or only ``sections``); existing things are kept.
+        Every part not applied is logged and listed in the report (see broker.definitions)."""
+        report = import_definitions(self, defs, source, sections)
         self.journal.changed()
-        return counts
+        return report
 
     def definitions(self) -> dict:
         """Everything durable, in RabbitMQ's definitions shape."""
@@ -393,12 +320,13 @@ class Broker:
             raise DefinitionsError(f"cannot load definitions from {path}: JSON nested too deeply") from None
         if not isinstance(defs, dict):
             raise DefinitionsError(f"cannot load definitions from {path}: not a JSON object")
-        counts = self.apply_definitions(defs)
+        report = self.apply_definitions(defs, source=path)
+        counts = report.counts
         log.info(
             "imported definitions from %s: %d vhosts, %d users, %d permissions, %d exchanges, %d queues, "
             "%d bindings%s",
             path, counts["vhosts"], counts["users"], counts["permissions"], counts["exchanges"], counts["queues"],
-            counts["bindings"], f"; {len(counts['problems'])} problems (see errors above)" if counts["problems"] else "",
+            counts["bindings"], f"; {len(report.not_applied)} not applied (see above)" if report.not_applied else "",
         )
 
     def ensure_default_user(self) -> None:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import base64
 import os
 import time
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError, ConnectionError
 from protocol.names import name_problem
+from storage.log import RECORD_OVERHEAD_MAX, record_size
 
 from .exchange import EXCHANGE_TYPES, field_type_name as _type_name, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
 from .message import Message
-from .queue import PUSH_OK, Queue, validate_new_queue_type, validate_queue_arguments
+from .queue import PUSH_OK, PUSH_REJECTED, Queue, validate_new_queue_type, validate_queue_arguments
 
 # queue arguments RabbitMQ compares on a redeclare (classic queues)
 QUEUE_EQUIV_ARGS = (
@@ -359,7 +360,7 @@ class VHost:
             self._remove_exchange(src)
 
     # -- routing -------------------------------------------------------------
-    def route_all(self, x: Exchange, msg: Message) -> Iterable[Queue]:
+    def route_all(self, x: Exchange, msg: Message) -> Collection[Queue]:
         """The queues for a message's routing key and its CC/BCC keys (each once)."""
         if not msg.cc:
             return self.route(x, msg.routing_key, msg)
@@ -369,7 +370,7 @@ class VHost:
                 out[q] = None
         return out
 
-    def route(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
+    def route(self, x: Exchange, routing_key: str, msg: Message) -> Collection[Queue]:
         """The queues a message published to ``x`` goes to (through exchange-to-exchange
         bindings, and to the alternate exchange when nothing else takes it)."""
         dests = self._route(x, routing_key, msg)
@@ -377,7 +378,7 @@ class VHost:
             return self._alternate(x, routing_key, msg)
         return dests
 
-    def _route(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
+    def _route(self, x: Exchange, routing_key: str, msg: Message) -> Collection[Queue]:
         dests = x.match(routing_key, msg)
         if not x.exchange_dests:
             return dests
@@ -393,7 +394,7 @@ class VHost:
                 stack.extend(d.match(routing_key, msg))
         return out
 
-    def _alternate(self, x: Exchange, routing_key: str, msg: Message) -> Iterable[Queue]:
+    def _alternate(self, x: Exchange, routing_key: str, msg: Message) -> Collection[Queue]:
         seen = {x}
         while x.alternate is not None:
             ae = self.exchanges.get(x.alternate)
@@ -406,10 +407,16 @@ class VHost:
             x = ae
         return ()
 
-    @staticmethod
-    def enqueue(queues: Iterable[Queue], msg: Message) -> tuple[bool, int]:
+    def enqueue(self, queues: Collection[Queue], msg: Message) -> tuple[bool, int]:
         """Push ``msg`` into each queue (a copy for every queue after the first).
-        Returns (routed anywhere, the worst push status: PUSH_OK < PUSH_SYNC < PUSH_REJECTED)."""
+        Returns (routed anywhere, the worst push status: PUSH_OK < PUSH_SYNC < PUSH_REJECTED).
+        A publish the disk cannot take (see :mod:`broker.alarms`) goes nowhere: PUSH_REJECTED."""
+        broker = self.broker
+        if queues and broker is not None and broker.store is not None:
+            # the disk guard's O(1) test (see broker.alarms): may this publish's records cross the disk mark?
+            upper = (len(msg.body) + len(msg.header) + RECORD_OVERHEAD_MAX) * len(queues)
+            if broker.store.appended_bytes + upper > broker.monitor.disk_mark and not self._disk_admits(queues, msg):
+                return True, PUSH_REJECTED
         first = True
         status = PUSH_OK
         persistent = None
@@ -425,6 +432,13 @@ class VHost:
             if r > status:
                 status = r
         return not first, status
+
+    def _disk_admits(self, queues: Collection[Queue], msg: Message) -> bool:
+        """The exact bytes this publish appends to queue logs, checked against the disk now."""
+        logged = sum(1 for q in queues if q.log is not None)
+        if not logged:
+            return True
+        return self.broker.monitor.admit_disk_write(logged * record_size(msg.ex_raw, msg.rk_raw, msg.header, msg.body))
 
     # -- durable metadata ------------------------------------------------------------
     def definitions(self) -> dict:

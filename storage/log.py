@@ -59,6 +59,8 @@ U64 = struct.Struct(">Q")
 MAX_RECORD = 256 * 1024 * 1024
 IDENTITY_FILE = "queue.json"
 LOST_FOUND = "lost+found"
+# the most a message record takes beyond its header and body (deadline, exchange and routing key)
+RECORD_OVERHEAD_MAX = REC_HEAD.size + 1 + 8 + 256 + 256 + U32.size
 
 
 class DataDirLocked(Exception):
@@ -99,6 +101,11 @@ def encode_message(
     crc = zlib.crc32(body, zlib.crc32(head_and_meta, zlib.crc32(b"\x01")))
     length = 1 + len(head_and_meta) + len(body)
     return [REC_HEAD.pack(length, crc, REC_MSG), head_and_meta, body]
+
+
+def record_size(ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> int:
+    """Bytes one message record takes in a segment (counting a deadline)."""
+    return REC_HEAD.size + 1 + 8 + len(ex_raw) + len(rk_raw) + U32.size + len(header) + len(body)
 
 
 def decode_message_full(payload: bytes | memoryview) -> tuple[bool, int, bytes, bytes, bytes, bytes]:
@@ -195,6 +202,7 @@ class QueueLog:
         self.wbuf += parts
         self.wbuf_size += n
         self.wbuf_count += 1
+        self.store.appended_bytes += n
         self.last_append = self.store.now
         self.store.dirty(self)
         return ref
@@ -208,8 +216,6 @@ class QueueLog:
         self.wbuf_size = 0
         self.wbuf_count = 0
         seg = self.wseg
-        if self.store.on_written is not None:
-            self.store.on_written(len(data))
         try:
             _write_all(seg.fd, data)
         except OSError as exc:
@@ -534,7 +540,7 @@ class LogStore:
         self.on_write_failed: Callable[[QueueLog, int], None] | None = None
         self._failed: Exception | None = None
         self.write_errors = 0
-        self.on_written: Callable[[int], None] | None = None
+        self.appended_bytes = 0  # message record bytes ever appended (the disk alarm's estimate)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
         self._lock_fd = -1
         self.fsyncs = 0
@@ -631,6 +637,10 @@ class LogStore:
         if not self.flush_scheduled and self.loop is not None:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
+
+    def buffered_bytes(self) -> int:
+        """Message record bytes appended but not yet written."""
+        return sum(qlog.wbuf_size for qlog in self.dirty_logs)
 
     def want_sync(self) -> int:
         """Ask for an fsync covering everything written so far; return its epoch."""

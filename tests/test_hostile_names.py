@@ -327,9 +327,9 @@ def test_consumer_tag_comes_back_byte_exact(broker, uid):
         c.send(_method(1, 60, 20, b"\x00\x00" + _ss(name) + _ss(tag + "2") + b"\x02" + b"\x00\x00\x00\x00"))
         c.expect(C.Basic.ConsumeOk)
         c.send(_method(1, 50, 40, b"\x00\x00" + _ss(name) + b"\x00"))  # Queue.Delete
+        assert c.expect(C.Queue.DeleteOk)  # first, as RabbitMQ
         cancel = c.expect(C.Basic.Cancel)
         assert cancel.consumer_tag == tag + "2"
-        assert c.expect(C.Queue.DeleteOk)
 
 
 def test_name_that_is_not_utf8_is_a_frame_error_naming_the_field(connect, broker):
@@ -475,7 +475,10 @@ def test_management_api_refuses_names_over_255_bytes_or_not_utf8(broker, uid):
              "x-dead-letter-exchange", "255")
     defs = {"queues": [{"name": TOO_LONG, "vhost": "/", "durable": True, "auto_delete": False, "arguments": {}}],
             "vhosts": [{"name": TOO_LONG}], "users": [{"name": TOO_LONG, "password": "p", "tags": ""}]}
-    _refused(http(base, "POST", "/api/definitions", defs), "queue name", "vhost: the name", "user: the name")
+    resp = http(base, "POST", "/api/definitions", defs)
+    _refused(resp, "queue name", "the name is 256 bytes long")
+    refused = {(e["section"], e["reason"].split(" is ")[0]) for e in resp[1]["not_applied"]}
+    assert {("vhosts", "the name"), ("users", "the name")} <= refused, resp
     status, listed = http(base, "GET", "/api/queues")
     assert TOO_LONG not in [i["name"] for i in listed]
     assert TOO_LONG not in [v["name"] for v in http(base, "GET", "/api/vhosts")[1]]

@@ -28,6 +28,7 @@ from protocol.errors import ChannelError
 
 from .. import __version__
 from ..auth import Permission
+from ..definitions import APPLIED_SECTIONS
 from ..exchange import EXCHANGE_TYPES, freeze
 from ..message import Message
 from ..queue import PUSH_REJECTED, PUSH_SYNC, Queue, now_ms
@@ -1148,16 +1149,25 @@ async def _import_body(ctx: Ctx) -> dict:
     return await ctx.body()
 
 
-def _import(ctx: Ctx, defs: dict) -> Any:
-    for key in ("users", "vhosts", "permissions", "exchanges", "queues", "bindings"):
+def _import(ctx: Ctx, defs: dict, sections: tuple[str, ...] = APPLIED_SECTIONS) -> Any:
+    """Apply a definitions document.  204 when all of it was applied; 200 with
+    ``{"not_applied": [...]}`` when parts this broker does not support were left
+    out; 400 (RabbitMQ's error shape, plus the same list) when an item failed."""
+    for key in sections:
         v = defs.get(key)
         if v is not None and not isinstance(v, list):
             raise bad_request(f"'{key}' must be a list")
-    counts = ctx.broker.apply_definitions(defs)
+    report = ctx.broker.apply_definitions(defs, f"HTTP import by user '{ctx.user.name}'", sections)
     _save(ctx)
-    problems = counts.get("problems") or []
-    if problems:
-        raise bad_request("some definitions were not imported: " + "; ".join(problems))
+    not_applied = [e.as_json() for e in report.not_applied]
+    if report.failed:
+        reason = "some definitions were not imported: " + "; ".join(str(e) for e in report.failed)
+        others = [str(e) for e in report.not_applied if not e.failed]
+        if others:
+            reason += "; also not applied: " + "; ".join(others)
+        return 400, {"error": "bad_request", "reason": reason, "not_applied": not_applied}
+    if not_applied:
+        return 200, {"not_applied": not_applied}
     return None
 
 
@@ -1187,10 +1197,10 @@ async def post_vhost_definitions(ctx: Ctx) -> Any:
     ctx.require_admin()
     vh = ctx.vhost()
     defs = await _import_body(ctx)
-    only = {}
-    for key in ("exchanges", "queues", "bindings"):
+    topology = ("exchanges", "queues", "bindings")
+    for key in topology:
         items = defs.get(key) or []
         if not isinstance(items, list):
             raise bad_request(f"'{key}' must be a list")
-        only[key] = [dict(i, vhost=vh.name) for i in items if isinstance(i, dict)]
-    return _import(ctx, only)
+        defs[key] = [dict(i, vhost=vh.name) if isinstance(i, dict) else i for i in items]
+    return _import(ctx, defs, topology)
