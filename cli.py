@@ -175,11 +175,11 @@ def serve(ctx: click.Context, **opts: object) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         from broker.server import DefinitionsError
-        from storage.log import DataDirLocked
+        from storage.log import DataDirError
 
         try:
             await broker.start()
-        except (DataDirLocked, DefinitionsError) as exc:
+        except (DataDirError, DefinitionsError) as exc:
             log.error("%s", exc)
             raise SystemExit(1) from None
         except OSError as exc:

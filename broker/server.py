@@ -142,7 +142,7 @@ class Broker:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         if self.store is not None:
-            self.store.open()  # raises DataDirLocked if another broker has it
+            self.store.open()  # raises DataDirError: unwritable, or locked by another broker
             self.store.attach(self.loop)
             self.store.on_synced = self._synced
             self.store.on_sync_failed = self._sync_failed

@@ -48,6 +48,8 @@ from array import array
 from collections import deque
 from typing import Any, Callable
 
+from .files import make_private_dir, open_private, tighten_dir, unlink_if_present
+
 log = logging.getLogger("storage")
 
 SEGMENT_SIZE = 8 * 1024 * 1024
@@ -58,7 +60,11 @@ U64 = struct.Struct(">Q")
 MAX_RECORD = 256 * 1024 * 1024
 
 
-class DataDirLocked(Exception):
+class DataDirError(Exception):
+    """The data directory cannot be used: the broker does not start."""
+
+
+class DataDirLocked(DataDirError):
     """Another broker holds the data directory."""
 
 
@@ -166,7 +172,7 @@ class QueueLog:
         sid = self.next_sid
         self.next_sid += 1
         seg = Segment(sid, os.path.join(self.dir, f"{sid:08d}.seg"))
-        seg.fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        seg.fd = open_private(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self.segments[sid] = seg
         self.wseg = seg
         self.store.new_files.add(self.dir)
@@ -271,12 +277,12 @@ class QueueLog:
         for seg in self.segments.values():
             if seg.ack_buf:
                 if seg.ack_fd < 0:
-                    seg.ack_fd = os.open(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                    seg.ack_fd = open_private(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 _write_all(seg.ack_fd, bytes(seg.ack_buf))
                 seg.ack_buf.clear()
         if self.delivered_upto != self.delivered_written:
             p = os.path.join(self.dir, "delivered")
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = open_private(p, os.O_WRONLY | os.O_CREAT)
             try:
                 os.pwrite(fd, U64.pack(self.delivered_upto), 0)
             finally:
@@ -489,9 +495,18 @@ class LogStore:
 
     # -- lifecycle ---------------------------------------------------------------
     def open(self) -> None:
-        os.makedirs(self.msg_dir, exist_ok=True)
+        """Make the data directory private and writable, and lock it."""
+        self._prepare_dir()
         path = os.path.join(self.data_dir, "broker.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = open_private(path, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataDirError(
+                    f"data directory {self.data_dir}: broker.lock is a symbolic link; refusing to follow it "
+                    "(remove it if you did not put it there)"
+                ) from None
+            raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -507,6 +522,29 @@ class LogStore:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def _prepare_dir(self) -> None:
+        """Create the data and queues directories (0700), check that files can be
+        created there, and make an existing data directory that others can read
+        private."""
+        try:
+            make_private_dir(self.data_dir)
+            make_private_dir(self.msg_dir)
+            probe = os.path.join(self.data_dir, f".write-test.{os.getpid()}")
+            unlink_if_present(probe)  # left by a crash at this very point
+            os.close(open_private(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            os.unlink(probe)
+        except OSError as exc:
+            raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
+        try:
+            old = tighten_dir(self.data_dir)
+        except OSError as exc:
+            log.warning("data directory %s is open to other users and cannot be made private: %s",
+                        self.data_dir, exc.strerror)
+            return
+        if old is not None:
+            log.warning("data directory %s was open to other users (mode %04o); tightened to 0700",
+                        self.data_dir, old)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -536,7 +574,7 @@ class LogStore:
         d = self.queue_dir(vhost, name)
         qlog = self.logs.get(d)
         if qlog is None:
-            os.makedirs(d, exist_ok=True)
+            make_private_dir(d)
             qlog = QueueLog(self, d)
             self.logs[d] = qlog
         return qlog
