@@ -34,6 +34,7 @@ from protocol.errors import AMQPError, ChannelError, ConnectionError
 from . import __version__
 from .auth import AuthError, parse_response
 from .channel import Channel
+from .logsafe import printable
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -402,7 +403,7 @@ class Connection:
         elif isinstance(m, C.Connection.Open) and st == "open":
             self.on_open(m)
         elif isinstance(m, C.Connection.Close):
-            log.info("connection %s closed by client (%s %s)", self.name, m.reply_code, m.reply_text)
+            log.info("connection %s closed by client (%s %s)", printable(self.name), m.reply_code, printable(m.reply_text))
             self.send0(C.Connection.CloseOk())
             self.flush()
             self.teardown()
@@ -433,7 +434,7 @@ class Connection:
             if username in self.broker.loopback_users and not _is_loopback(self.peer_host):
                 raise AuthError(f"user '{username}' can only connect via localhost")
         except AuthError as exc:
-            log.warning("connection %s: login refused: %s", self.peer, exc)
+            log.warning("connection %s: login refused: %s", self.peer, printable(exc))
             if not self.capabilities.get("authentication_failure_close"):
                 # like RabbitMQ: a client that cannot take a Close here just sees the socket go
                 self.close_transport()
@@ -477,7 +478,7 @@ class Connection:
         self.name = f"{self.peer} ({self.username}@{vhname})"
         self.send0(C.Connection.OpenOk())
         self.broker.connection_opened(self)
-        log.info("connection %s opened: user '%s', vhost '%s'", self.peer, self.username, vhname)
+        log.info("connection %s opened: user '%s', vhost '%s'", self.peer, printable(self.username), printable(vhname))
 
     def _heartbeat_tick(self) -> None:
         if self.state in ("closed",):
@@ -487,7 +488,7 @@ class Connection:
         if self.blocked:
             self.last_recv = now  # we are not reading while blocked: no verdict on silence
         if now - self.last_recv > 2 * hb:
-            log.warning("connection %s: missed heartbeats from client, timeout: %ss", self.name, hb)
+            log.warning("connection %s: missed heartbeats from client, timeout: %ss", printable(self.name), hb)
             self.teardown()
             self.close_transport(abort=True)
             return
@@ -513,7 +514,7 @@ class Connection:
             self.send0(C.Connection.Blocked(reason=reason))
             self.flush()
         self._set_reading()
-        log.info("connection %s blocked: %s", self.name, reason)
+        log.info("connection %s blocked: %s", printable(self.name), reason)
 
     def unblock(self) -> None:
         if not self.blocked:
@@ -526,7 +527,7 @@ class Connection:
             self.send0(C.Connection.Unblocked())
             self.flush()
         self._set_reading()
-        log.info("connection %s unblocked", self.name)
+        log.info("connection %s unblocked", printable(self.name))
 
     def _handshake_timeout(self) -> None:
         if self.state not in ("opened", "closed", "closing"):
@@ -548,7 +549,7 @@ class Connection:
 
     def channel_error(self, chn: int, e: ChannelError) -> None:
         ch = self.channels.get(chn)
-        log.warning("channel error on connection %s, channel %s: %s", self.name, chn, e.text)
+        log.warning("channel error on connection %s, channel %s: %s", printable(self.name), chn, printable(e.text))
         if ch is None:
             return
         ch.emit_confirms()
@@ -576,7 +577,7 @@ class Connection:
     def connection_error(self, e: AMQPError) -> None:
         if self.state in ("closing", "closed"):
             return
-        log.warning("connection error on %s: %s", self.name, e.text)
+        log.warning("connection error on %s: %s", printable(self.name), printable(e.text))
         if self.state == "header":
             self.close_transport()
             return
@@ -621,13 +622,13 @@ class Connection:
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != "closed":
             if self.state in ("opened",):
-                log.info("connection %s lost: %s", self.name, exc or "client closed the socket")
+                log.info("connection %s lost: %s", printable(self.name), exc or "client closed the socket")
             self.state = "closed"
         for h in (self._hb_handle, self._close_handle, self._timeout_handle):
             if h is not None:
                 h.cancel()
         self.teardown()
-        log.info("connection %s closed", self.name)
+        log.info("connection %s closed", printable(self.name))
 
 
 def _is_loopback(host: str) -> bool:

@@ -29,6 +29,7 @@ from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .auth import Permission, UserStore
 from .connection import Connection
+from .logsafe import printable
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
@@ -276,7 +277,7 @@ class Broker:
             except Exception as exc:
                 problems.append(f"binding {b.get('source')} -> {b.get('destination')}: {exc}")
         for p in problems:
-            log.error("definitions: %s", p)
+            log.error("definitions: %s", printable(p))
         counts["problems"] = problems  # type: ignore[assignment]
         self.meta_dirty = True
         return counts
@@ -316,7 +317,7 @@ class Broker:
         if vh is None:
             vh = self.vhosts[name] = VHost(name, self)
             self.meta_dirty = True
-            log.info("vhost '%s' created", name)
+            log.info("vhost '%s' created", printable(name))
         return vh
 
     def delete_vhost(self, name: str) -> bool:
@@ -330,7 +331,7 @@ class Broker:
             vh.delete_queue(q)
         self.users.drop_vhost(name)
         self.meta_dirty = True
-        log.info("vhost '%s' deleted", name)
+        log.info("vhost '%s' deleted", printable(name))
         return True
 
     def close_user_connections(self, username: str, why: str) -> int:
@@ -381,7 +382,8 @@ class Broker:
         self.users.add_user(self.default_user, self.default_pass, ["administrator"])
         self.users.set_permissions(self.default_user, vh, Permission())
         self.meta_dirty = True
-        log.info("created default user '%s' with full permissions on vhost '%s'", self.default_user, vh)
+        log.info("created default user '%s' with full permissions on vhost '%s'", printable(self.default_user),
+                 printable(vh))
 
     def save_meta(self) -> None:
         self.meta_dirty = False
@@ -418,7 +420,7 @@ class Broker:
             return lost_from <= r < hi
 
         n = q.drop_where(lost)
-        log.error("queue '%s': %d messages dropped after a failed write", q.name, n)
+        log.error("queue '%s': %d messages dropped after a failed write", printable(q.name), n)
 
     def direct_reply(self, msg: Any) -> bool:
         """A publish to amq.rabbitmq.reply-to.<token>: straight to that channel's

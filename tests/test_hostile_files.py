@@ -257,6 +257,32 @@ def test_a_planted_temp_file_link_is_replaced_not_written_through(tmp_path):
         b.stop()
 
 
+# -- log lines -----------------------------------------------------------------------
+
+
+def test_newlines_in_client_strings_do_not_forge_log_lines(fresh_broker):
+    b = fresh_broker
+    # a user name (login refused), a vhost name, a queue name, a client's close text
+    refused_amqp(b.port, "evil\n" + FORGED + " user", "wrong")
+    with pytest.raises((pika.exceptions.ProbableAccessDeniedError, pika.exceptions.ConnectionClosedByBroker)):
+        connect(b.port, vhost="v\n" + FORGED + " vhost")
+    conn = connect(b.port)
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        ch.queue_declare("q\n" + FORGED + " queue", passive=True)
+    conn.close(reply_text="bye\n" + FORGED + " close")
+    # an HTTP basic auth user name (which cannot hold a colon)
+    base = http_url(b, "management API")
+    assert http_get(base, "/api/whoami", "evil\n" + FORGED_HTTP, "wrong") == 401
+    time.sleep(0.5)
+    log = b.log_text()
+    forged = [ln for ln in log.splitlines() if ln.startswith((FORGED, FORGED_HTTP))]
+    assert not forged, forged
+    for what in ("user", "vhost", "queue", "close"):
+        assert "\\n" + FORGED + " " + what in log, what
+    assert "\\n" + FORGED_HTTP in log
+
+
 # -- unusable data dir ---------------------------------------------------------------
 
 

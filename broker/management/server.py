@@ -35,6 +35,7 @@ from protocol import errors
 from protocol.errors import ChannelError
 
 from ..auth import check_password
+from ..logsafe import printable
 from .stats import Stats
 from .views import jsonable
 
@@ -269,7 +270,7 @@ class ManagementServer:
         except web.HTTPException:
             raise
         except Exception as exc:  # a bug: answer 500 and log it, never take the broker down
-            log.exception("management API: %s %s failed", request.method, request.path)
+            log.exception("management API: %s %s failed", printable(request.method), printable(request.path))
             return json_response({"error": "internal_error", "reason": str(exc)}, 500)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -321,7 +322,7 @@ class ManagementServer:
             raise fail
         user = self.broker.users.users.get(name)
         if user is None or not user.password_hash or not check_password(password, user.password_hash):
-            log.warning("management API: login refused for user '%s' from %s", name, ctx.request.remote)
+            log.warning("management API: login refused for user '%s' from %s", printable(name), ctx.request.remote)
             raise fail
         if name in self.broker.loopback_users and not _is_loopback(ctx.request.remote or ""):
             raise HTTPError(401, "not_authorized", "User can only log in via localhost",
