@@ -427,7 +427,8 @@ class Connection:
         try:
             if mech not in ("PLAIN", "AMQPLAIN"):
                 raise AuthError(f"unsupported mechanism {mech!r}")
-            resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("latin-1", "replace")
+            # pamqp hands over a response that is valid UTF-8 as text
+            resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("utf-8")
             username, password = parse_response(mech, resp)
             self.username = username
             user = self.broker.users.authenticate(username, password)

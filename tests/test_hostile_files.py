@@ -274,6 +274,8 @@ def test_newlines_in_client_strings_do_not_forge_log_lines(fresh_broker):
     # an HTTP basic auth user name (which cannot hold a colon)
     base = http_url(b, "management API")
     assert http_get(base, "/api/whoami", "evil\n" + FORGED_HTTP, "wrong") == 401
+    # ordinary Unicode stays readable
+    refused_amqp(b.port, "用户", "wrong")
     time.sleep(0.5)
     log = b.log_text()
     forged = [ln for ln in log.splitlines() if ln.startswith((FORGED, FORGED_HTTP))]
@@ -281,6 +283,25 @@ def test_newlines_in_client_strings_do_not_forge_log_lines(fresh_broker):
     for what in ("user", "vhost", "queue", "close"):
         assert "\\n" + FORGED + " " + what in log, what
     assert "\\n" + FORGED_HTTP in log
+    assert "用户" in log
+
+
+def test_a_user_with_a_chinese_name_logs_in_and_is_logged_readably(fresh_broker):
+    b = fresh_broker
+    base = http_url(b, "management API")
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(), "Content-Type": "application/json"}
+    user = urllib.parse.quote("用户", safe="")
+    for path, body in ((f"/api/users/{user}", '{"password": "密码", "tags": ""}'),
+                       (f"/api/permissions/%2F/{user}", '{"configure": ".*", "write": ".*", "read": ".*"}')):
+        c = http.client.HTTPConnection(host, int(port), timeout=15)
+        c.request("PUT", path, body=body.encode(), headers=auth)
+        assert c.getresponse().status in (201, 204)
+        c.close()
+    conn = connect(b.port, "用户", "密码")
+    conn.channel().queue_declare("", exclusive=True)
+    conn.close()
+    assert "user '用户', vhost '/'" in b.log_text()
 
 
 # -- unusable data dir ---------------------------------------------------------------
