@@ -29,6 +29,7 @@ from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .auth import Permission, UserStore
 from .connection import Connection
+from .login_throttle import LoginThrottle
 from .logsafe import printable
 from .vhost import VHost
 
@@ -129,6 +130,7 @@ class Broker:
         if loopback_users is None:
             loopback_users = ("guest",) if default_user == "guest" else ()
         self.loopback_users = set(loopback_users)
+        self.login_throttle = LoginThrottle()
         self.stats_unroutable = 0
         self.stats = Stats()
         self.definitions_file = definitions_file

@@ -304,6 +304,74 @@ def test_a_user_with_a_chinese_name_logs_in_and_is_logged_readably(fresh_broker)
     assert "user '用户', vhost '/'" in b.log_text()
 
 
+# -- failed logins -------------------------------------------------------------------
+
+
+def test_wrong_passwords_over_amqp_get_slower_but_others_stay_fast(fresh_broker):
+    b = fresh_broker
+    other = RoundTrips(amqp_login_and_round_trip(b.port, "other-client"))
+    other.start()
+    times = [refused_amqp(b.port, "guest", f"guess-{i}") for i in range(10)]
+    worst = other.finish()
+    print(f"refusal times (s): {[round(t, 3) for t in times]}; other client's worst cycle {worst * 1000:.0f} ms")
+    assert times[0] < 0.5, times
+    assert times[9] >= 1.0, times  # before: every refusal took a few ms
+    assert times[9] > 5 * times[0], times
+    assert worst < 1.0, f"another client's login + publish/get took {worst:.2f} s during the attack"
+    assert failed_auth_count(b, "amqp091") == 10
+    # a correct login from the attacking address is not delayed
+    t0 = time.monotonic()
+    connect(b.port).close()
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_many_parallel_wrong_passwords_from_one_address_are_capped(fresh_broker):
+    """Delaying only the refusal is not enough against parallel guesses (a client
+    could treat 'no answer yet' as 'wrong'): while many refusals from an address
+    are pending, further logins from it are refused unchecked."""
+    b = fresh_broker
+    for i in range(10):  # the delay is now seconds
+        raw_login(b.port, f"guess-{i}")
+    results: list[object] = []
+    attackers = [threading.Thread(target=lambda i=i: results.append(raw_login(b.port, f"p-{i}")))
+                 for i in range(8)]
+    for t in attackers:
+        t.start()
+    time.sleep(1.0)  # all eight are waiting for their (delayed) refusal
+    t0 = time.monotonic()
+    same = raw_login(b.port, "guest")  # the right password, from the busy address
+    same_time = time.monotonic() - t0
+    elsewhere = raw_login(b.port, "guest", source="127.0.0.2")  # another address
+    for t in attackers:
+        t.join(30)
+    assert isinstance(same, C.Connection.Close) and same.reply_code == 403, same
+    assert same_time < 0.5, same_time
+    assert isinstance(elsewhere, C.Connection.Tune), elsewhere
+    assert len(results) == 8 and all(isinstance(r, C.Connection.Close) for r in results), results
+
+
+def test_wrong_passwords_over_http_get_slower_but_others_stay_fast(fresh_broker):
+    b = fresh_broker
+    base = http_url(b, "management API")
+    other = RoundTrips(lambda: http_get(base, "/api/overview", "guest", "guest") == 200 or 1 / 0)
+    other.start()
+    times = []
+    for i in range(10):
+        t0 = time.monotonic()
+        assert http_get(base, "/api/whoami", "guest", f"guess-{i}") == 401
+        times.append(time.monotonic() - t0)
+    worst = other.finish()
+    print(f"refusal times (s): {[round(t, 3) for t in times]}; other client's worst GET {worst * 1000:.0f} ms")
+    assert times[0] < 0.5, times
+    assert times[9] >= 1.0, times
+    assert worst < 1.0, f"another client's GET took {worst:.2f} s during the attack"
+    assert failed_auth_count(b, "http") == 10
+    # other addresses are not slowed
+    t0 = time.monotonic()
+    assert http_get(base, "/api/whoami", "guest", "wrong", source="127.0.0.2") == 401
+    assert time.monotonic() - t0 < 0.5
+
+
 # -- unusable data dir ---------------------------------------------------------------
 
 
@@ -347,3 +415,37 @@ def test_a_read_only_data_dir_is_named_at_start(tmp_path, read_only_dir, sub):
     text = _start_fails(_make(tmp_path, extra=["--data-dir", str(data)]))
     _one_line_about(text, data)
     assert "Read-only file system" in text
+
+
+# -- the login throttle in process -------------------------------------------------------
+
+
+def test_login_throttle_delays_forgets_and_stays_bounded():
+    from broker.login_throttle import LoginThrottle, source_of
+
+    now = [1000.0]
+    t = LoginThrottle(free_failures=2, base_delay=0.1, max_delay=1.0, forget_after=60.0, max_sources=3,
+                      max_pending=2, clock=lambda: now[0])
+    delays = [t.failed("10.0.0.1", "amqp091") for _ in range(8)]
+    assert delays == [0.0, 0.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert t.failed("10.0.0.2", "http") == 0.0  # another address starts free
+    assert t.failed_total == {"amqp091": 8, "http": 1}
+    now[0] += 59.0
+    assert t.failed("10.0.0.1", "amqp091") == 1.0  # not quiet long enough
+    now[0] += 60.0
+    assert t.failed("10.0.0.1", "amqp091") == 0.0  # a quiet minute forgets
+    for i in range(3, 10):  # the table keeps the 3 most recent sources
+        t.failed(f"10.0.0.{i}", "amqp091")
+    assert len(t._failures) == 3
+    # IPv6 is tracked per /64; IPv4-mapped addresses as IPv4
+    assert source_of("2001:db8::1") == source_of("2001:db8::ffff:2") == "2001:db8::/64"
+    assert source_of("::ffff:10.0.0.1") == "10.0.0.1"
+    # pending refusals cap an address, and only that address
+    t.hold("10.0.0.1")
+    assert not t.busy("10.0.0.1")
+    t.hold("::ffff:10.0.0.1")
+    assert t.busy("10.0.0.1") and not t.busy("10.0.0.2")
+    t.release("10.0.0.1")
+    assert not t.busy("10.0.0.1")
+    t.release("10.0.0.1")
+    assert t._pending == {}
