@@ -30,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 
 class LoginThrottle:
