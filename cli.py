@@ -191,12 +191,12 @@ def serve(ctx: click.Context, **opts: object) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         from broker.server import DefinitionsError
-        from storage.log import DataDirLocked
+        from storage.log import DataDirError
         from broker.metadata import MetadataSaveError
 
         try:
             await broker.start()
-        except (DataDirLocked, DefinitionsError, MetadataSaveError) as exc:
+        except (DataDirError, DefinitionsError, MetadataSaveError) as exc:
             log.error("%s", exc)
             raise SystemExit(1) from None
         except OSError as exc:

@@ -6,7 +6,10 @@ States: ``header`` (waiting for the 8-byte protocol header) -> ``start``
 (Connection.Start sent, waiting for StartOk) -> ``tune`` (Tune sent, waiting for
 TuneOk) -> ``open`` (waiting for Connection.Open) -> ``opened`` (channels
 work) -> ``closing`` (we sent Connection.Close, waiting for CloseOk; everything
-else is discarded) -> ``closed``.
+else is discarded) -> ``closed``.  A failed login whose refusal the login
+throttle delays goes from ``start`` to ``refusing`` (nothing is read, frames
+already received are ignored, the handshake timeout still runs), then to
+``closing``.
 
 Errors: a :class:`ChannelError` with a soft reply code closes its channel
 (Channel.Close, then frames on that channel are discarded until CloseOk); any
@@ -35,6 +38,7 @@ from . import __version__
 from .auth import AuthError, parse_response
 from .channel import Channel
 from .metadata import MetadataSaveError
+from .logsafe import printable
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -129,6 +133,7 @@ class Connection:
         self._hb_handle: Any = None
         self._close_handle: Any = None
         self._meta_changes = 0  # the metadata journal's change count when this input began
+        self._refusal_pending = False  # a delayed login refusal, counted by the login throttle
         self._header_buf = b""
         self.blocked = False
         self.publishing = False
@@ -295,8 +300,8 @@ class Connection:
 
     def _set_reading(self) -> None:
         """Read from the socket unless blocked by an alarm, the peer's own
-        back-pressure, or a backlog of frames still to handle."""
-        want_paused = self.blocked or self.backpressure or self.slicing or self.draining
+        back-pressure, a backlog of frames still to handle, or a delayed login refusal."""
+        want_paused = self.blocked or self.backpressure or self.slicing or self.draining or self.state == "refusing"
         if want_paused == self.reading_paused or self.state == "closed":
             return
         self.reading_paused = want_paused
@@ -422,7 +427,7 @@ class Connection:
         elif isinstance(m, C.Connection.Open) and st == "open":
             self.on_open(m)
         elif isinstance(m, C.Connection.Close):
-            log.info("connection %s closed by client (%s %s)", self.name, m.reply_code, m.reply_text)
+            log.info("connection %s closed by client (%s %s)", printable(self.name), m.reply_code, printable(m.reply_text))
             self.send0(C.Connection.CloseOk())
             self.flush()
             self.teardown()
@@ -443,28 +448,61 @@ class Connection:
         caps = self.client_properties.get("capabilities") or {}
         self.capabilities = caps if isinstance(caps, dict) else {}
         mech = m.mechanism
+        throttle = self.broker.login_throttle
+        if throttle.busy(self.peer_host):
+            throttle.refused_unchecked("amqp091")
+            log.warning("connection %s: login refused unchecked: too many refused logins from %s still pending",
+                        self.peer, self.peer_host)
+            self._refuse_login(mech)
+            return
         try:
             if mech not in ("PLAIN", "AMQPLAIN"):
                 raise AuthError(f"unsupported mechanism {mech!r}")
-            resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("latin-1", "replace")
+            # pamqp hands over a response that is valid UTF-8 as text
+            resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("utf-8")
             username, password = parse_response(mech, resp)
             self.username = username
             user = self.broker.users.authenticate(username, password)
             if username in self.broker.loopback_users and not _is_loopback(self.peer_host):
                 raise AuthError(f"user '{username}' can only connect via localhost")
         except AuthError as exc:
-            log.warning("connection %s: login refused: %s", self.peer, exc)
-            if not self.capabilities.get("authentication_failure_close"):
-                # like RabbitMQ: a client that cannot take a Close here just sees the socket go
-                self.close_transport()
+            delay = throttle.failed(self.peer_host, "amqp091")
+            log.warning("connection %s: login refused: %s%s", self.peer, printable(exc),
+                        f" (refusal delayed {delay:.1f} s: repeated failures from this address)" if delay else "")
+            if not delay:
+                self._refuse_login(mech)
                 return
-            raise ConnectionError(
-                errors.ACCESS_REFUSED,
-                f"Login was refused using authentication mechanism {mech}. For details see the broker logfile.",
-            ) from None
+            # read nothing more; the handshake timeout still applies
+            self.state = "refusing"
+            self._set_reading()
+            throttle.hold(self.peer_host)
+            self._refusal_pending = True
+            self._close_handle = self.loop.call_later(delay, self._refuse_login, mech)
+            return
         self.user = user
         self.state = "tune"
         self.send0(C.Connection.Tune(channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.broker.heartbeat))
+
+    def _refuse_login(self, mech: str) -> None:
+        """Answer a refused login: Connection.Close 403, or (like RabbitMQ) just close
+        the socket for a client that cannot take a Close at this stage."""
+        self._release_refusal()
+        if self.state == "closed":
+            return
+        if not self.capabilities.get("authentication_failure_close"):
+            self.close_transport()
+            return
+        e = ConnectionError(
+            errors.ACCESS_REFUSED,
+            f"Login was refused using authentication mechanism {mech}. For details see the broker logfile.",
+        )
+        self.close(e.code, e.text)
+
+    def _release_refusal(self) -> None:
+        """The delayed refusal is sent (or its connection gone): the throttle stops counting it."""
+        if self._refusal_pending:
+            self._refusal_pending = False
+            self.broker.login_throttle.release(self.peer_host)
 
     def on_tune_ok(self, m: C.Connection.TuneOk) -> None:
         if m.frame_max:
@@ -497,7 +535,7 @@ class Connection:
         self.name = f"{self.peer} ({self.username}@{vhname})"
         self.send0(C.Connection.OpenOk())
         self.broker.connection_opened(self)
-        log.info("connection %s opened: user '%s', vhost '%s'", self.peer, self.username, vhname)
+        log.info("connection %s opened: user '%s', vhost '%s'", self.peer, printable(self.username), printable(vhname))
 
     def _heartbeat_tick(self) -> None:
         if self.state in ("closed",):
@@ -507,7 +545,7 @@ class Connection:
         if self.blocked:
             self.last_recv = now  # we are not reading while blocked: no verdict on silence
         if now - self.last_recv > 2 * hb:
-            log.warning("connection %s: missed heartbeats from client, timeout: %ss", self.name, hb)
+            log.warning("connection %s: missed heartbeats from client, timeout: %ss", printable(self.name), hb)
             self.teardown()
             self.close_transport(abort=True)
             return
@@ -533,7 +571,7 @@ class Connection:
             self.send0(C.Connection.Blocked(reason=reason))
             self.flush()
         self._set_reading()
-        log.info("connection %s blocked: %s", self.name, reason)
+        log.info("connection %s blocked: %s", printable(self.name), reason)
 
     def unblock(self) -> None:
         if not self.blocked:
@@ -548,7 +586,7 @@ class Connection:
         self._set_reading()
         if self._frames:
             self.loop.call_soon(self._process)
-        log.info("connection %s unblocked", self.name)
+        log.info("connection %s unblocked", printable(self.name))
 
     def _handshake_timeout(self) -> None:
         if self.state not in ("opened", "closed", "closing"):
@@ -570,7 +608,7 @@ class Connection:
 
     def channel_error(self, chn: int, e: ChannelError) -> None:
         ch = self.channels.get(chn)
-        log.warning("channel error on connection %s, channel %s: %s", self.name, chn, e.text)
+        log.warning("channel error on connection %s, channel %s: %s", printable(self.name), chn, printable(e.text))
         if ch is None:
             return
         ch.emit_confirms()
@@ -592,9 +630,9 @@ class Connection:
 
     # -- closing -----------------------------------------------------------------
     def connection_error(self, e: AMQPError) -> None:
-        if self.state in ("closing", "closed"):
+        if self.state in ("closing", "closed", "refusing"):  # refusing: frames sent after a failed login
             return
-        log.warning("connection error on %s: %s", self.name, e.text)
+        log.warning("connection error on %s: %s", printable(self.name), printable(e.text))
         if self.state == "header":
             self.close_transport()
             return
@@ -639,13 +677,14 @@ class Connection:
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != "closed":
             if self.state in ("opened",):
-                log.info("connection %s lost: %s", self.name, exc or "client closed the socket")
+                log.info("connection %s lost: %s", printable(self.name), exc or "client closed the socket")
             self.state = "closed"
         for h in (self._hb_handle, self._close_handle, self._timeout_handle):
             if h is not None:
                 h.cancel()
+        self._release_refusal()
         self.teardown()
-        log.info("connection %s closed", self.name)
+        log.info("connection %s closed", printable(self.name))
 
 
 def _is_loopback(host: str) -> bool:

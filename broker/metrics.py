@@ -85,6 +85,10 @@ class BrokerCollector:
                 value=s.bytes_out + sum(cn.sent_bytes for cn in b.connections))
         yield c("rabbitmq_connections_opened", "Connections opened", value=s.connections_opened)
         yield c("rabbitmq_connections_closed", "Connections closed", value=s.connections_closed)
+        failed = c("rabbitmq_auth_attempts_failed", "Failed login attempts", labels=["protocol"])
+        for protocol in ("amqp091", "http"):
+            failed.add_metric([protocol], b.login_throttle.failed_total.get(protocol, 0))
+        yield failed
         mon = b.monitor
         yield g("rabbitmq_process_resident_memory_bytes", "Resident memory of the broker process",
                 value=_rss())

@@ -32,6 +32,8 @@ from .auth import Permission, UserStore
 from .connection import Connection
 from .metadata import MetadataJournal
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
+from .login_throttle import LoginThrottle
+from .logsafe import printable
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
@@ -131,6 +133,7 @@ class Broker:
         if loopback_users is None:
             loopback_users = ("guest",) if default_user == "guest" else ()
         self.loopback_users = set(loopback_users)
+        self.login_throttle = LoginThrottle()
         self.stats_unroutable = 0
         self.stats = Stats()
         self.definitions_file = definitions_file
@@ -146,7 +149,7 @@ class Broker:
         self.loop = asyncio.get_running_loop()
         self.journal.attach(self.loop)
         if self.store is not None:
-            self.store.open()  # raises DataDirLocked if another broker has it
+            self.store.open()  # raises DataDirError: unwritable, or locked by another broker
             self.store.attach(self.loop)
             self.store.on_synced = self._synced
             self.store.on_sync_failed = self._sync_failed
@@ -213,7 +216,8 @@ class Broker:
     def _quarantine(self, directory: str) -> None:
         assert self.store is not None
         vhost, queue = read_identity(directory)
-        what = f"queue '{queue}' in vhost '{vhost}'" if queue is not None else "an unnamed queue"
+        what = f"queue '{printable(queue)}' in vhost '{printable(vhost or '')}'" if queue is not None \
+            else "an unnamed queue"
         try:
             dest = self.store.quarantine(directory)
         except OSError as exc:
@@ -270,7 +274,7 @@ class Broker:
         if vh is None:
             vh = self.vhosts[name] = VHost(name, self)
             self.journal.changed()
-            log.info("vhost '%s' created", name)
+            log.info("vhost '%s' created", printable(name))
         return vh
 
     def delete_vhost(self, name: str) -> bool:
@@ -284,7 +288,7 @@ class Broker:
             vh.delete_queue(q)
         self.users.drop_vhost(name)
         self.journal.changed()
-        log.info("vhost '%s' deleted", name)
+        log.info("vhost '%s' deleted", printable(name))
         return True
 
     def close_user_connections(self, username: str, why: str) -> int:
@@ -338,7 +342,8 @@ class Broker:
         self.users.add_user(self.default_user, self.default_pass, ["administrator"])
         self.users.set_permissions(self.default_user, vh, Permission())
         self.journal.changed()
-        log.info("created default user '%s' with full permissions on vhost '%s'", self.default_user, vh)
+        log.info("created default user '%s' with full permissions on vhost '%s'", printable(self.default_user),
+                 printable(vh))
 
     def _synced(self, epoch: int) -> None:
         assert self.store is not None
@@ -367,7 +372,7 @@ class Broker:
             return lost_from <= r < hi
 
         n = q.drop_where(lost)
-        log.error("queue '%s': %d messages dropped after a failed write", q.name, n)
+        log.error("queue '%s': %d messages dropped after a failed write", printable(q.name), n)
 
     def direct_reply(self, msg: Any) -> bool:
         """A publish to amq.rabbitmq.reply-to.<token>: straight to that channel's

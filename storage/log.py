@@ -49,6 +49,8 @@ from array import array
 from collections import deque
 from typing import Any, Callable, Iterator
 
+from .files import make_private_dir, open_private, tighten_dir, unlink_if_present
+
 log = logging.getLogger("storage")
 
 SEGMENT_SIZE = 8 * 1024 * 1024
@@ -63,7 +65,11 @@ LOST_FOUND = "lost+found"
 RECORD_OVERHEAD_MAX = REC_HEAD.size + 1 + 8 + 256 + 256 + U32.size
 
 
-class DataDirLocked(Exception):
+class DataDirError(Exception):
+    """The data directory cannot be used: the broker does not start."""
+
+
+class DataDirLocked(DataDirError):
     """Another broker holds the data directory."""
 
 
@@ -176,7 +182,7 @@ class QueueLog:
         sid = self.next_sid
         self.next_sid += 1
         seg = Segment(sid, os.path.join(self.dir, f"{sid:08d}.seg"))
-        seg.fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        seg.fd = open_private(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self.segments[sid] = seg
         self.wseg = seg
         self.store.new_files.add(self.dir)
@@ -280,12 +286,12 @@ class QueueLog:
         for seg in self.segments.values():
             if seg.ack_buf:
                 if seg.ack_fd < 0:
-                    seg.ack_fd = os.open(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                    seg.ack_fd = open_private(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 _write_all(seg.ack_fd, bytes(seg.ack_buf))
                 seg.ack_buf.clear()
         if self.delivered_upto != self.delivered_written:
             p = os.path.join(self.dir, "delivered")
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = open_private(p, os.O_WRONLY | os.O_CREAT)
             try:
                 os.pwrite(fd, U64.pack(self.delivered_upto), 0)
             finally:
@@ -449,7 +455,7 @@ def _write_identity(directory: str, vhost: str, name: str) -> None:
     if os.path.exists(path):
         return
     raw = json.dumps({"vhost": vhost, "queue": name}, ensure_ascii=False).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         _write_all(fd, raw)
         os.fsync(fd)
@@ -547,9 +553,18 @@ class LogStore:
 
     # -- lifecycle ---------------------------------------------------------------
     def open(self) -> None:
-        os.makedirs(self.msg_dir, exist_ok=True)
+        """Make the data directory private and writable, and lock it."""
+        self._prepare_dir()
         path = os.path.join(self.data_dir, "broker.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = open_private(path, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataDirError(
+                    f"data directory {self.data_dir}: broker.lock is a symbolic link; refusing to follow it "
+                    "(remove it if you did not put it there)"
+                ) from None
+            raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -565,6 +580,29 @@ class LogStore:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def _prepare_dir(self) -> None:
+        """Create the data and queues directories (0700), check that files can be
+        created there, and make an existing data directory that others can read
+        private."""
+        try:
+            make_private_dir(self.data_dir)
+            make_private_dir(self.msg_dir)
+            probe = os.path.join(self.data_dir, f".write-test.{os.getpid()}")
+            unlink_if_present(probe)  # left by a crash at this very point
+            os.close(open_private(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            os.unlink(probe)
+        except OSError as exc:
+            raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
+        try:
+            old = tighten_dir(self.data_dir)
+        except OSError as exc:
+            log.warning("data directory %s is open to other users and cannot be made private: %s",
+                        self.data_dir, exc.strerror)
+            return
+        if old is not None:
+            log.warning("data directory %s was open to other users (mode %04o); tightened to 0700",
+                        self.data_dir, old)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -594,7 +632,7 @@ class LogStore:
         d = self.queue_dir(vhost, name)
         qlog = self.logs.get(d)
         if qlog is None:
-            os.makedirs(d, exist_ok=True)
+            make_private_dir(d)
             try:
                 _write_identity(d, vhost, name)
             except OSError:
@@ -608,7 +646,7 @@ class LogStore:
         """Move a queue directory that no declared queue owns into ``lost+found``
         (never delete message data we cannot match); return its new path."""
         lf = os.path.join(self.data_dir, LOST_FOUND)
-        os.makedirs(lf, mode=0o700, exist_ok=True)
+        make_private_dir(lf)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         dest = os.path.join(lf, f"{os.path.basename(directory)}-{stamp}")
         n = 1

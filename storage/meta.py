@@ -1,7 +1,8 @@
 """Durable metadata: one JSON file (RabbitMQ's definitions shape), replaced atomically.
 
 Write a temporary file, fsync it, rename it over the old one, fsync the
-directory: a crash leaves either the old or the new file, never a mix.
+directory: a crash leaves either the old or the new file, never a mix.  Both
+are private (0600) and never written through a symbolic link.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import logging
 import os
 from typing import Any
+
+from .files import open_private, unlink_if_present
 
 log = logging.getLogger("storage.meta")
 
@@ -51,7 +54,10 @@ def save(data_dir: str, definitions: dict) -> None:
     path = os.path.join(data_dir, FILENAME)
     tmp = path + ".tmp"
     raw = json.dumps(definitions, default=_special, ensure_ascii=False, separators=(",", ":")).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # a stale temp file, or a link planted in its place, is removed (unlink does not
+    # follow links), never written through: O_EXCL creates a new file or fails
+    unlink_if_present(tmp)
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         os.write(fd, raw)
         os.fsync(fd)

@@ -41,6 +41,7 @@ from protocol.names import NOT_UTF8, name_problem
 from ..auth import check_password
 from ..metadata import MetadataSaveError
 from ..httpguard import HttpLimits, HttpListener
+from ..logsafe import printable
 from .stats import Stats
 from .views import jsonable
 
@@ -369,7 +370,7 @@ class ManagementServer:
         except web.HTTPException:
             raise
         except Exception as exc:  # a bug: answer 500 and log it, never take the broker down
-            log.exception("management API: %s %s failed", request.method, request.path)
+            log.exception("management API: %s %s failed", printable(request.method), printable(request.path))
             return json_response({"error": "internal_error", "reason": str(exc)}, 500)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -395,7 +396,7 @@ class ManagementServer:
             raise HTTPError(405, "method_not_allowed", f"{method} is not allowed here (allowed: {allowed})",
                             {"Allow": allowed})
         ctx = Ctx(self, request, params)
-        self.authenticate(ctx)
+        await self.authenticate(ctx)
         check_path_names(segments, params)
         changes = self.broker.journal.changes
         out = await handler(ctx)
@@ -413,30 +414,60 @@ class ManagementServer:
             return json_response(body, status, headers)
         return json_response(out)
 
-    def authenticate(self, ctx: Ctx) -> None:
+    async def authenticate(self, ctx: Ctx) -> None:
+        """Basic auth.  A refused login is answered only after the login throttle's
+        delay for its source address (other requests go on meanwhile)."""
         fail = HTTPError(401, "not_authorized", "Login failed", {"WWW-Authenticate": REALM})
         header = ctx.request.headers.get("Authorization", "")
         if not header[:6].lower() == "basic ":
+            raise fail  # no credentials at all: nothing was guessed
+        remote = ctx.request.remote or ""
+        throttle = self.broker.login_throttle
+        if throttle.busy(remote):
+            throttle.refused_unchecked("http")
+            log.warning("management API: login refused unchecked: too many refused logins from %s still pending",
+                        remote)
             raise fail
-        try:
-            raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise fail from None
-        name, sep, password = raw.partition(":")
-        if not sep:
-            raise fail
-        user = self.broker.users.users.get(name)
-        if user is None or not user.password_hash or not check_password(password, user.password_hash):
-            log.warning("management API: login refused for user '%s' from %s", name, ctx.request.remote)
-            raise fail
-        if name in self.broker.loopback_users and not _is_loopback(ctx.request.remote or ""):
-            raise HTTPError(401, "not_authorized", "User can only log in via localhost",
-                            {"WWW-Authenticate": REALM})
+        name, user = _basic_login(header, self.broker.users.users)
+        refusal: HTTPError | None = None
+        if user is None:
+            refusal = fail
+        elif name in self.broker.loopback_users and not _is_loopback(remote):
+            refusal = HTTPError(401, "not_authorized", "User can only log in via localhost",
+                                {"WWW-Authenticate": REALM})
+        if refusal is not None:
+            delay = throttle.failed(remote, "http")
+            log.warning("management API: login refused for %s from %s%s",
+                        "malformed credentials" if name is None else f"user '{printable(name)}'", remote,
+                        f" (refusal delayed {delay:.1f} s: repeated failures from this address)" if delay else "")
+            if delay:
+                throttle.hold(remote)
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    throttle.release(remote)
+            raise refusal
         tags = frozenset(user.tags)
         if not tags & MGMT_TAGS:
             raise HTTPError(401, "not_authorized", "Not management user", {"WWW-Authenticate": REALM})
         ctx.user = user
         ctx.tags = tags
+
+
+def _basic_login(header: str, users: dict[str, Any]) -> tuple[str | None, Any]:
+    """(user name, user) of a Basic ``Authorization`` header; the user is None if
+    unknown or the password is wrong, the name is None if the header is malformed."""
+    try:
+        raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None, None
+    name, sep, password = raw.partition(":")
+    if not sep:
+        return None, None
+    user = users.get(name)
+    if user is None or not user.password_hash or not check_password(password, user.password_hash):
+        return name, None
+    return name, user
 
 
 _LOOPBACK = re.compile(r"^(127\.|::1$|::ffff:127\.|localhost$)")
