@@ -29,6 +29,7 @@ from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .auth import Permission, UserStore
 from .connection import Connection
+from .patterns import PatternError
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
@@ -235,10 +236,12 @@ class Broker:
             counts["users"] += 1
         for pm in defs.get("permissions", []) or []:
             if pm.get("user") in self.users.users and pm.get("vhost") in self.vhosts:
-                self.users.set_permissions(
-                    pm["user"], pm["vhost"],
-                    Permission(pm.get("configure", ""), pm.get("write", ""), pm.get("read", "")),
-                )
+                try:
+                    perm = Permission(pm.get("configure", ""), pm.get("write", ""), pm.get("read", ""))
+                except PatternError as exc:
+                    problems.append(f"permissions of user '{pm['user']}' in vhost '{pm['vhost']}': {exc}")
+                    continue
+                self.users.set_permissions(pm["user"], pm["vhost"], perm)
                 counts["permissions"] += 1
         for x in defs.get("exchanges", []) or []:
             vh = self.vhosts.setdefault(x.get("vhost", "/"), VHost(x.get("vhost", "/"), self))
