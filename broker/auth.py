@@ -11,12 +11,12 @@ import base64
 import hashlib
 import hmac
 import os
-import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
 
 from pamqp import decode
+
+from .patterns import PatternError, Regex, compile_pattern
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -45,7 +45,8 @@ class Permission:
     """configure / write / read regular expressions of one user on one vhost.
 
     As in RabbitMQ a pattern is searched for (not anchored: use ``^...$``), and
-    the empty pattern matches nothing."""
+    the empty pattern matches nothing.  Patterns run on RE2 (linear time); a
+    pattern RE2 refuses raises PatternError naming its field here, where it is set."""
 
     __slots__ = ("configure", "write", "read", "_re")
 
@@ -53,19 +54,15 @@ class Permission:
         self.configure = configure
         self.write = write
         self.read = read
-        self._re: dict[str, Any] = {}
+        self._re: dict[str, Regex | None] = {
+            "configure": _compile(configure, "configure"),
+            "write": _compile(write, "write"),
+            "read": _compile(read, "read"),
+        }
 
     def allows(self, what: str, name: str) -> bool:
-        pattern = getattr(self, what)
-        if not pattern:
-            return False
-        rx = self._re.get(what)
-        if rx is None:
-            try:
-                rx = self._re[what] = re.compile(pattern)
-            except re.error:
-                rx = self._re[what] = re.compile(r"(?!)")
-        return rx.search(name) is not None
+        rx = self._re[what]
+        return rx is not None and rx.search(name) is not None
 
     def as_dict(self) -> dict:
         return {"configure": self.configure, "write": self.write, "read": self.read}
@@ -75,6 +72,13 @@ class Permission:
 
     def __repr__(self) -> str:
         return f"Permission({self.configure!r}, {self.write!r}, {self.read!r})"
+
+
+def _compile(pattern: object, what: str) -> Regex | None:
+    """One permission pattern compiled (None: the empty pattern, which denies)."""
+    if not isinstance(pattern, str):
+        raise PatternError(what, repr(pattern), "not a string")
+    return compile_pattern(pattern, what) if pattern else None
 
 
 VALID_TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
@@ -108,25 +112,37 @@ def parse_response(mechanism: str, response: bytes) -> tuple[str, str]:
 
 
 class UserStore:
-    """Users and their per-vhost permissions.  ``version`` grows with every
-    change, so that channels can cache permission answers."""
+    """Users and their per-vhost permissions, with a cache of permission decisions.
+
+    The check runs on every declare, bind, consume, get and publish, so
+    ``allowed`` remembers each (user, vhost, configure/write/read, resource
+    name) answer.  Every change to users or permissions (a deleted vhost drops
+    its permissions) goes through ``_changed``, which empties the cache; so
+    does reaching DECISION_CACHE_MAX entries, so that clients naming ever new
+    resources cannot grow it without bound.  The decision depends on the
+    resource's name only, never on whether it is a queue or an exchange."""
+
+    DECISION_CACHE_MAX = 8192
 
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
-        self.version = 0
+        self._decisions: dict[tuple[str, str, str, str], bool] = {}
+
+    def _changed(self) -> None:
+        self._decisions.clear()
 
     def add_user(self, name: str, password: str | None, tags: list[str] | None = None) -> User:
         """Create or replace a user (no password: the user cannot log in with one)."""
         u = User(name, hash_password(password) if password is not None else "", list(tags or []))
         self.users[name] = u
-        self.version += 1
+        self._changed()
         return u
 
     def add_user_with_hash(self, name: str, password_hash: str, tags: list[str] | None = None) -> User:
         u = User(name, password_hash, list(tags or []))
         self.users[name] = u
-        self.version += 1
+        self._changed()
         return u
 
     def delete_user(self, name: str) -> bool:
@@ -134,31 +150,31 @@ class UserStore:
             return False
         for key in [k for k in self.permissions if k[0] == name]:
             del self.permissions[key]
-        self.version += 1
+        self._changed()
         return True
 
     def change_password(self, name: str, password: str | None) -> None:
         u = self.users[name]
         u.password_hash = hash_password(password) if password is not None else ""
-        self.version += 1
+        self._changed()
 
     def set_tags(self, name: str, tags: list[str]) -> None:
         self.users[name].tags = list(tags)
-        self.version += 1
+        self._changed()
 
     def set_permissions(self, user: str, vhost: str, perm: Permission) -> None:
         self.permissions[(user, vhost)] = perm
-        self.version += 1
+        self._changed()
 
     def clear_permissions(self, user: str, vhost: str) -> bool:
         found = self.permissions.pop((user, vhost), None) is not None
-        self.version += 1
+        self._changed()
         return found
 
     def drop_vhost(self, vhost: str) -> None:
         for key in [k for k in self.permissions if k[1] == vhost]:
             del self.permissions[key]
-        self.version += 1
+        self._changed()
 
     def authenticate(self, username: str, password: str) -> User:
         u = self.users.get(username)
@@ -170,3 +186,15 @@ class UserStore:
 
     def permission(self, user: str, vhost: str) -> Permission | None:
         return self.permissions.get((user, vhost))
+
+    def allowed(self, user: str, vhost: str, what: str, name: str) -> bool:
+        """Whether ``user``'s ``what`` (configure/write/read) regex in ``vhost`` allows resource ``name``."""
+        key = (user, vhost, what, name)
+        ok = self._decisions.get(key)
+        if ok is None:
+            perm = self.permissions.get((user, vhost))
+            ok = perm is not None and perm.allows(what, name)
+            if len(self._decisions) >= self.DECISION_CACHE_MAX:
+                self._decisions.clear()
+            self._decisions[key] = ok
+        return ok

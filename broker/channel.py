@@ -129,8 +129,6 @@ class Channel:
         self.tx_acks: list[tuple[int, tuple, bool | None]] = []
         self._tx_taken: list[tuple[int, tuple]] = []
         self.last_queue: str | None = None
-        self._perm_cache: dict[tuple[str, str, str], bool] = {}
-        self._perm_version = -1
         # direct reply-to
         self.reply_consumer: str | None = None
         self.reply_token = ""
@@ -141,16 +139,7 @@ class Channel:
     # -- helpers ---------------------------------------------------------------
     def check(self, what: str, kind: str, name: str) -> None:
         """RabbitMQ's configure/write/read permission check (403 on the channel)."""
-        users = self.conn.broker.users
-        if self._perm_version != users.version:
-            self._perm_cache.clear()
-            self._perm_version = users.version
-        key = (what, kind, name)
-        ok = self._perm_cache.get(key)
-        if ok is None:
-            perm = users.permission(self.conn.username, self.vhost.name)
-            ok = self._perm_cache[key] = perm is not None and perm.allows(what, name)
-        if not ok:
+        if not self.conn.broker.users.allowed(self.conn.username, self.vhost.name, what, name):
             raise ChannelError(
                 errors.ACCESS_REFUSED,
                 f"access to {self.vhost.what(kind, name)} refused for user '{self.conn.username}'",

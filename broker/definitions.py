@@ -25,6 +25,7 @@ from typing import Any
 from protocol.names import name_problem
 
 from .auth import Permission
+from .patterns import PatternError
 from .vhost import VHost
 
 log = logging.getLogger("broker.definitions")
@@ -234,9 +235,12 @@ class _Import:
         elif vhost not in self.broker.vhosts:
             self.left_out("permissions", str(user), f"no vhost '{vhost}'", vhost=str(vhost), failed=True)
         else:
-            self.broker.users.set_permissions(
-                user, vhost, Permission(pm.get("configure", ""), pm.get("write", ""), pm.get("read", ""))
-            )
+            try:
+                perm = Permission(pm.get("configure", ""), pm.get("write", ""), pm.get("read", ""))
+            except PatternError as exc:
+                self.left_out("permissions", str(user), str(exc), vhost=str(vhost), failed=True)
+                return
+            self.broker.users.set_permissions(user, vhost, perm)
             self.report.counts["permissions"] += 1
 
     def _exchanges(self, x: dict) -> None:

@@ -188,8 +188,31 @@ def topic_words(key: str) -> list[str]:
     return key.split(".") if key else []
 
 
+def _trie_path(binding_key: str) -> list[str]:
+    """The words of a binding key as the trie stores them: ``#.#`` matches what ``#`` does, so
+    a run of ``#`` is one ``#`` (``#.#.#.#.z`` walks like ``#.z``)."""
+    path: list[str] = []
+    for w in topic_words(binding_key):
+        if w != "#" or not path or path[-1] != "#":
+            path.append(w)
+    return path
+
+
 class TopicExchange(Exchange):
-    """Topic routing on a trie of binding-key words (``*`` one word, ``#`` zero or more)."""
+    """Topic routing on a trie of binding-key words (``*`` one word, ``#`` zero or more).
+
+    ``match`` walks the trie along the routing key's words.  A ``#`` node may
+    absorb any number of words, so without care the walk branches at every
+    ``#`` and a key like ``#.#.#.#.#.#.#.#.z`` costs time exponential in the
+    number of ``#`` s.  The walk therefore remembers, per ``#`` node, the lowest
+    word index it has entered that node at: entering it at index i walks the
+    node at every index from i to the end, so a later entry at a higher index
+    has nothing new to find.  Each (node, word index) pair is then visited at
+    most once: polynomial in the key's words and the bindings (and a run of
+    ``#`` is stored as one ``#`` node, see ``_trie_path``).  Answers are
+    cached per routing key; the cache is emptied on any binding change and
+    when it holds CACHE_MAX keys, so unique routing keys cannot grow it
+    without bound."""
 
     type_name = "topic"
     CACHE_MAX = 4096
@@ -201,7 +224,7 @@ class TopicExchange(Exchange):
 
     def _index_add(self, b: Binding) -> None:
         node = self.root
-        for w in topic_words(b.routing_key):
+        for w in _trie_path(b.routing_key):
             nxt = node.children.get(w)
             if nxt is None:
                 nxt = node.children[w] = _TrieNode()
@@ -211,7 +234,7 @@ class TopicExchange(Exchange):
 
     def _index_remove(self, b: Binding) -> None:
         path = [self.root]
-        words = topic_words(b.routing_key)
+        words = _trie_path(b.routing_key)
         for w in words:
             nxt = path[-1].children.get(w)
             if nxt is None:
@@ -232,32 +255,42 @@ class TopicExchange(Exchange):
             return hit
         out: set[Any] = set()
         words = topic_words(routing_key)
-        self._walk(self.root, words, 0, len(words), out)
+        self._walk(self.root, words, 0, len(words), out, {})
         result = tuple(out)
         if len(self.cache) >= self.CACHE_MAX:
             self.cache.clear()
         self.cache[routing_key] = result
         return result
 
-    def _walk(self, node: _TrieNode, words: list[str], i: int, n: int, out: set) -> None:
+    def _walk(self, node: _TrieNode, words: list[str], i: int, n: int, out: set, hash_from: dict) -> None:
+        """Collect the destinations below ``node`` that match ``words[i:]``.
+
+        ``hash_from`` maps each ``#`` node walked so far to the lowest word
+        index it was entered at (see the class docstring)."""
         children = node.children
         h = children.get("#")
         if i == n:
             if node.dests:
                 out.update(node.dests)
-            if h is not None:
-                self._walk(h, words, i, n, out)
+            if h is not None and hash_from.get(h, n + 1) > n:
+                hash_from[h] = n
+                self._walk(h, words, n, n, out, hash_from)
             return
-        c = children.get(words[i])
-        if c is not None:
-            self._walk(c, words, i + 1, n, out)
-        if words[i] != "*":
+        w = words[i]
+        if w != "#":  # a literal '#' word is one of the words the '#' child absorbs below
+            c = children.get(w)
+            if c is not None:
+                self._walk(c, words, i + 1, n, out, hash_from)
+        if w != "*":
             c = children.get("*")
             if c is not None:
-                self._walk(c, words, i + 1, n, out)
+                self._walk(c, words, i + 1, n, out, hash_from)
         if h is not None:
-            for j in range(i, n + 1):
-                self._walk(h, words, j, n, out)
+            walked_from = hash_from.get(h, n + 1)
+            if i < walked_from:
+                hash_from[h] = i
+                for j in range(i, walked_from):
+                    self._walk(h, words, j, n, out, hash_from)
 
 
 def field_type_name(v: Any) -> str:

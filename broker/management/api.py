@@ -14,7 +14,6 @@ import binascii
 import datetime
 import os
 import platform
-import re
 import resource
 import shutil
 import time
@@ -31,6 +30,7 @@ from ..auth import Permission
 from ..definitions import APPLIED_SECTIONS
 from ..exchange import EXCHANGE_TYPES, freeze
 from ..message import Message
+from ..patterns import PatternError
 from ..queue import PUSH_REJECTED, PUSH_SYNC, Queue, now_ms
 from .server import Ctx, HTTPError, bad_request, json_object, not_found, router
 from .views import (
@@ -1106,13 +1106,13 @@ async def put_permission(ctx: Ctx) -> Any:
         v = body.get(k)
         if not isinstance(v, str):
             raise bad_request(f"'{k}' is missing: configure, write and read are regular expressions")
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise bad_request(f"'{k}': invalid regular expression '{v}': {exc}") from None
         vals[k] = v
+    try:
+        perm = Permission(**vals)
+    except PatternError as exc:
+        raise bad_request(str(exc)) from None
     existed = ctx.broker.users.permission(user, vh) is not None
-    ctx.broker.users.set_permissions(user, vh, Permission(**vals))
+    ctx.broker.users.set_permissions(user, vh, perm)
     ctx.broker.journal.changed()
     _save(ctx)
     return None if existed else (201, None)

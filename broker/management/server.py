@@ -205,8 +205,7 @@ class Ctx:
         """RabbitMQ's configure/write/read check, as on an AMQP channel."""
         if self.is_admin:
             return
-        perm = self.broker.users.permission(self.username, vh.name)
-        if perm is None or not perm.allows(what, name):
+        if not self.broker.users.allowed(self.username, vh.name, what, name):
             raise ChannelError(
                 errors.ACCESS_REFUSED, f"access to {vh.what(kind, name)} refused for user '{self.username}'"
             )
