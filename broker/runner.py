@@ -1,8 +1,15 @@
 """A broker process (``broker serve``): start-up in order, the signals that stop it, a graceful stop.
 
-The engine starts (data dir locked and recovered, definitions imported, the AMQP listener
-open), then the management API and the Prometheus metrics listeners; then
-``BurrowMQ <version> ready: amqp://host:port`` is logged.  On SIGINT or SIGTERM the HTTP listeners
+Start-up order (as RabbitMQ, which starts its client listeners last):
+
+1. the engine prepares: the data dir is locked, recovered, definitions are imported, the default
+   user exists, the AMQP socket is bound (so a port in use fails here, and port 0 is resolved)
+   but does not accept connections yet;
+2. the management API and the Prometheus metrics listeners open;
+3. the AMQP socket accepts, and ``BurrowMQ <version> ready: amqp://host:port`` is logged.
+
+So a deploy script or a health check that waits for the AMQP port can call the HTTP API at once,
+and ``ready`` in the log means every listener is open.  On SIGINT or SIGTERM the HTTP listeners
 close, then the engine stops (no new connections, in-flight confirms complete, clients get
 Connection.Close 320).
 """
@@ -77,13 +84,13 @@ def run(broker: Broker, settings: ServeSettings) -> None:
 
 
 async def serve(broker: Broker, settings: ServeSettings, loop_name: str) -> None:
-    """Start (engine, HTTP listeners), wait for a stop signal, stop."""
+    """Start in order (engine, HTTP listeners, AMQP), wait for a stop signal, stop."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await broker.start()
+        await broker.prepare()
     except (DataDirLocked, DefinitionsError, MetadataSaveError) as exc:
         log.error("%s", exc)
         raise SystemExit(1) from None
@@ -97,6 +104,12 @@ async def serve(broker: Broker, settings: ServeSettings, loop_name: str) -> None
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+    try:
+        await broker.listen()
+    except OSError as exc:  # another process started listening on the port since it was bound
+        _cannot_listen(settings, exc)
+        await _stop_all(broker, services)
+        raise SystemExit(1) from None
     log.info("BurrowMQ %s ready: amqp://%s:%s (event loop %s)", __version__, settings.host, broker.port, loop_name)
     await stop.wait()
     t0 = loop.time()

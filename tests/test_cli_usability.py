@@ -5,15 +5,20 @@ start-up order (AMQP accepted only once the HTTP listeners are up)."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
-from conftest import _make, free_port
+
+from conftest import ROOT, _make, free_port
 from test_admin_cli import _serve, _stop, run
 from test_config import run_cli
-from test_management_api import mgmt_url
+from test_management_api import Http, mgmt_url
 
 
 def one_error_line(r: subprocess.CompletedProcess) -> str:
@@ -207,3 +212,43 @@ def test_hand_started_brokers_take_free_ports_for_every_listener(tmp_path):
     finally:
         for s in held:
             s.close()
+
+
+# -- start-up order: AMQP last ---------------------------------------------------------------------
+
+
+def test_amqp_is_accepted_only_once_the_http_listeners_are_up(tmp_path):
+    amqp, mgmt, metrics = free_port(), free_port(), free_port()
+    data = tmp_path / "d"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    with open(tmp_path / "log", "wb") as out:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(amqp),
+             "--management-port", str(mgmt), "--metrics-port", str(metrics), "--data-dir", str(data)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert p.poll() is None, (tmp_path / "log").read_text()
+            assert time.monotonic() < deadline, "the AMQP port never opened"
+            try:
+                socket.create_connection(("127.0.0.1", amqp), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.001)
+        # the very moment AMQP accepts, the API and the metrics answer
+        assert Http(f"http://127.0.0.1:{mgmt}").get("/api/overview").status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as resp:
+            assert resp.status == 200
+        deadline = time.monotonic() + 10
+        while "ready: amqp://" not in (tmp_path / "log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        log = (tmp_path / "log").read_text()
+        assert re.search(rf"ready: amqp://127\.0\.0\.1:{amqp} ", log), log
+        # and the log says so in that order
+        assert log.index("management API listening") < log.index("listening for AMQP") < log.index("ready:")
+        assert log.index("Prometheus metrics listening") < log.index("listening for AMQP")
+    finally:
+        _stop(p)
