@@ -1,8 +1,8 @@
 """The admin verbs' client of a running broker's management API, and how they print answers.
 
 Only the standard library (urllib) is used, so that the admin verbs stay light: they import
-nothing of the engine.  Every failure is an :class:`AdminError`: one line on stderr, a non-zero
-exit status (69, as rabbitmqctl, when the broker cannot be reached).
+nothing of the engine.  Every failure is an :class:`AdminError`: one line on stderr, exit status
+1 (69, as rabbitmqctl, when the broker cannot be reached: :class:`BrokerUnreachable`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ EX_UNAVAILABLE = 69  # as rabbitmqctl when the node cannot be reached
 
 
 class AdminError(click.ClickException):
-    """One clear line on stderr, non-zero exit."""
+    """One clear line on stderr, exit status 1."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+
+class BrokerUnreachable(AdminError):
+    """The management API cannot be reached: exit status 69, as rabbitmqctl."""
+
+    exit_code = EX_UNAVAILABLE
 
 
 def quote(name: str) -> str:
@@ -74,9 +76,8 @@ class AdminApi:
             raise AdminError(reason or f"HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             why = getattr(e, "reason", e)
-            raise AdminError(
-                f"cannot reach the broker at {self.url}: {why}; is it running? (broker serve)", EX_UNAVAILABLE
-            ) from None
+            raise BrokerUnreachable(f"cannot reach the broker at {self.url}: {why}; is it running? (broker serve)") \
+                from None
         if not raw:
             return None
         try:

@@ -50,7 +50,14 @@ def import_definitions(api: AdminApi, file: str) -> None:
     if not isinstance(defs, dict):
         raise AdminError(f"{file} is not a definitions file (a JSON object)")
     click.echo(f'Importing definitions from "{file}" ...')
-    api.call("POST", "definitions", defs)
+    answer = api.call("POST", "definitions", defs)
+    for item in (answer or {}).get("not_applied", []):
+        what = f"{item.get('section')} '{item.get('item')}'" if item.get("item") else str(item.get("section"))
+        if item.get("vhost"):
+            what += f" in vhost '{item['vhost']}'"
+        if item.get("field"):
+            what += f", field '{item['field']}'"
+        click.echo(f"Not applied: {what}: {item.get('reason')}")
     click.echo("Done")
 
 
