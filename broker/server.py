@@ -5,6 +5,7 @@ embed it::
 
     broker = Broker(port=0)
     await broker.start()          # broker.port is the port it bound
+                                  # (or prepare(), other listeners, then listen())
     ...
     await broker.stop()           # clients get Connection.Close 320
 
@@ -146,6 +147,14 @@ class Broker:
         self._housekeeper: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
+        """Prepare, then accept AMQP clients."""
+        await self.prepare()
+        await self.listen()
+
+    async def prepare(self) -> None:
+        """Everything before accepting clients: the data dir locked and recovered, definitions
+        imported, the default user, alarms, and the AMQP socket bound (``port`` is known; a port
+        in use raises OSError here) but not accepting yet."""
         self.loop = asyncio.get_running_loop()
         self.journal.attach(self.loop)
         if self.store is not None:
@@ -162,10 +171,15 @@ class Broker:
         self.journal.commit()
         self.monitor.start()
         self.server = await self.loop.create_server(
-            lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024
+            lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024, start_serving=False
         )
         sock = self.server.sockets[0]
         self.port = sock.getsockname()[1]
+
+    async def listen(self) -> None:
+        """Accept AMQP clients on the socket :meth:`prepare` bound."""
+        assert self.server is not None, "prepare() first"
+        await self.server.start_serving()
         log.info("listening for AMQP 0-9-1 on %s:%s", self.host, self.port)
 
     # -- storage -----------------------------------------------------------------

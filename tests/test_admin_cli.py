@@ -248,7 +248,10 @@ def test_unreachable_and_refused(cb):
 
 
 def _serve(tmp_path, name, args, env=None, timeout=15.0):
-    """``broker serve`` started by hand (conftest's brokers always pass --management-port)."""
+    """``broker serve`` started by hand (conftest's brokers always pass --management-port); the
+    metrics listener, which these tests do not look at, takes a free port unless ``args`` say."""
+    if "--metrics-port" not in args:
+        args = [*args, "--metrics-port", "0"]
     data = tmp_path / name
     data.mkdir()
     log = data / "log"

@@ -815,7 +815,8 @@ def test_second_broker_on_same_data_dir_refused(fresh_broker):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.run(
-        [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(b.data_dir)],
+        [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(b.data_dir),
+         "--management-port", "0", "--metrics-port", "0"],
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=30,
     )
     out = p.stdout + p.stderr

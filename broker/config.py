@@ -1,0 +1,234 @@
+"""``broker serve``'s configuration: its options, where their values come from, and their checks.
+
+Every option has a flag, an environment variable (``BROKER_`` and the option's name) and a key of
+the same name in the TOML file given by ``--config`` / ``BROKER_CONFIG_FILE``.  Flags win over
+the environment, which wins over the file, which wins over the defaults: the file's values are
+loaded first (``--config`` is eager) and become click's defaults.
+
+A bad value stops the start with one line that names where it came from: the flag
+(``Invalid value for '--port': ...``), the environment variable (``Invalid value for BROKER_PORT
+(--port): ...``) or the file and key (``config file F: bad value for 'port': ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SECRET_OPTIONS = frozenset({"default_pass"})
+MAX_PORT = 65535
+
+
+class PortType(click.ParamType):
+    """A TCP port number, 0 (any free port) to 65535; with ``off``, also -1 (no listener)."""
+
+    name = "port"
+
+    def __init__(self, off: bool = False) -> None:
+        self.off = off
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        port = click.INT.convert(value, param, ctx)
+        low = -1 if self.off else 0
+        if not low <= port <= MAX_PORT:
+            allowed = f"0 to {MAX_PORT}" + (", or -1 for off" if self.off else "")
+            self.fail(f"{port} is not a port number ({allowed}).", param, ctx)
+        return port
+
+
+PORT = PortType()
+PORT_OR_OFF = PortType(off=True)
+
+
+def _check_watermark(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .alarms import parse_watermark
+
+    try:
+        parse_watermark(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _check_size(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .alarms import parse_size
+
+    try:
+        parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The TOML document at ``path``, or a one-line error naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise click.ClickException(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(f"config file {path} cannot be read: {exc}") from None
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """--config FILE (or BROKER_CONFIG_FILE): TOML whose keys are serve's long option
+    names; its values become defaults, so flags and environment still win."""
+    if not path:
+        return path
+    data = read_config_file(path)
+    params = {p.name: p for p in ctx.command.params if isinstance(p, click.Option) and p.name != "config"}
+    defaults: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        p = params.get(name)
+        if p is None:
+            known = ", ".join(sorted(str(n).replace("_", "-") for n in params))
+            raise click.ClickException(f"config file {path}: unknown key '{key}' (known keys: {known})")
+        try:
+            v = p.type_cast_value(ctx, value)
+            if p.callback is not None:
+                v = p.callback(ctx, p, v)
+        except click.BadParameter as exc:
+            raise click.ClickException(f"config file {path}: bad value for '{key}': {exc.message}") from None
+        defaults[name] = v
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+def _bad_parameter_line(exc: click.BadParameter) -> str:
+    """click's message, naming the environment variable when the value came from one."""
+    ctx, param = exc.ctx, exc.param
+    if ctx is not None and param is not None and param.name is not None \
+            and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+        envvar = param.envvar if isinstance(param.envvar, str) else "/".join(param.envvar or ())
+        return f"Invalid value for {envvar} ({'/'.join(param.opts)}): {exc.message}"
+    return exc.format_message()
+
+
+class ServeCommand(click.Command):
+    """Reports a bad option, environment variable or config value in one line."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.BadParameter as exc:
+            raise click.ClickException(_bad_parameter_line(exc)) from None
+
+
+_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+    click.option(
+        "--config", envvar="BROKER_CONFIG_FILE", is_eager=True, expose_value=False, callback=_load_config,
+        type=click.Path(dir_okay=False), help="TOML file of serve options (keys: the long option names).",
+    ),
+    click.option("--host", envvar="BROKER_HOST", default="0.0.0.0", show_default=True, help="Address to listen on."),
+    click.option("--port", envvar="BROKER_PORT", default=5672, show_default=True, type=PORT,
+                 help="AMQP port (0 picks a free one)."),
+    click.option("--data-dir", envvar="BROKER_DATA_DIR", default="./burrowmq-data", show_default=True,
+                 help="Where durable state is kept."),
+    click.option("--log-level", envvar="BROKER_LOG_LEVEL", default="info", show_default=True,
+                 type=click.Choice(LOG_LEVELS)),
+    click.option("--default-user", envvar="BROKER_DEFAULT_USER", default="guest", show_default=True,
+                 help="User created on first start, with full rights on the default vhost."),
+    click.option("--default-pass", envvar="BROKER_DEFAULT_PASS", default="guest", show_default=True,
+                 help="Password of the default user."),
+    click.option("--default-vhost", envvar="BROKER_DEFAULT_VHOST", default="/", show_default=True,
+                 help="Vhost created on first start."),
+    click.option("--allow-remote-guest", envvar="BROKER_ALLOW_REMOTE_GUEST", is_flag=True,
+                 help="Let the user 'guest' log in from other hosts than loopback (off, like RabbitMQ)."),
+    click.option("--heartbeat", envvar="BROKER_HEARTBEAT", default=60, show_default=True, type=int,
+                 help="Heartbeat interval offered (s)."),
+    click.option(
+        "--memory-high-watermark", envvar="BROKER_MEMORY_HIGH_WATERMARK", default="0.4", show_default=True,
+        callback=_check_watermark,
+        help="Block publishers above this resident memory: a fraction of RAM (0.4) or a size (512MB).",
+    ),
+    click.option(
+        "--disk-free-limit", envvar="BROKER_DISK_FREE_LIMIT", default="50MB", show_default=True,
+        callback=_check_size,
+        help="Block publishers when the data dir's disk has less free space than this (0 disables).",
+    ),
+    click.option("--management-port", envvar="BROKER_MANAGEMENT_PORT", default=15672, show_default=True,
+                 type=PORT_OR_OFF, help="Port of the management HTTP API (0 picks a free one, -1 turns it off)."),
+    click.option("--management-host", envvar="BROKER_MANAGEMENT_HOST", default=None,
+                 show_default="the --host value", help="Address the management HTTP API listens on."),
+    click.option("--metrics-port", envvar="BROKER_METRICS_PORT", default=15692, show_default=True,
+                 type=PORT_OR_OFF,
+                 help="Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off)."),
+    click.option(
+        "--management-max-body-size", envvar="BROKER_MANAGEMENT_MAX_BODY_SIZE", default="20MiB", show_default=True,
+        callback=_check_size, help="Largest request body the management API reads (413 above it).",
+    ),
+    click.option("--http-max-connections", envvar="BROKER_HTTP_MAX_CONNECTIONS", default=1024, show_default=True,
+                 type=click.IntRange(min=1),
+                 help="Open connections each HTTP listener (management API, metrics) holds; more get 503."),
+    click.option("--http-header-timeout", envvar="BROKER_HTTP_HEADER_TIMEOUT", default=10.0, show_default=True,
+                 type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds an HTTP request line and headers may take to arrive (then 408 and close)."),
+    click.option("--http-body-timeout", envvar="BROKER_HTTP_BODY_TIMEOUT", default=60.0, show_default=True,
+                 type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds an HTTP request body may take to arrive (then 408 and close)."),
+    click.option("--http-keepalive-timeout", envvar="BROKER_HTTP_KEEPALIVE_TIMEOUT", default=60.0,
+                 show_default=True, type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds an HTTP connection may stay idle between requests."),
+    click.option("--definitions", envvar="BROKER_DEFINITIONS", default=None, type=click.Path(dir_okay=False),
+                 help="Definitions JSON (RabbitMQ's export format) to import at boot."),
+]
+
+
+def serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every serve option to the command ``f``, in the order ``--help`` lists them."""
+    for option in reversed(_OPTIONS):
+        f = option(f)
+    return f
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSettings:
+    """The checked values of serve's options (one field per option but --config)."""
+
+    host: str
+    port: int
+    data_dir: str
+    log_level: str
+    default_user: str
+    default_pass: str
+    default_vhost: str
+    allow_remote_guest: bool
+    heartbeat: int
+    memory_high_watermark: str
+    disk_free_limit: str
+    management_port: int
+    management_host: str | None
+    metrics_port: int
+    management_max_body_size: str
+    http_max_connections: int
+    http_header_timeout: float
+    http_body_timeout: float
+    http_keepalive_timeout: float
+    definitions: str | None
+
+
+_SOURCE_NAMES = {
+    ParameterSource.COMMANDLINE: "flag",
+    ParameterSource.ENVIRONMENT: "env",
+    ParameterSource.DEFAULT_MAP: "config file",
+    ParameterSource.DEFAULT: "default",
+}
+
+
+def describe_config(ctx: click.Context, opts: dict[str, Any]) -> str:
+    """``name=value (source)`` for every option, secrets masked."""
+    parts = []
+    for name, value in opts.items():
+        src = ctx.get_parameter_source(name)
+        shown = "****" if name in SECRET_OPTIONS else value
+        parts.append(f"{name.replace('_', '-')}={shown} ({_SOURCE_NAMES.get(src, 'default')})")  # type: ignore[arg-type]
+    return ", ".join(parts)
