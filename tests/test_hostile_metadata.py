@@ -207,19 +207,24 @@ def test_failed_metadata_save_fails_the_operation(small_disk, tmp_path):
 
 # -- recovery keeps what it cannot match -------------------------------------------------------
 
-def test_unmatched_queue_data_goes_to_lost_found_and_back(tmp_path):
-    b = _start(tmp_path)
+def _lose_queue_metadata(tmp, queue: str, n: int) -> BrokerProcess:
+    """A broker whose durable queue ``queue`` holds ``n`` confirmed messages, restarted
+    after its metadata lost the queue (as a failed save used to make it do)."""
+    b = _start(tmp)
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port))
-    conn.channel().queue_declare("订单", durable=True)
+    conn.channel().queue_declare(queue, durable=True)
     conn.close()
-    _publish_confirmed(b.port, "订单", 50)
+    _publish_confirmed(b.port, queue, n)
     b.stop()
-    # the metadata loses the queue (as a failed save used to make it do)
     path = b.data_dir / "definitions.json"
     defs = json.loads(path.read_text())
-    defs["queues"] = [q for q in defs["queues"] if q["name"] != "订单"]
+    defs["queues"] = [q for q in defs["queues"] if q["name"] != queue]
     path.write_text(json.dumps(defs))
-    b.start()
+    return b.start()
+
+
+def test_unmatched_queue_data_goes_to_lost_found_and_back(tmp_path):
+    b = _lose_queue_metadata(tmp_path, "订单", 50)
     assert "matches no declared queue: moved to" in b.log_text()
     lost = list((b.data_dir / "lost+found").iterdir())
     assert len(lost) == 1 and any(p.suffix == ".seg" for p in lost[0].iterdir())
@@ -246,17 +251,7 @@ def test_unmatched_queue_data_goes_to_lost_found_and_back(tmp_path):
 
 
 def test_lost_found_delete(tmp_path):
-    b = _start(tmp_path)
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port))
-    conn.channel().queue_declare("gone", durable=True)
-    conn.close()
-    _publish_confirmed(b.port, "gone", 3)
-    b.stop()
-    path = b.data_dir / "definitions.json"
-    defs = json.loads(path.read_text())
-    defs["queues"] = []
-    path.write_text(json.dumps(defs))
-    b.start()
+    b = _lose_queue_metadata(tmp_path, "gone", 3)
     url = mgmt_url(b)
     (entry,) = json.loads(run(["list-lost-found", "--json"], url=url, check=True).stdout)
     assert entry["messages"] == 3
