@@ -12,7 +12,7 @@ from pamqp import commands as C
 
 from .http import Ctx, Router, bad_request
 from .messages import make_message
-from .views import node_name
+from .views import node_name, vhost_running
 
 routes = Router()
 
@@ -39,7 +39,14 @@ async def health_local_alarms(ctx: Ctx) -> Any:
 
 @routes.route("api/health/checks/virtual-hosts")
 async def health_vhosts(ctx: Ctx) -> Any:
-    return {"status": "ok"}
+    """503 when a vhost is not running (see :func:`.views.vhost_running`), listing those
+    the user may see: the status is the node's, the names stay within the user's vhosts."""
+    store = ctx.broker.store
+    down = [name for name, vh in ctx.broker.vhosts.items() if not vhost_running(vh, store)]
+    if not down:
+        return {"status": "ok"}
+    return 503, {"status": "failed", "reason": "Some virtual hosts are down",
+                 "virtual-hosts": [name for name in down if ctx.can_see_vhost(name)]}
 
 
 @routes.route("api/health/checks/port-listener/:port")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .http import Ctx, Router, bad_request, field_tags, not_found
-from .views import apply_query, node_name, perm_json
+from .views import apply_query, node_name, perm_json, vhost_running
 
 routes = Router()
 
@@ -27,7 +27,7 @@ def _vhost_json(ctx: Ctx, vh: Any) -> dict:
         "default_queue_type": "classic",
         "metadata": {"description": desc, "tags": tags, "default_queue_type": "classic"},
         "tracing": False,
-        "cluster_state": {node_name(): "running"},
+        "cluster_state": {node_name(): "running" if vhost_running(vh, ctx.broker.store) else "stopped"},
         "recv_oct": recv,
         "send_oct": sent,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import platform
 import time
 from typing import Any
@@ -110,7 +111,29 @@ def vhost_bindings(vh: Any) -> list[dict]:
     return out
 
 
-# -- permissions -------------------------------------------------------------------------
+# -- vhosts, permissions -------------------------------------------------------------------
+
+def vhost_running(vh: Any, store: Any) -> bool:
+    """Whether a vhost is up (RabbitMQ's ``running``; ``stopped`` otherwise).
+
+    A vhost in the broker's table is up unless, with a data directory, the
+    message log of one of its durable queues is no longer open: gone from the
+    store's table, or its directory gone from under the broker (removed, or
+    its disk unmounted).  That queue's persistent messages then have nowhere
+    safe to go: a new segment cannot be made, and records written to an open
+    one land in an unlinked file.  Exclusive queues keep no log.  The cost is
+    one ``stat`` per durable queue."""
+    if store is None:
+        return True
+    for q in vh.queues.values():
+        if q.durable and q.owner is None and not _log_open(q.log, store):
+            return False
+    return True
+
+
+def _log_open(qlog: Any, store: Any) -> bool:
+    return qlog is not None and store.logs.get(qlog.dir) is qlog and os.path.isdir(qlog.dir)
+
 
 def perm_json(user: str, vhost: str, p: Permission) -> dict:
     return {"user": user, "vhost": vhost, **p.as_dict()}
