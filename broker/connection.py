@@ -39,6 +39,7 @@ from .auth import AuthError, parse_response
 from .channel import Channel
 from .metadata import MetadataSaveError
 from .logsafe import printable
+from .net import is_loopback
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -463,7 +464,7 @@ class Connection:
             username, password = parse_response(mech, resp)
             self.username = username
             user = self.broker.users.authenticate(username, password)
-            if username in self.broker.loopback_users and not _is_loopback(self.peer_host):
+            if username in self.broker.loopback_users and not is_loopback(self.peer_host):
                 raise AuthError(f"user '{username}' can only connect via localhost")
         except AuthError as exc:
             delay = throttle.failed(self.peer_host, "amqp091")
@@ -685,7 +686,3 @@ class Connection:
         self._release_refusal()
         self.teardown()
         log.info("connection %s closed", printable(self.name))
-
-
-def _is_loopback(host: str) -> bool:
-    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")

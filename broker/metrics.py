@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import logging
 from typing import Any, Iterator
 
@@ -27,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .auth import check_password
 from .httpguard import HttpLimits, HttpListener
+from .net import is_loopback
 
 log = logging.getLogger("broker.metrics")
 
@@ -123,13 +123,6 @@ def _registry(broker: Any, per_object: bool) -> CollectorRegistry:
     return registry
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class MetricsServer:
     """aiohttp server for /metrics and /metrics/per-object on the broker's loop."""
 
@@ -173,7 +166,7 @@ class MetricsServer:
         if not sep or user is None or not user.password_hash or not check_password(password, user.password_hash):
             log.warning("metrics: login refused for user %r from %s", name, request.remote)
             return error(401, "Login failed")
-        if name in self.broker.loopback_users and not _is_loopback(request.remote or ""):
+        if name in self.broker.loopback_users and not is_loopback(request.remote or ""):
             return error(401, "User can only log in via localhost")
         if not PER_OBJECT_TAGS & set(user.tags):
             return error(403, "Not monitor user")

@@ -20,7 +20,7 @@ from conftest import BrokerProcess, _make
 from test_admin_cli import run
 from test_management_api import Http, mgmt_url
 
-from broker.management.server import HTTPError, json_object
+from broker.management.http import HTTPError, json_object
 from protocol import fields
 
 

@@ -18,10 +18,10 @@ from storage.log import LogStore
 
 from ..message import Message
 from ..queue import PUSH_REJECTED
-from .api import wait_fsync
-from .server import Ctx, HTTPError, bad_request, not_found, router
+from .http import Ctx, HTTPError, Router, bad_request, not_found
+from .messages import wait_fsync
 
-route = router.route
+routes = Router()
 
 
 def _store(ctx: Ctx) -> LogStore:
@@ -39,23 +39,23 @@ def _entry(ctx: Ctx, store: LogStore) -> lostfound.LostEntry:
     return entry
 
 
-@route("api/lost-found")
+@routes.route("api/lost-found")
 async def list_entries(ctx: Ctx) -> Any:
     return [e.as_json() for e in lostfound.entries(_store(ctx).data_dir)]
 
 
-@route("api/lost-found/:id", "GET")
+@routes.route("api/lost-found/:id", "GET")
 async def get_entry(ctx: Ctx) -> Any:
     return _entry(ctx, _store(ctx)).as_json()
 
 
-@route("api/lost-found/:id", "DELETE")
+@routes.route("api/lost-found/:id", "DELETE")
 async def delete_entry(ctx: Ctx) -> Any:
     lostfound.discard(_entry(ctx, _store(ctx)))
     return None
 
 
-@route("api/lost-found/:id/import", "POST")
+@routes.route("api/lost-found/:id/import", "POST")
 async def import_entry(ctx: Ctx) -> Any:
     store = _store(ctx)
     entry = _entry(ctx, store)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import base64
-import datetime
-import decimal
 import hashlib
-import math
+import os
 import platform
 import time
 from typing import Any
 
+from ..auth import Permission
 from ..exchange import freeze
 from ..patterns import PatternError, compile_pattern
 from ..queue import Queue
+from .http import bad_request
 from .stats import message_stats, rate
 
 RABBITMQ_COMPAT_VERSION = "3.13.7"
@@ -21,29 +21,6 @@ RABBITMQ_COMPAT_VERSION = "3.13.7"
 
 def node_name() -> str:
     return f"burrowmq@{platform.node() or 'localhost'}"
-
-
-def jsonable(v: Any) -> Any:
-    """Plain JSON values (AMQP tables may hold bytes, decimals, timestamps)."""
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if v is None or isinstance(v, (str, int, bool)):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        b = bytes(v)
-        try:
-            return b.decode("utf-8")
-        except UnicodeDecodeError:
-            return base64.b64encode(b).decode("ascii")
-    if isinstance(v, decimal.Decimal):
-        return float(v)
-    if isinstance(v, datetime.datetime):
-        return int(v.timestamp())
-    return str(v)
 
 
 def split_peer(peer: str) -> tuple[str, int]:
@@ -55,6 +32,11 @@ def split_peer(peer: str) -> tuple[str, int]:
 
 
 # -- exchanges, queues, bindings ---------------------------------------------------------
+
+def exchange_name(name: str) -> str:
+    """The engine's name of an exchange named in a path (``amq.default`` is the default exchange, "")."""
+    return "" if name == "amq.default" else name
+
 
 def exchange_json(vh: Any, x: Any) -> dict:
     d = x.describe()
@@ -127,6 +109,34 @@ def vhost_bindings(vh: Any) -> list[dict]:
                              b.routing_key, b.arguments)
             )
     return out
+
+
+# -- vhosts, permissions -------------------------------------------------------------------
+
+def vhost_running(vh: Any, store: Any) -> bool:
+    """Whether a vhost is up (RabbitMQ's ``running``; ``stopped`` otherwise).
+
+    A vhost in the broker's table is up unless, with a data directory, the
+    message log of one of its durable queues is no longer open: gone from the
+    store's table, or its directory gone from under the broker (removed, or
+    its disk unmounted).  That queue's persistent messages then have nowhere
+    safe to go: a new segment cannot be made, and records written to an open
+    one land in an unlinked file.  Exclusive queues keep no log.  The cost is
+    one ``stat`` per durable queue."""
+    if store is None:
+        return True
+    for q in vh.queues.values():
+        if q.durable and q.owner is None and not _log_open(q.log, store):
+            return False
+    return True
+
+
+def _log_open(qlog: Any, store: Any) -> bool:
+    return qlog is not None and store.logs.get(qlog.dir) is qlog and os.path.isdir(qlog.dir)
+
+
+def perm_json(user: str, vhost: str, p: Permission) -> dict:
+    return {"user": user, "vhost": vhost, **p.as_dict()}
 
 
 # -- connections, channels, consumers ------------------------------------------------------
@@ -262,8 +272,6 @@ def regex_filter(items: list[dict], pattern: str) -> list[dict]:
     Each match is linear in the name, but a pattern can still cost a
     millisecond per name; the time budget keeps a long list from holding the
     event loop."""
-    from .server import bad_request
-
     try:
         if len(pattern.encode("utf-8", "surrogatepass")) > MAX_FILTER_BYTES:
             raise PatternError("name", pattern, f"longer than {MAX_FILTER_BYTES} bytes")
@@ -300,8 +308,6 @@ def apply_query(items: list[dict], query: Any, default_sort: str | None = "name"
     cols = [c for c in query.get("columns", "").split(",") if c]
     page = query.get("page")
     if page is not None:
-        from .server import bad_request
-
         try:
             page_n = int(page)
             size = int(query.get("page_size", "100"))

@@ -1,0 +1,22 @@
+"""Small facts about network addresses, shared by the AMQP, management and metrics listeners."""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a peer address as a socket reports it) is this machine's loopback.
+
+    Any address in 127.0.0.0/8, ``::1`` (in any spelling, with or without a zone),
+    an IPv4-mapped ``::ffff:127.x.y.z``, and the name ``localhost``: the users of
+    ``loopback_users`` (the stock ``guest``) may log in from these only."""
+    if host == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
