@@ -15,7 +15,7 @@ aiohttp parses the requests; this module bounds what one peer can hold on to.
   within ``header_timeout``, else ``408`` and close.  aiohttp has no such timer:
   a peer sending one header line every few seconds was held for ever.
 - **body**: the application reads bodies with its own size and time limits
-  (``max_body_size``, ``body_timeout``: see ``broker.management.server``); a
+  (``max_body_size``, ``body_timeout``: see ``broker.management.http``); a
   body left unread is discarded by aiohttp for at most its lingering time.
 - **between requests**: aiohttp's keep-alive timer closes a connection idle for
   ``keepalive_timeout``.
