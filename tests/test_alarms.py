@@ -11,7 +11,7 @@ import threading
 import time
 
 import pika
-
+import pytest
 from conftest import BrokerProcess
 
 
@@ -78,6 +78,7 @@ def _drain(port: int, queue: str, pub: Publisher, timeout: float = 60) -> int:
     return got
 
 
+@pytest.mark.slow
 def test_memory_alarm_blocks_publishers_and_consumers_drain(broker_factory):
     b = broker_factory(extra=["--memory-high-watermark", "150MB"])
     pub = Publisher(b.port, "big", os.urandom(1024 * 1024), 400, durable=False)

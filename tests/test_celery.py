@@ -218,6 +218,7 @@ def test_delay_results_through_rpc_backend(celery_env):
         raise
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TEST_LIMIT)
 def test_retry_with_countdown_eventually_succeeds(celery_env, tmp_path):
     mod, workers = celery_env
@@ -239,6 +240,7 @@ def test_retry_with_countdown_eventually_succeeds(celery_env, tmp_path):
         raise
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TEST_LIMIT)
 def test_acks_late_task_runs_again_after_worker_sigkill(celery_env, tmp_path):
     mod, workers = celery_env

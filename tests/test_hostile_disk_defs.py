@@ -60,6 +60,7 @@ def _queue_counts(port: int, names: list[str]) -> list[int]:
         conn.close()
 
 
+@pytest.mark.slow
 async def test_fanout_to_many_durable_queues_is_stopped_before_the_disk_limit(small_disk, tmp_path, caplog):
     """100 durable queues, 32 KiB persistent messages (3.2 MiB a publish) into a 64 MiB disk
     with a 32 MiB free limit, 40 publishes pipelined with confirms (aio-pika): the alarm must

@@ -306,6 +306,7 @@ def test_a_user_with_a_chinese_name_logs_in_and_is_logged_readably(fresh_broker)
 # -- failed logins -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wrong_passwords_over_amqp_get_slower_but_others_stay_fast(fresh_broker):
     b = fresh_broker
     other = RoundTrips(amqp_login_and_round_trip(b.port, "other-client"))
@@ -324,6 +325,7 @@ def test_wrong_passwords_over_amqp_get_slower_but_others_stay_fast(fresh_broker)
     assert time.monotonic() - t0 < 0.5
 
 
+@pytest.mark.slow
 def test_many_parallel_wrong_passwords_from_one_address_are_capped(fresh_broker):
     """Delaying only the refusal is not enough against parallel guesses (a client
     could treat 'no answer yet' as 'wrong'): while many refusals from an address
@@ -349,6 +351,7 @@ def test_many_parallel_wrong_passwords_from_one_address_are_capped(fresh_broker)
     assert len(results) == 8 and all(isinstance(r, C.Connection.Close) for r in results), results
 
 
+@pytest.mark.slow
 def test_wrong_passwords_over_http_get_slower_but_others_stay_fast(fresh_broker):
     b = fresh_broker
     base = http_url(b, "management API")

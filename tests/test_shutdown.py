@@ -8,8 +8,10 @@ import threading
 import time
 
 import pika
+import pytest
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_loses_nothing_confirmed(fresh_broker):
     b = fresh_broker
     confirmed: list[int] = []

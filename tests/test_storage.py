@@ -592,6 +592,7 @@ class Acker(threading.Thread):
         close_quietly(conn)
 
 
+@pytest.mark.slow
 def test_kill9_loop_confirmed_kept_acked_gone(fresh_broker):
     b = fresh_broker
     conn = connect(b)
@@ -745,6 +746,7 @@ def publish_fast(b, queue: str, n: int, size: int = 1024) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_delete_queue_frees_disk(fresh_broker):
     b = fresh_broker
     n = 100_000
@@ -762,6 +764,7 @@ def test_delete_queue_frees_disk(fresh_broker):
     assert queue_bytes(b) < 64 * 1024
 
 
+@pytest.mark.slow
 def test_purge_frees_disk(fresh_broker):
     b = fresh_broker
     n = 20_000
@@ -778,6 +781,7 @@ def test_purge_frees_disk(fresh_broker):
     conn.close()
 
 
+@pytest.mark.slow
 def test_drain_frees_segments(fresh_broker):
     b = fresh_broker
     n = 50_000
@@ -879,6 +883,7 @@ def test_confirms_mixed_transient_and_persistent(fresh_broker):
 # -- a big backlog across a restart ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_large_queue_restarts_with_all_messages_in_order(fresh_broker):
     b = fresh_broker
     n = 20_000
