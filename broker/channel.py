@@ -1,97 +1,75 @@
-"""A channel: content assembly, consumers, delivery tags, acks, qos, confirms, tx.
+"""A channel: one AMQP channel of a connection, dispatching its frames and methods.
 
 Theory of operation
 -------------------
-The connection hands each frame for this channel to one of ``on_publish``
-(the hot path, parsed by hand), ``on_ack`` (also by hand), ``on_header``,
-``on_body`` or ``handle_method`` (everything else, decoded by pamqp).  A
-publish is complete when its header (body size 0) or its last body frame
-arrives; it is then routed and pushed into queues.
+The connection hands each frame for this channel to one of ``on_publish``,
+``on_header``, ``on_body`` (content assembly, :mod:`broker.content`), ``on_ack``
+(the hot-path ack, parsed by hand) or ``handle_method`` (everything else,
+decoded by pamqp and dispatched through ``HANDLERS``).  A publish is complete
+when its header (body size 0) or its last body frame arrives; ``_complete``
+then validates it, routes it and pushes it into queues.
 
-Deliveries get consecutive delivery tags; an unacked delivery is remembered in
-``unacked`` (tag -> (message, queue, consumer)) in tag order until it is acked,
-rejected or the channel goes, in which case it is requeued.  Credit follows
-RabbitMQ: ``basic.qos(global=False)`` limits each consumer started afterwards,
-``global=True`` limits the whole channel.
+The channel's state is kept by small pieces, each with its own module:
 
-Publisher confirms are sequence numbers; the highest confirmed one is sent as
-one Basic.Ack(multiple) when the connection flushes its output, so that a
-Basic.Return always precedes the ack of the same message.
+- :class:`~broker.content.ContentAssembler`: the publish being assembled;
+- :class:`~broker.unacked.UnackedDeliveries`: delivery tags, the unacked map,
+  per-consumer and channel-global prefetch (RabbitMQ's ``global`` flag);
+- :class:`~broker.confirms.Confirms`: publisher confirm sequence numbers and
+  what waits for the disk; the channel asks it what to send and sends it;
+- :class:`~broker.transactions.Transaction`: publishes and acks buffered
+  until tx.commit;
+- :class:`~broker.direct_reply.ReplyConsumer`: the direct reply-to consumer;
+- :class:`~broker.consumer.Consumer`: one subscription on a queue;
+- :mod:`broker.topology_methods`: the exchange and queue classes.
+
+Coalesced publisher acks are sent when the connection flushes its output
+(``emit_confirms``), so that a Basic.Return always precedes the ack of the same
+message.  On close (``teardown``) consumers are cancelled, a transaction is
+rolled back and unacked deliveries are requeued in their original order.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
-from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
 from pamqp import commands as C
 
 from protocol import errors, fields, framing, methods, names
 from protocol.errors import ChannelError, ConnectionError
 
-from . import deadletter
+from . import basic_methods, deadletter, topology_methods
+from .confirms import ACK, COMMIT_OK, NACK, Confirms, Signal
+from .consumer import Consumer
+from .content import ContentAssembler, Publish
+from .direct_reply import (
+    REPLY_TO_PREFIX,
+    REPLY_TO_PSEUDO,
+    ReplyConsumer,
+    reply_frames,
+)
 from .message import Message
-from .queue import PUSH_OK, PUSH_REJECTED, PUSH_SYNC, Queue, now_ms, validate_consumer_arguments
-
-REPLY_TO_PSEUDO_STR = "amq.rabbitmq.reply-to"
-REPLY_TO_PSEUDO = REPLY_TO_PSEUDO_STR.encode()
-REPLY_TO_PREFIX = REPLY_TO_PSEUDO_STR + "."
+from .queue import PUSH_OK, PUSH_REJECTED, PUSH_SYNC, Queue, now_ms
+from .transactions import Transaction, settle_groups
+from .unacked import Entry, UnackedDeliveries, by_queue, unknown_tag
 
 if TYPE_CHECKING:
     from .connection import Connection
 
+__all__ = ["HANDLERS", "Channel", "Consumer"]  # Consumer: queue.py names it as the type of its subscribers
+
 log = logging.getLogger("broker.channel")
 
-MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
+class Counters(Protocol):
+    """The broker-wide message counters a channel adds to."""
 
-class Consumer:
-    """A basic.consume subscription of one channel on one queue."""
-
-    __slots__ = (
-        "channel", "queue", "tag", "tag_raw", "no_ack", "exclusive", "prefetch", "unacked", "arguments", "priority",
-    )
-
-    def __init__(
-        self, channel: "Channel", queue: Queue, tag: str, no_ack: bool, exclusive: bool, prefetch: int, arguments: dict
-    ) -> None:
-        self.channel = channel
-        self.queue = queue
-        self.tag = tag
-        self.tag_raw = names.shortstr(tag)
-        self.no_ack = no_ack
-        self.exclusive = exclusive
-        self.prefetch = prefetch
-        self.unacked = 0
-        self.arguments = arguments
-        p = arguments.get("x-priority", 0) if arguments else 0
-        self.priority = p if isinstance(p, int) and not isinstance(p, bool) else 0
-
-    def can_take(self) -> bool:
-        ch = self.channel
-        if not ch.active:
-            return False
-        conn = ch.conn
-        if conn.writing_paused or conn.out_size > conn.OUT_HIGH:
-            conn.starved = True
-            return False
-        if self.no_ack:
-            return True
-        if self.prefetch and self.unacked >= self.prefetch:
-            return False
-        if ch.global_prefetch and ch.global_unacked >= ch.global_prefetch:
-            return False
-        return True
-
-    def deliver(self, queue: Queue, msg: Message) -> None:
-        self.channel.deliver(self, queue, msg)
-
-
-def _new_tag() -> str:
-    return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    published: int
+    routed: int
+    delivered: int
+    redelivered: int
+    acked: int
+    confirmed: int
 
 
 class Channel:
@@ -101,40 +79,61 @@ class Channel:
         self.conn = conn
         self.number = number
         self.vhost = conn.vhost
-        self.stats = conn.broker.stats
+        self.stats = cast(Counters, conn.broker.stats)
         self.closing = False
         self.flow = True
         self.active = True  # flow on and not closing
-        # content assembly
-        self._pub: tuple[bytes, bytes, int] | None = None
-        self._hdr: bytes | None = None
-        self._parts: list[bytes] = []
-        self._remaining = 0
-        # deliveries
-        self.next_tag = 0
-        self.unacked: dict[int, tuple[Message, Queue, Consumer | None]] = {}
+        self.content = ContentAssembler(self._complete)
+        # the connection calls these directly for every publish (hot path)
+        self.on_publish = self.content.start
+        self.on_header = self.content.header
+        self.on_body = self.content.body
+        self.unacked_deliveries = UnackedDeliveries()
         self.consumers: dict[str, Consumer] = {}
-        self.prefetch = 0
-        self.global_prefetch = 0
-        self.global_unacked = 0
-        # confirms
         self.confirm = False
-        self.pending: deque[tuple[int, int]] = deque()  # (publish seq, fsync epoch or 0)
-        self.publish_seq = 0
-        self.ack_upto = 0
-        self.ack_sent = 0
-        # transactions
+        self.confirms = Confirms()
         self.tx = False
-        self.tx_publishes: list[tuple[Any, Message, int]] = []
-        self.tx_acks: list[tuple[int, tuple, bool | None]] = []
-        self._tx_taken: list[tuple[int, tuple]] = []
+        self.txn = Transaction()
         self.last_queue: str | None = None
-        # direct reply-to
-        self.reply_consumer: str | None = None
-        self.reply_token = ""
+        self.reply: ReplyConsumer | None = None
         # Basic.Cancel of our own consumers, held while this channel deletes their
         # queue: RabbitMQ sends Queue.Delete-Ok first (py-amqp relies on it)
         self.held_cancels: list[str] | None = None
+
+    # -- views of the pieces' state (management API, direct reply-to) --------------
+    @property
+    def unacked(self) -> dict[int, Entry]:
+        return self.unacked_deliveries.by_tag
+
+    @property
+    def prefetch(self) -> int:
+        return self.unacked_deliveries.prefetch
+
+    @property
+    def global_prefetch(self) -> int:
+        return self.unacked_deliveries.global_prefetch
+
+    @property
+    def pending(self) -> Any:
+        """Confirms (and a tx.commit) waiting for the disk, in order."""
+        return self.confirms.waiting
+
+    @property
+    def tx_publishes(self) -> list:
+        return self.txn.publishes
+
+    @property
+    def tx_acks(self) -> list:
+        return self.txn.acks
+
+    @property
+    def reply_consumer(self) -> str | None:
+        """The consumer tag of this channel's direct reply-to consumer, if any."""
+        return self.reply.tag if self.reply is not None else None
+
+    @property
+    def reply_token(self) -> str:
+        return self.reply.token if self.reply is not None else ""
 
     # -- helpers ---------------------------------------------------------------
     def check(self, what: str, kind: str, name: str) -> None:
@@ -159,79 +158,20 @@ class Channel:
             raise ChannelError(errors.NOT_FOUND, "no previously declared queue")
         return self.last_queue
 
+    def _store(self) -> Any:
+        """The message store (there is one whenever a queue is durable, which is when it is asked for)."""
+        store = self.conn.broker.store
+        assert store is not None, "a persistent publish was routed to a durable queue without a store"
+        return store
+
     def find_queue(self, name: str) -> Queue:
         q = self.vhost.get_queue(self.queue_name(name))
         self.vhost.check_exclusive(q, self.conn)
         return q
 
-    # -- content (hot path) ----------------------------------------------------
-    def on_publish(self, payload: bytes) -> None:
-        self._pub = framing.parse_publish(payload)
-        if self.confirm:
-            self.publish_seq += 1
-
-    def expecting_content(self) -> bool:
-        return self._pub is not None
-
-    def on_header(self, payload: bytes) -> None:
-        if self._pub is None:
-            raise ConnectionError(errors.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
-        if self._hdr is not None:
-            raise ConnectionError(
-                errors.UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40
-            )
-        class_id, size = framing.header_body_size(payload)
-        if class_id != 60:
-            raise ConnectionError(
-                errors.UNEXPECTED_FRAME,
-                f"expected content header for class 60, got one for class {class_id} instead",
-                60,
-                40,
-            )
-        if size > MAX_MESSAGE_SIZE:
-            self._pub = None
-            raise ChannelError(
-                errors.PRECONDITION_FAILED,
-                f"message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}",
-                60,
-                40,
-            )
-        if size == 0:
-            self._complete(payload, b"")
-            return
-        self._hdr = payload
-        self._remaining = size
-
-    def on_body(self, payload: bytes) -> None:
-        if self._hdr is None:
-            if self._pub is None:
-                raise ConnectionError(errors.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
-            raise ConnectionError(
-                errors.UNEXPECTED_FRAME,
-                "expected content header for class 60, got non content header frame instead",
-                60,
-                40,
-            )
-        rem = self._remaining - len(payload)
-        if rem > 0:
-            self._remaining = rem
-            self._parts.append(payload)
-            return
-        if rem < 0:
-            raise ConnectionError(errors.FRAME_ERROR, "content body is longer than the size its header declared")
-        if self._parts:
-            self._parts.append(payload)
-            body = b"".join(self._parts)
-            self._parts = []
-        else:
-            body = payload
-        hdr = self._hdr
-        self._hdr = None
-        self._complete(hdr, body)
-
-    def _complete(self, header: bytes, body: bytes) -> None:
-        ex_raw, rk_raw, bits = self._pub  # type: ignore[misc]
-        self._pub = None
+    # -- publish completion ----------------------------------------------------
+    def _complete(self, pub: Publish, header: bytes, body: bytes) -> None:
+        ex_raw, rk_raw, bits = pub
         try:
             exchange = ex_raw[1:].decode()
             rk = rk_raw[1:].decode()
@@ -264,27 +204,11 @@ class Channel:
                     40,
                 )
         if self.tx:
-            self.tx_publishes.append((x, msg, bits))
+            self.txn.publish(x, msg, bits)
             return
         status = self.route(x, msg, bits & 1)
         if self.confirm:
-            seq = self.publish_seq
-            if status == PUSH_REJECTED:
-                # x-overflow reject-publish: nack this one (in order, after what came before)
-                if self.pending:
-                    self.pending.append((seq, -1))
-                else:
-                    self.emit_confirms()
-                    self.conn.write(framing.confirm_frame(self.number, seq, False, nack=True))
-                    self.ack_sent = self.ack_upto = seq
-            elif status == PUSH_SYNC:
-                self.pending.append((seq, self.conn.broker.store.want_sync()))
-                self.conn.broker.store.sync_waiters.add(self)
-            elif self.pending:
-                self.pending.append((seq, 0))
-            else:
-                self.ack_upto = seq
-                self.conn.confirm_dirty.add(self)
+            self._confirm_routed(status)
 
     def _special_properties(self, msg: Message, flags: int) -> None:
         """Per-message TTL, and direct reply-to's reply_to rewrite."""
@@ -353,58 +277,69 @@ class Channel:
         parts += framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
         self.conn.write_parts(parts)
 
+
+    # -- publisher confirms ------------------------------------------------------
+    def _confirm_routed(self, status: int) -> None:
+        """Number a routed publish and confirm it now, after the disk, or nack it."""
+        c = self.confirms
+        seq = c.next_seq()
+        if status == PUSH_SYNC:
+            store = self._store()
+            c.wait_for_disk(seq, store.want_sync())
+            store.sync_waiters.add(self)
+        elif status == PUSH_REJECTED:  # x-overflow reject-publish: a nack, in order
+            self._send_signals(c.refused(seq))
+        elif c.routed(seq):
+            self.conn.confirm_dirty.add(self)
+
     def synced(self, epoch: int) -> bool:
         """The store made ``epoch`` durable: confirm what waited for it.
         Returns True while more is still waiting."""
-        p = self.pending
-        upto = 0
-        while p and p[0][1] <= epoch:
-            seq, e = p.popleft()
-            if seq < 0:  # a tx.commit that waited for the disk
-                self.send(C.Tx.CommitOk())
-            elif e < 0:  # refused by a queue: a nack, in order
-                if upto:
-                    self.ack_upto = upto
-                    self.emit_confirms()
-                    upto = 0
-                self.conn.write(framing.confirm_frame(self.number, seq, False, nack=True))
-                self.ack_sent = self.ack_upto = seq
-            else:
-                upto = seq
-        if upto:
-            self.ack_upto = upto
+        c = self.confirms
+        self._send_signals(c.synced(epoch))
+        if c.ack_upto > c.ack_sent:
             self.conn.confirm_dirty.add(self)
         self.conn.schedule_flush()
-        return bool(p)
+        return bool(c.waiting)
 
     def sync_failed(self, epoch: int, exc: Exception) -> bool:
         """Nack what waited for a failed write or fsync (ack what did not need it)."""
-        p = self.pending
+        self._send_signals(self.confirms.failed(epoch), exc)
+        return bool(self.confirms.waiting)
+
+    def emit_confirms(self) -> None:
+        """Send the coalesced Basic.Ack due now, if any (the connection calls this when it flushes)."""
+        a = self.confirms.take_ack()
+        if a is not None:
+            self.stats.confirmed += a[2]
+            self.conn.write(framing.confirm_frame(self.number, a[1], a[2] > 1))
+
+    def _send_signals(self, signals: list[Signal], exc: Exception | None = None) -> None:
+        """Write what the confirm tracker says to send now, in order."""
         out = []
-        self.emit_confirms()
-        while p and p[0][1] <= epoch:
-            seq, e = p.popleft()
-            if seq < 0:
+        for kind, tag, n in signals:
+            if kind == ACK:
+                self.stats.confirmed += n
+                out.append(framing.confirm_frame(self.number, tag, n > 1))
+            elif kind == NACK:
+                out.append(framing.confirm_frame(self.number, tag, False, nack=True))
+            elif kind == COMMIT_OK:
+                out.append(framing.method_frame(self.number, C.Tx.CommitOk()))
+            else:  # COMMIT_FAILED
+                if out:
+                    self.conn.write_parts(out)
                 self.conn.channel_error(
                     self.number, ChannelError(errors.INTERNAL_ERROR, f"commit failed: cannot write to disk ({exc})")
                 )
-                continue
-            out.append(framing.confirm_frame(self.number, seq, False, nack=(e != 0)))
-            self.ack_sent = self.ack_upto = seq
+                return
         if out:
             self.conn.write_parts(out)
-        return bool(p)
 
-    def emit_confirms(self) -> None:
-        upto = self.ack_upto
-        if upto > self.ack_sent:
-            self.stats.confirmed += upto - self.ack_sent
-            self.conn.write(framing.confirm_frame(self.number, upto, upto - self.ack_sent > 1))
-            self.ack_sent = upto
-
-    # -- delivery --------------------------------------------------------------
+    # -- delivery (hot path) -------------------------------------------------------
     def deliver(self, c: Consumer, q: Queue, msg: Message) -> None:
-        self.next_tag = tag = self.next_tag + 1
+        """Basic.Deliver of ``msg`` from ``q`` to consumer ``c``, with the next delivery tag."""
+        led = self.unacked_deliveries
+        led.next_tag = tag = led.next_tag + 1
         st = self.stats
         st.delivered += 1
         if msg.redelivered:
@@ -412,9 +347,9 @@ class Channel:
         if c.no_ack:
             q.settle(msg)
         else:
-            self.unacked[tag] = (msg, q, c)
+            led.by_tag[tag] = (msg, q, c)
             c.unacked += 1
-            self.global_unacked += 1
+            led.global_unacked += 1
         n = self.number
         conn = self.conn
         parts = framing.content_frames(n, msg.header, msg.body, conn.max_body)
@@ -422,87 +357,38 @@ class Channel:
         conn.write_parts(parts)
 
     def on_ack(self, payload: bytes) -> None:
+        """Basic.Ack, parsed by hand; a single ack outside a transaction is settled inline."""
         tag, multiple = framing.parse_ack(payload)
-        if not multiple:
-            entry = self.unacked.pop(tag, None)
-            if entry is None:
-                raise ChannelError(errors.PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
-            msg, q, c = entry
-            if self.tx:
-                self.tx_acks.append((tag, entry, None))
-                return
-            if c is not None:
-                c.unacked -= 1
-                self.global_unacked -= 1
-            q.settle(msg)
-            self.stats.acked += 1
-            if c is not None:
-                if self.global_prefetch:
-                    self._kick_all()
-                elif c.queue.consumers:
-                    c.queue.dispatch()
+        if multiple or self.tx:
+            self._settle(tag, multiple, None, 60, 80)
             return
-        entries = self._take(tag, True, 60, 80)
-        self._settle_many(entries, None)
+        led = self.unacked_deliveries
+        entry = led.by_tag.pop(tag, None)
+        if entry is None:
+            raise unknown_tag(tag, 60, 80)
+        msg, q, c = entry
+        if c is not None:
+            c.unacked -= 1
+            led.global_unacked -= 1
+        q.settle(msg)
+        self.stats.acked += 1
+        if c is not None:
+            if led.global_prefetch:
+                self.kick_all()
+            elif q.consumers:
+                q.dispatch()
 
-    def _take(self, tag: int, multiple: bool, class_id: int, method_id: int) -> list:
-        """Remove and return the deliveries an ack/nack/reject names."""
-        u = self.unacked
+    def _settle(self, tag: int, multiple: bool, requeue: bool | None, class_id: int, method_id: int) -> None:
+        """Ack (``requeue`` None), requeue (True) or drop (False) the deliveries a method names;
+        in a transaction, only take them and buffer the settlement until the commit."""
+        led = self.unacked_deliveries
         if self.tx:
-            keys = self._tags(tag, multiple, class_id, method_id)
-            self._tx_taken = [(t, u.pop(t)) for t in keys]
-            return []
-        if multiple:
-            if tag == 0:
-                out = list(u.values())
-                u.clear()
-            else:
-                if tag not in u:
-                    raise ChannelError(errors.PRECONDITION_FAILED, f"unknown delivery tag {tag}", class_id, method_id)
-                keys = []
-                for t in u:
-                    if t > tag:
-                        break
-                    keys.append(t)
-                out = [u.pop(t) for t in keys]
-        else:
-            e = u.pop(tag, None)
-            if e is None:
-                raise ChannelError(errors.PRECONDITION_FAILED, f"unknown delivery tag {tag}", class_id, method_id)
-            out = [e]
-        for _m, _q, c in out:
-            if c is not None:
-                c.unacked -= 1
-                self.global_unacked -= 1
-        return out
-
-    def _tags(self, tag: int, multiple: bool, class_id: int, method_id: int) -> list[int]:
-        u = self.unacked
-        if multiple and tag == 0:
-            return list(u)
-        if tag not in u:
-            raise ChannelError(errors.PRECONDITION_FAILED, f"unknown delivery tag {tag}", class_id, method_id)
-        if not multiple:
-            return [tag]
-        keys = []
-        for t in u:
-            if t > tag:
-                break
-            keys.append(t)
-        return keys
-
-    def _settle_many(self, entries: list, requeue: bool | None) -> None:
-        """Ack (requeue None), requeue (True) or drop (False) taken deliveries."""
-        if self.tx:
-            self.tx_acks.extend((t, e, requeue) for t, e in self._tx_taken)
-            self._tx_taken = []
+            self.txn.settle(led.take_held(tag, multiple, class_id, method_id), requeue)
             return
-        self._apply(entries, requeue)
+        self._apply(led.take(tag, multiple, class_id, method_id), requeue)
 
-    def _apply(self, entries: list, requeue: bool | None) -> None:
-        touched: dict[Queue, list[Message]] = {}
-        for m, q, _c in entries:
-            touched.setdefault(q, []).append(m)
+    def _apply(self, entries: list[Entry], requeue: bool | None) -> None:
+        touched = by_queue(entries)
         for q, msgs in touched.items():
             if requeue:
                 q.requeue(msgs)
@@ -513,14 +399,14 @@ class Channel:
             else:
                 for m in msgs:
                     q.reject(m)
-        if self.global_prefetch:
-            self._kick_all()
+        if self.unacked_deliveries.global_prefetch:
+            self.kick_all()
         else:
             for q in touched:
                 if q.consumers:
                     q.dispatch()
 
-    def _kick_all(self) -> None:
+    def kick_all(self) -> None:
         for c in list(self.consumers.values()):
             c.queue.dispatch()
 
@@ -546,234 +432,19 @@ class Channel:
         self.active = self.flow and not self.closing
         self.send(C.Channel.FlowOk(active=self.flow))
         if self.active:
-            self._kick_all()
+            self.kick_all()
 
     def m_flow_ok(self, m: C.Channel.FlowOk) -> None:
         pass
 
-    # exchange class
-    def m_exchange_declare(self, m: C.Exchange.Declare) -> None:
-        vh = self.vhost
-        if m.passive:
-            vh.check_exchange_passive(m.exchange)
-        else:
-            if m.exchange:
-                self.check("configure", "exchange", m.exchange)
-            vh.declare_exchange(m.exchange, m.exchange_type, m.durable, m.auto_delete, m.internal, m.arguments or {})
-        if not m.nowait:
-            self.send(C.Exchange.DeclareOk())
-
-    def m_exchange_delete(self, m: C.Exchange.Delete) -> None:
-        if m.exchange:
-            self.check("configure", "exchange", m.exchange)
-        self.vhost.delete_exchange(m.exchange, m.if_unused)
-        if not m.nowait:
-            self.send(C.Exchange.DeleteOk())
-
-    def _e2e(self, m: Any) -> tuple[Any, Any]:
-        vh = self.vhost
-        for name in (m.destination, m.source):
-            if name == "":
-                raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
-        self.check("write", "exchange", m.destination)
-        self.check("read", "exchange", m.source)
-        dest = vh.get_exchange(m.destination)
-        src = vh.get_exchange(m.source)
-        return src, dest
-
-    def m_exchange_bind(self, m: C.Exchange.Bind) -> None:
-        src, dest = self._e2e(m)
-        self.vhost.bind(src, dest, m.routing_key, m.arguments or {})
-        if not m.nowait:
-            self.send(C.Exchange.BindOk())
-
-    def m_exchange_unbind(self, m: C.Exchange.Unbind) -> None:
-        # like RabbitMQ, unbinding what does not exist succeeds
-        for name in (m.destination, m.source):
-            if name == "":
-                raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
-        self.check("write", "exchange", m.destination)
-        self.check("read", "exchange", m.source)
-        src = self.vhost.exchanges.get(m.source)
-        dest = self.vhost.exchanges.get(m.destination)
-        if src is not None and dest is not None:
-            self.vhost.unbind(src, dest, m.routing_key, m.arguments or {})
-        if not m.nowait:
-            self.send(C.Exchange.UnbindOk())
-
-    # queue class
-    def m_queue_declare(self, m: C.Queue.Declare) -> None:
-        vh = self.vhost
-        if m.passive and m.queue.startswith(REPLY_TO_PSEUDO_STR):
-            self._declare_reply_to(m)
-            return
-        if m.passive:
-            # no "last declared queue" shortcut here, as in RabbitMQ
-            q = self.vhost.get_queue(m.queue)
-            self.vhost.check_exclusive(q, self.conn)
-        else:
-            name = m.queue or vh.generate_queue_name()
-            self.check("configure", "queue", name)
-            q, _created = vh.declare_queue(
-                name, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn, server_named=not m.queue
-            )
-        self.last_queue = q.name
-        if not m.nowait:
-            self.write(methods.queue_declare_ok(self.number, q.name, q.ready, len(q.consumers)))
-
-    def _declare_reply_to(self, m: C.Queue.Declare) -> None:
-        """Passive declare of the direct reply-to pseudo-queue (or one reply name)."""
-        if m.queue == REPLY_TO_PSEUDO_STR:
-            count = 1  # as RabbitMQ answers
-        else:
-            ch = self.conn.broker.reply_channels.get(m.queue[len(REPLY_TO_PREFIX) :])
-            if ch is None or not m.queue.startswith(REPLY_TO_PREFIX):
-                raise ChannelError(errors.NOT_FOUND, f"no {self.vhost.what('queue', m.queue)}", 50, 10)
-            count = 1
-        if not m.nowait:
-            self.write(methods.queue_declare_ok(self.number, m.queue, 0, count))
-
-    def _bind_args(self, m: Any) -> tuple[Queue, Any]:
-        if m.exchange == "":
-            raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
-        self.check("write", "queue", self.queue_name(m.queue))
-        self.check("read", "exchange", m.exchange)
-        x = self.vhost.get_exchange(m.exchange)
-        q = self.find_queue(m.queue)
-        return q, x
-
-    def m_queue_bind(self, m: C.Queue.Bind) -> None:
-        q, x = self._bind_args(m)
-        self.vhost.bind(x, q, m.routing_key, m.arguments or {})
-        if not m.nowait:
-            self.send(C.Queue.BindOk())
-
-    def m_queue_unbind(self, m: C.Queue.Unbind) -> None:
-        # like RabbitMQ: no exclusivity check, and a missing queue/exchange/binding is fine
-        if m.exchange == "":
-            raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
-        self.check("write", "queue", self.queue_name(m.queue))
-        self.check("read", "exchange", m.exchange)
-        q = self.vhost.queues.get(self.queue_name(m.queue))
-        x = self.vhost.exchanges.get(m.exchange)
-        if q is not None and x is not None:
-            self.vhost.unbind(x, q, m.routing_key, m.arguments or {})
-        self.send(C.Queue.UnbindOk())
-
-    def m_queue_purge(self, m: C.Queue.Purge) -> None:
-        self.check("read", "queue", self.queue_name(m.queue))
-        q = self.find_queue(m.queue)
-        n = q.purge()
-        if not m.nowait:
-            self.send(C.Queue.PurgeOk(message_count=n))
-
-    def m_queue_delete(self, m: C.Queue.Delete) -> None:
-        name = self.queue_name(m.queue)
-        self.check("configure", "queue", name)
-        q = self.vhost.queues.get(name)
-        n = 0
-        if q is not None:
-            self.vhost.check_exclusive(q, self.conn)
-            if m.if_unused and q.consumers:
-                raise ChannelError(errors.PRECONDITION_FAILED, f"{self.vhost.what('queue', name)} in use")
-            if m.if_empty and q.ready:
-                raise ChannelError(errors.PRECONDITION_FAILED, f"{self.vhost.what('queue', name)} not empty")
-            held: list[str] = []
-            self.held_cancels = held
-            try:
-                n = self.vhost.delete_queue(q)
-            finally:
-                self.held_cancels = None
-        else:
-            held = []
-        if not m.nowait:
-            self.send(C.Queue.DeleteOk(message_count=n))
-        for tag in held:
-            self.write(methods.basic_cancel(self.number, tag))
-
-    # basic class
-    def m_basic_qos(self, m: C.Basic.Qos) -> None:
-        if m.prefetch_size:
-            raise ConnectionError(errors.NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
-        if m.global_:
-            self.global_prefetch = m.prefetch_count
-            self.send(C.Basic.QosOk())
-            self._kick_all()
-        else:
-            self.prefetch = m.prefetch_count
-            self.send(C.Basic.QosOk())
-
-    def m_basic_consume(self, m: C.Basic.Consume) -> None:
-        if m.queue == REPLY_TO_PSEUDO_STR:
-            self._consume_reply_to(m)
-            return
-        self.check("read", "queue", self.queue_name(m.queue))
-        q = self.find_queue(m.queue)
-        validate_consumer_arguments(m.arguments or {}, self.vhost.what("queue", q.name))
-        tag = m.consumer_tag or _new_tag()
-        if tag in self.consumers:
-            raise ConnectionError(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
-        if q.exclusive_consumer is not None or (m.exclusive and q.consumers):
-            raise ChannelError(errors.ACCESS_REFUSED, f"{self.vhost.what('queue', q.name)} in exclusive use", 60, 20)
-        c = Consumer(self, q, tag, bool(m.no_ack), bool(m.exclusive), self.prefetch, m.arguments or {})
-        self.consumers[tag] = c
-        if not m.nowait:
-            self.write(methods.basic_consume_ok(self.number, tag))
-        q.add_consumer(c)
-        q.dispatch()
-
-    def _consume_reply_to(self, m: C.Basic.Consume) -> None:
-        """Direct reply-to: a consumer on the pseudo-queue amq.rabbitmq.reply-to."""
-        if not m.no_ack:
-            raise ChannelError(errors.PRECONDITION_FAILED, "reply consumer cannot acknowledge", 60, 20)
-        if self.reply_consumer is not None:
-            raise ChannelError(errors.PRECONDITION_FAILED, "reply consumer already set", 60, 20)
-        tag = m.consumer_tag or _new_tag()
-        if tag in self.consumers:
-            raise ConnectionError(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
-        self.reply_consumer = tag
-        self.reply_token = base64.urlsafe_b64encode(os.urandom(18)).decode()
-        self.conn.broker.reply_channels[self.reply_token] = self
-        if not m.nowait:
-            self.write(methods.basic_consume_ok(self.number, tag))
-
-    def deliver_reply(self, msg: Message) -> None:
-        """A reply published to amq.rabbitmq.reply-to.<our token>."""
-        if self.reply_consumer is None or self.closing:
-            return
-        self.next_tag = tag = self.next_tag + 1
-        parts = framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
-        parts.insert(
-            0,
-            framing.deliver_frame(
-                self.number, names.shortstr(self.reply_consumer), tag, False, msg.ex_raw, msg.rk_raw
-            ),
-        )
-        self.conn.write_parts(parts)
-
-    def m_basic_cancel(self, m: C.Basic.Cancel) -> None:
-        if self.reply_consumer is not None and m.consumer_tag == self.reply_consumer:
-            self._drop_reply_consumer()
-            if not m.nowait:
-                self.write(methods.basic_cancel_ok(self.number, m.consumer_tag))
-            return
-        c = self.consumers.pop(m.consumer_tag, None)
-        if not m.nowait:
-            self.write(methods.basic_cancel_ok(self.number, m.consumer_tag))
-        if c is not None:
-            self._drop_consumer(c)
-
-    def _drop_reply_consumer(self) -> None:
-        if self.reply_token:
-            self.conn.broker.reply_channels.pop(self.reply_token, None)
-        self.reply_consumer = None
-
-    def _drop_consumer(self, c: Consumer) -> None:
+    # basic class (qos, consume, cancel and get are in broker/basic_methods.py)
+    def drop_consumer(self, c: Consumer, kick: bool) -> None:
+        """Detach ``c`` from its queue; an auto-delete queue that lost its last consumer goes."""
         q = c.queue
         q.remove_consumer(c)
         if q.auto_delete and q.had_consumers and not q.consumers and not q.deleted:
             self.vhost.delete_queue(q)
-        elif q.consumers:
+        elif kick and q.consumers:
             q.dispatch()
 
     def queue_deleted(self, c: Consumer) -> None:
@@ -786,44 +457,34 @@ class Channel:
                 else:
                     self.write(methods.basic_cancel(self.number, c.tag))
 
-    def m_basic_get(self, m: C.Basic.Get) -> None:
-        self.check("read", "queue", self.queue_name(m.queue))
-        q = self.find_queue(m.queue)
-        msg = q.get()
-        if msg is None:
-            self.send(C.Basic.GetEmpty())
-            return
-        self.next_tag = tag = self.next_tag + 1
-        self.stats.delivered += 1
-        if msg.redelivered:
-            self.stats.redelivered += 1
-        if m.no_ack:
-            q.settle(msg)
-        else:
-            self.unacked[tag] = (msg, q, None)
-        parts = framing.content_frames(self.number, msg.header, msg.body, self.conn.max_body)
-        parts.insert(0, framing.get_ok_frame(self.number, tag, msg.redelivered, msg.ex_raw, msg.rk_raw, q.ready))
-        self.conn.write_parts(parts)
-
     def m_basic_reject(self, m: C.Basic.Reject) -> None:
-        entries = self._take(m.delivery_tag, False, 60, 90)
-        self._settle_many(entries, bool(m.requeue))
+        self._settle(m.delivery_tag or 0, False, bool(m.requeue), 60, 90)
 
     def m_basic_nack(self, m: C.Basic.Nack) -> None:
-        entries = self._take(m.delivery_tag, bool(m.multiple), 60, 120)
-        self._settle_many(entries, bool(m.requeue))
+        self._settle(m.delivery_tag, bool(m.multiple), bool(m.requeue), 60, 120)
 
     def m_basic_ack(self, m: C.Basic.Ack) -> None:  # only reached if decoded by pamqp
-        entries = self._take(m.delivery_tag, bool(m.multiple), 60, 80)
-        self._settle_many(entries, None)
+        self._settle(m.delivery_tag, bool(m.multiple), None, 60, 80)
 
     def m_basic_recover(self, m: Any) -> None:
         if not m.requeue:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "requeue=false", 60, 110)
-        entries = self._take(0, True, 60, 110)
-        self._apply(entries, True)
+        self._apply(self.unacked_deliveries.take(0, True, 60, 110), True)
         if isinstance(m, C.Basic.Recover):
             self.send(C.Basic.RecoverOk())
+
+    # direct reply-to (the consumer is set up in broker/basic_methods.py)
+    def deliver_reply(self, msg: Message) -> None:
+        """A reply published to amq.rabbitmq.reply-to.<our token>."""
+        if self.reply is None or self.closing:
+            return
+        tag = self.unacked_deliveries.new_tag()
+        self.conn.write_parts(reply_frames(self.number, self.reply, tag, msg, self.conn.max_body))
+
+    def drop_reply_consumer(self) -> None:
+        if self.reply is not None:
+            self.conn.broker.reply_channels.pop(self.reply.token, None)
+            self.reply = None
 
     # confirm / tx
     def m_confirm_select(self, m: C.Confirm.Select) -> None:
@@ -842,23 +503,17 @@ class Channel:
     def m_tx_commit(self, m: C.Tx.Commit) -> None:
         if not self.tx:
             raise ChannelError(errors.PRECONDITION_FAILED, "channel is not transactional", 90, 20)
-        pubs, acks = self.tx_publishes, self.tx_acks
-        self.tx_publishes, self.tx_acks = [], []
+        pubs, acks = self.txn.commit()
         sync = False
         for x, msg, bits in pubs:
             if self.vhost.exchanges.get(x.name) is x:
                 sync = self.route(x, msg, bits & 1) == PUSH_SYNC or sync
-        for _t, (_m, _q, c), _r in acks:
-            if c is not None:
-                c.unacked -= 1
-                self.global_unacked -= 1
-        for requeue in (None, True, False):
-            group = [e for _t, e, r in acks if r is requeue]
-            if group:
-                self._apply(group, requeue)
+        self.unacked_deliveries.release([e for _t, e, _r in acks])
+        for requeue, group in settle_groups(acks):
+            self._apply(group, requeue)
         if sync:
-            store = self.conn.broker.store
-            self.pending.append((-1, store.want_sync()))
+            store = self._store()
+            self.confirms.commit_waits(store.want_sync())
             store.sync_waiters.add(self)
         else:
             self.send(C.Tx.CommitOk())
@@ -866,66 +521,46 @@ class Channel:
     def m_tx_rollback(self, m: C.Tx.Rollback) -> None:
         if not self.tx:
             raise ChannelError(errors.PRECONDITION_FAILED, "channel is not transactional", 90, 30)
-        self.tx_publishes = []
         # acks taken in the transaction go back to being unacked, in tag order
-        if self.tx_acks:
-            merged = dict(self.unacked)
-            merged.update((t, e) for t, e, _r in self.tx_acks)
-            self.unacked = dict(sorted(merged.items()))
-        self.tx_acks = []
+        self.unacked_deliveries.restore(self.txn.rollback())
         self.send(C.Tx.RollbackOk())
 
     # -- teardown ----------------------------------------------------------------
     def teardown(self) -> None:
-        """The channel is going: cancel consumers, requeue unacked deliveries."""
+        """The channel is going: cancel consumers, roll back, requeue unacked deliveries in order."""
         self.closing = True
         self.active = False
         self.conn.confirm_dirty.discard(self)
-        self.pending.clear()
-        self._drop_reply_consumer()
+        self.confirms.clear()
+        self.drop_reply_consumer()
         for c in list(self.consumers.values()):
-            self._drop_consumer_quiet(c)
+            self.drop_consumer(c, kick=False)
         self.consumers.clear()
-        if self.tx_acks:
-            for t, e, _r in self.tx_acks:
-                self.unacked[t] = e
-            self.tx_acks = []
-        if self.unacked:
-            entries = list(self.unacked.values())
-            self.unacked.clear()
-            byq: dict[Queue, list[Message]] = {}
-            for m, q, _c in entries:
-                byq.setdefault(q, []).append(m)
-            for q, msgs in byq.items():
-                q.requeue(msgs)
-        self.tx_publishes = []
-        self.tx_acks = []
-
-    def _drop_consumer_quiet(self, c: Consumer) -> None:
-        q = c.queue
-        q.remove_consumer(c)
-        if q.auto_delete and q.had_consumers and not q.consumers and not q.deleted:
-            self.vhost.delete_queue(q)
+        led = self.unacked_deliveries
+        led.restore(self.txn.rollback())
+        for q, msgs in by_queue(led.take_all()).items():
+            q.requeue(msgs)
 
 
+B, T = basic_methods, topology_methods
 HANDLERS: dict[type, Callable[[Channel, Any], None]] = {
     C.Channel.Close: Channel.m_close,
     C.Channel.CloseOk: Channel.m_close_ok,
     C.Channel.Flow: Channel.m_flow,
     C.Channel.FlowOk: Channel.m_flow_ok,
-    C.Exchange.Declare: Channel.m_exchange_declare,
-    C.Exchange.Delete: Channel.m_exchange_delete,
-    C.Exchange.Bind: Channel.m_exchange_bind,
-    C.Exchange.Unbind: Channel.m_exchange_unbind,
-    C.Queue.Declare: Channel.m_queue_declare,
-    C.Queue.Bind: Channel.m_queue_bind,
-    C.Queue.Unbind: Channel.m_queue_unbind,
-    C.Queue.Purge: Channel.m_queue_purge,
-    C.Queue.Delete: Channel.m_queue_delete,
-    C.Basic.Qos: Channel.m_basic_qos,
-    C.Basic.Consume: Channel.m_basic_consume,
-    C.Basic.Cancel: Channel.m_basic_cancel,
-    C.Basic.Get: Channel.m_basic_get,
+    C.Exchange.Declare: T.exchange_declare,
+    C.Exchange.Delete: T.exchange_delete,
+    C.Exchange.Bind: T.exchange_bind,
+    C.Exchange.Unbind: T.exchange_unbind,
+    C.Queue.Declare: T.queue_declare,
+    C.Queue.Bind: T.queue_bind,
+    C.Queue.Unbind: T.queue_unbind,
+    C.Queue.Purge: T.queue_purge,
+    C.Queue.Delete: T.queue_delete,
+    C.Basic.Qos: B.basic_qos,
+    C.Basic.Consume: B.basic_consume,
+    C.Basic.Cancel: B.basic_cancel,
+    C.Basic.Get: B.basic_get,
     C.Basic.Ack: Channel.m_basic_ack,
     C.Basic.Reject: Channel.m_basic_reject,
     C.Basic.Nack: Channel.m_basic_nack,

@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-States: ``header`` (waiting for the 8-byte protocol header) -> ``start``
+States (:class:`~broker.connection_state.ConnState`; what may follow what is
+the table in broker/connection_state.py, enforced by :meth:`Connection.transition`):
+``header`` (waiting for the 8-byte protocol header) -> ``start``
 (Connection.Start sent, waiting for StartOk) -> ``tune`` (Tune sent, waiting for
 TuneOk) -> ``open`` (waiting for Connection.Open) -> ``opened`` (channels
 work) -> ``closing`` (we sent Connection.Close, waiting for CloseOk; everything
@@ -10,6 +12,11 @@ else is discarded) -> ``closed``.  A failed login whose refusal the login
 throttle delays goes from ``start`` to ``refusing`` (nothing is read, frames
 already received are ignored, the handshake timeout still runs), then to
 ``closing``.
+
+Frames: method frames on channel 0 drive the handshake and close; on another
+channel Basic.Publish and Basic.Ack go straight to the channel's hand-parsed
+hot path, other methods to its dispatcher; content header and body frames go
+to the channel's content assembly.
 
 Errors: a :class:`ChannelError` with a soft reply code closes its channel
 (Channel.Close, then frames on that channel are discarded until CloseOk); any
@@ -37,8 +44,10 @@ from protocol.errors import AMQPError, ChannelError, ConnectionError
 from . import __version__
 from .auth import AuthError, parse_response
 from .channel import Channel
-from .metadata import MetadataSaveError
+from .connection_state import DISCARDING, HANDSHAKE_OVER, ConnState, check_transition
+from .content import EXPECTED_METHOD
 from .logsafe import printable
+from .metadata import MetadataSaveError
 from .net import is_loopback
 
 if TYPE_CHECKING:
@@ -78,6 +87,14 @@ IDX_CHANNEL_CLOSE_OK = (20 << 16) | 41
 IDX_CONNECTION_CLOSE = (10 << 16) | 50
 IDX_CONNECTION_CLOSE_OK = (10 << 16) | 51
 
+# module globals for the per-frame and per-flush checks (an enum attribute lookup is slow)
+OPENED = ConnState.OPENED
+CLOSED = ConnState.CLOSED
+FRAME_METHOD = framing.FRAME_METHOD
+FRAME_HEADER = framing.FRAME_HEADER
+FRAME_BODY = framing.FRAME_BODY
+FRAME_HEARTBEAT = framing.FRAME_HEARTBEAT
+
 
 def server_properties() -> dict:
     return {
@@ -105,7 +122,7 @@ class Connection:
         self.peer_host = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
         self.reader = framing.FrameReader(broker.frame_max)
-        self.state = "header"
+        self.state = ConnState.HEADER
         self.channels: dict[int, Channel] = {}
         self.out: list[Any] = []
         self.out_size = 0
@@ -175,7 +192,7 @@ class Connection:
             data = b"".join(self.out)
             self.out.clear()
             self.out_size = 0
-            if self.state != "closed":
+            if self.state is not CLOSED:
                 self.transport.write(data)
                 self.sent_bytes += len(data)
                 self.last_send = self.loop.time()
@@ -200,7 +217,7 @@ class Connection:
         self.loop.call_soon(self._after_resume)
 
     def _after_resume(self) -> None:
-        if not self.writing_paused and self.state == "opened":
+        if not self.writing_paused and self.state is OPENED:
             self.starved = False
             self.kick_consumers()
 
@@ -213,7 +230,7 @@ class Connection:
         if mon.input_bytes >= mon.next_input_check:
             mon.input_checkpoint()
         try:
-            if self.state == "header":
+            if self.state is ConnState.HEADER:
                 data = self._protocol_header(data)
                 if not data:
                     return
@@ -241,7 +258,7 @@ class Connection:
             while i < end and not self.blocked:
                 ftype, chn, payload = frames[i]
                 i += 1
-                if self.state == "closing" or self.state == "closed":
+                if self.state in DISCARDING:
                     self._while_closing(ftype, payload)
                     continue
                 try:
@@ -255,7 +272,7 @@ class Connection:
         except Exception:  # a bug must not take down other connections
             log.exception("internal error on connection %s", self.peer)
             self.connection_error(ConnectionError(errors.INTERNAL_ERROR, "internal error"))
-        if i < len(frames) and self.state != "closed":
+        if i < len(frames) and self.state is not CLOSED:
             self._frame_i = i
             if not self.slicing:
                 self.slicing = True
@@ -278,7 +295,7 @@ class Connection:
             self._commit_metadata()
         if self.out or self.confirm_dirty:
             self.schedule_flush()
-        if self.writing_paused and not self.backpressure and self.state == "opened":
+        if self.writing_paused and not self.backpressure and self.state is OPENED:
             # the peer does not read what we send: stop reading what it sends
             self.backpressure = True
             self._set_reading()
@@ -302,8 +319,10 @@ class Connection:
     def _set_reading(self) -> None:
         """Read from the socket unless blocked by an alarm, the peer's own
         back-pressure, a backlog of frames still to handle, or a delayed login refusal."""
-        want_paused = self.blocked or self.backpressure or self.slicing or self.draining or self.state == "refusing"
-        if want_paused == self.reading_paused or self.state == "closed":
+        want_paused = (
+            self.blocked or self.backpressure or self.slicing or self.draining or self.state is ConnState.REFUSING
+        )
+        if want_paused == self.reading_paused or self.state is CLOSED:
             return
         self.reading_paused = want_paused
         if want_paused:
@@ -321,11 +340,11 @@ class Connection:
         if buf[:8] != framing.PROTOCOL_HEADER:
             log.warning("connection %s: bad protocol header %r, closing", self.peer, bytes(buf[:8]))
             self.transport.write(framing.PROTOCOL_HEADER)
-            self.state = "closed"
+            self.transition(CLOSED)
             self.transport.close()
             return b""
         self._header_buf = b""
-        self.state = "start"
+        self.transition(ConnState.START)
         self.send0(
             C.Connection.Start(
                 version_major=0,
@@ -340,16 +359,22 @@ class Connection:
     def send0(self, method: Any) -> None:
         self.write(framing.method_frame(0, method))
 
+    def transition(self, to: ConnState) -> None:
+        """Move to state ``to``; IllegalTransition (a broker bug) if it may not follow the current one."""
+        self.state = check_transition(self.state, to)
+
     def handle_frame(self, ftype: int, chn: int, payload: bytes) -> None:
-        if ftype == 1:
+        if ftype == FRAME_METHOD:
             if chn == 0:
                 self.connection_method(framing.decode_method(payload))
                 return
             ch = self.channels.get(chn)
             idx = framing.method_index(payload)
             if ch is None:
-                if self.state != "opened":
-                    raise ConnectionError(errors.CHANNEL_ERROR, f"unexpected frame on channel {chn} before connection.open")
+                if self.state is not OPENED:
+                    raise ConnectionError(
+                        errors.CHANNEL_ERROR, f"unexpected frame on channel {chn} before connection.open"
+                    )
                 if idx == IDX_CHANNEL_OPEN:
                     self.open_channel(chn)
                     return
@@ -360,17 +385,9 @@ class Connection:
                 elif idx == IDX_CHANNEL_CLOSE:
                     self.write(framing.method_frame(chn, C.Channel.CloseOk()))
                 return
-            if ch._pub is not None:
-                if ch._hdr is None:
-                    raise ConnectionError(
-                        errors.UNEXPECTED_FRAME,
-                        "expected content header for class 60, got non content header frame instead",
-                        60,
-                        40,
-                    )
-                raise ConnectionError(
-                    errors.UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40
-                )
+            content = ch.content
+            if content.pub is not None:
+                raise content.method_error()
             if idx == framing.IDX_BASIC_PUBLISH:
                 ch.on_publish(payload)
                 if not self.publishing:
@@ -383,30 +400,32 @@ class Connection:
                 raise ConnectionError(errors.CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
             else:
                 ch.handle_method(framing.decode_method(payload))
-        elif ftype == 3:
+        elif ftype == FRAME_BODY:
             ch = self._content_channel(chn)
             if ch is not None:
                 ch.on_body(payload)
-        elif ftype == 2:
+        elif ftype == FRAME_HEADER:
             ch = self._content_channel(chn)
             if ch is not None:
                 ch.on_header(payload)
-        elif ftype == 8:
+        elif ftype == FRAME_HEARTBEAT:
             if chn != 0:
-                raise ConnectionError(errors.UNEXPECTED_FRAME, f"heartbeat frame on channel {chn}; heartbeats use channel 0")
+                raise ConnectionError(
+                    errors.UNEXPECTED_FRAME, f"heartbeat frame on channel {chn}; heartbeats use channel 0"
+                )
         else:
             raise ConnectionError(errors.FRAME_ERROR, f"unknown frame type {ftype} on channel {chn}")
 
     def _content_channel(self, chn: int) -> Channel | None:
         ch = self.channels.get(chn)
         if ch is None:
-            raise ConnectionError(errors.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+            raise ConnectionError(errors.UNEXPECTED_FRAME, EXPECTED_METHOD)
         if ch.closing:
             return None
         return ch
 
     def _while_closing(self, ftype: int, payload: bytes) -> None:
-        if ftype == 1:
+        if ftype == FRAME_METHOD:
             try:
                 idx = framing.method_index(payload)
             except AMQPError:
@@ -421,25 +440,27 @@ class Connection:
     # -- connection class --------------------------------------------------------
     def connection_method(self, m: Any) -> None:
         st = self.state
-        if isinstance(m, C.Connection.StartOk) and st == "start":
+        if isinstance(m, C.Connection.StartOk) and st is ConnState.START:
             self.on_start_ok(m)
-        elif isinstance(m, C.Connection.TuneOk) and st == "tune":
+        elif isinstance(m, C.Connection.TuneOk) and st is ConnState.TUNE:
             self.on_tune_ok(m)
-        elif isinstance(m, C.Connection.Open) and st == "open":
+        elif isinstance(m, C.Connection.Open) and st is ConnState.OPEN:
             self.on_open(m)
         elif isinstance(m, C.Connection.Close):
-            log.info("connection %s closed by client (%s %s)", printable(self.name), m.reply_code, printable(m.reply_text))
+            log.info(
+                "connection %s closed by client (%s %s)", printable(self.name), m.reply_code, printable(m.reply_text)
+            )
             self.send0(C.Connection.CloseOk())
             self.flush()
             self.teardown()
             self.close_transport()
         elif isinstance(m, C.Connection.CloseOk):
             self.close_transport()
-        elif isinstance(m, C.Connection.UpdateSecret) and st == "opened":
+        elif isinstance(m, C.Connection.UpdateSecret) and st is OPENED:
             self.send0(C.Connection.UpdateSecretOk())
         elif isinstance(m, (C.Connection.Blocked, C.Connection.Unblocked)):
             pass
-        elif st == "opened" and m.name.split(".")[0] != "Connection":
+        elif st is OPENED and m.name.split(".")[0] != "Connection":
             raise ConnectionError(errors.CHANNEL_ERROR, "unexpected method in connection state running")
         else:
             raise ConnectionError(errors.COMMAND_INVALID, f"unexpected method {m.name} on channel 0 in state {st}")
@@ -474,21 +495,23 @@ class Connection:
                 self._refuse_login(mech)
                 return
             # read nothing more; the handshake timeout still applies
-            self.state = "refusing"
+            self.transition(ConnState.REFUSING)
             self._set_reading()
             throttle.hold(self.peer_host)
             self._refusal_pending = True
             self._close_handle = self.loop.call_later(delay, self._refuse_login, mech)
             return
         self.user = user
-        self.state = "tune"
-        self.send0(C.Connection.Tune(channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.broker.heartbeat))
+        self.transition(ConnState.TUNE)
+        self.send0(
+            C.Connection.Tune(channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.broker.heartbeat)
+        )
 
     def _refuse_login(self, mech: str) -> None:
         """Answer a refused login: Connection.Close 403, or (like RabbitMQ) just close
         the socket for a client that cannot take a Close at this stage."""
         self._release_refusal()
-        if self.state == "closed":
+        if self.state is CLOSED:
             return
         if not self.capabilities.get("authentication_failure_close"):
             self.close_transport()
@@ -519,7 +542,7 @@ class Connection:
         self.max_body = self.frame_max - 8
         self.reader.set_frame_max(self.frame_max)
         self.heartbeat = m.heartbeat
-        self.state = "open"
+        self.transition(ConnState.OPEN)
         if self.heartbeat:
             self._hb_handle = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
 
@@ -531,7 +554,7 @@ class Connection:
         if self.broker.users.permission(self.username, vhname) is None:
             raise ConnectionError(errors.NOT_ALLOWED, f"access to vhost '{vhname}' refused for user '{self.username}'")
         self.vhost = vh
-        self.state = "opened"
+        self.transition(OPENED)
         self._timeout_handle.cancel()
         self.name = f"{self.peer} ({self.username}@{vhname})"
         self.send0(C.Connection.OpenOk())
@@ -539,7 +562,7 @@ class Connection:
         log.info("connection %s opened: user '%s', vhost '%s'", self.peer, printable(self.username), printable(vhname))
 
     def _heartbeat_tick(self) -> None:
-        if self.state in ("closed",):
+        if self.state is CLOSED:
             return
         now = self.loop.time()
         hb = self.heartbeat
@@ -564,7 +587,7 @@ class Connection:
     # -- resource alarms -----------------------------------------------------------
     def block(self, reasons: list[str]) -> None:
         """A resource alarm is up: stop reading this publishing connection."""
-        if self.blocked or self.state != "opened":
+        if self.blocked or self.state is not OPENED:
             return
         self.blocked = True
         reason = "low on " + " and ".join(reasons) if reasons else "resource alarm"
@@ -579,7 +602,7 @@ class Connection:
             return
         self.blocked = False
         self.last_recv = self.loop.time()
-        if self.state != "opened":
+        if self.state is not OPENED:
             return
         if self.capabilities.get("connection.blocked"):
             self.send0(C.Connection.Unblocked())
@@ -590,7 +613,7 @@ class Connection:
         log.info("connection %s unblocked", printable(self.name))
 
     def _handshake_timeout(self) -> None:
-        if self.state not in ("opened", "closed", "closing"):
+        if self.state not in HANDSHAKE_OVER:
             log.warning("connection %s: handshake timeout in state %s, closing", self.peer, self.state)
             self.close_transport(abort=True)
 
@@ -631,24 +654,27 @@ class Connection:
 
     # -- closing -----------------------------------------------------------------
     def connection_error(self, e: AMQPError) -> None:
-        if self.state in ("closing", "closed", "refusing"):  # refusing: frames sent after a failed login
+        if self.state in DISCARDING or self.state is ConnState.REFUSING:  # refusing: frames after a failed login
             return
         log.warning("connection error on %s: %s", printable(self.name), printable(e.text))
-        if self.state == "header":
+        if self.state is ConnState.HEADER:
             self.close_transport()
             return
         self.close(e.code, e.text, e.class_id, e.method_id)
 
     def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         """Send Connection.Close, drop the engine state, wait briefly for CloseOk."""
-        if self.state in ("closing", "closed"):
+        if self.state in DISCARDING:
+            return
+        if self.state is ConnState.HEADER:  # not an AMQP peer yet: nothing to say Close to
+            self.close_transport()
             return
         for ch in self.channels.values():
             ch.emit_confirms()
         self.write(methods.connection_close(code, text, class_id, method_id))
         self.flush()
         self.teardown()
-        self.state = "closing"
+        self.transition(ConnState.CLOSING)
         self._close_handle = self.loop.call_later(1.0, self.close_transport)
 
     def teardown(self) -> None:
@@ -664,9 +690,9 @@ class Connection:
         self.broker.connection_gone(self)
 
     def close_transport(self, abort: bool = False) -> None:
-        if self.state == "closed":
+        if self.state is CLOSED:
             return
-        self.state = "closed"
+        self.transition(CLOSED)
         for h in (self._hb_handle, self._close_handle, self._timeout_handle):
             if h is not None:
                 h.cancel()
@@ -676,10 +702,10 @@ class Connection:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state != "closed":
-            if self.state in ("opened",):
+        if self.state is not CLOSED:
+            if self.state is OPENED:
                 log.info("connection %s lost: %s", printable(self.name), exc or "client closed the socket")
-            self.state = "closed"
+            self.transition(CLOSED)
         for h in (self._hb_handle, self._close_handle, self._timeout_handle):
             if h is not None:
                 h.cancel()

@@ -32,14 +32,15 @@ from .names import shortstr
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
+# frame types (the first byte of every frame), the one definition for protocol/ and broker/
 FRAME_METHOD = 1
 FRAME_HEADER = 2
 FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
 FRAME_END = 0xCE
-FRAME_END_BYTE = b"\xce"
+FRAME_END_BYTE = bytes((FRAME_END,))
 
-HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+HEARTBEAT_FRAME = bytes((FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END))  # channel 0, empty payload
 
 # method indexes (class_id << 16 | method_id)
 IDX_BASIC_PUBLISH = (60 << 16) | 40
@@ -200,7 +201,7 @@ def deliver_frame(channel: int, ctag: bytes, tag: int, redelivered: bool, exchan
     size = 13 + len(ctag) + len(exchange) + len(rkey)
     return b"".join(
         (
-            _method_head.pack(1, channel, size, 60, 60),
+            _method_head.pack(FRAME_METHOD, channel, size, 60, 60),
             ctag,
             _deliver_tail.pack(tag, 1 if redelivered else 0),
             exchange,
@@ -214,7 +215,7 @@ def get_ok_frame(channel: int, tag: int, redelivered: bool, exchange: bytes, rke
     size = 17 + len(exchange) + len(rkey)
     return b"".join(
         (
-            _method_head.pack(1, channel, size, 60, 71),
+            _method_head.pack(FRAME_METHOD, channel, size, 60, 71),
             _getok_tail.pack(tag, 1 if redelivered else 0),
             exchange,
             rkey,
@@ -227,29 +228,29 @@ def get_ok_frame(channel: int, tag: int, redelivered: bool, exchange: bytes, rke
 def return_frame(channel: int, code: int, text: str, exchange: bytes, rkey: bytes) -> bytes:
     t = shortstr(text)
     size = 6 + len(t) + len(exchange) + len(rkey)
-    return b"".join((_return_head.pack(1, channel, size, 60, 50, code), t, exchange, rkey, FRAME_END_BYTE))
+    return b"".join((_return_head.pack(FRAME_METHOD, channel, size, 60, 50, code), t, exchange, rkey, FRAME_END_BYTE))
 
 
 def confirm_frame(channel: int, tag: int, multiple: bool, nack: bool = False, requeue: bool = False) -> bytes:
     if nack:
         bits = (1 if multiple else 0) | (2 if requeue else 0)
-        return _confirm.pack(1, channel, 13, 60, 120, tag, bits, FRAME_END)
-    return _confirm.pack(1, channel, 13, 60, 80, tag, 1 if multiple else 0, FRAME_END)
+        return _confirm.pack(FRAME_METHOD, channel, 13, 60, 120, tag, bits, FRAME_END)
+    return _confirm.pack(FRAME_METHOD, channel, 13, 60, 80, tag, 1 if multiple else 0, FRAME_END)
 
 
 def content_frames(channel: int, header: bytes, body: bytes, max_body: int) -> list[bytes]:
     """The content header frame (``header`` is its payload, as received) and
     the body frames, each body frame at most ``max_body`` bytes of payload."""
-    out = [_content_head.pack(2, channel, len(header)), header, FRAME_END_BYTE]
+    out = [_content_head.pack(FRAME_HEADER, channel, len(header)), header, FRAME_END_BYTE]
     n = len(body)
     if n <= max_body:
         if n:
-            out += (_content_head.pack(3, channel, n), body, FRAME_END_BYTE)
+            out += (_content_head.pack(FRAME_BODY, channel, n), body, FRAME_END_BYTE)
         return out
     mv = memoryview(body)
     for off in range(0, n, max_body):
         chunk = mv[off : off + max_body]
-        out += (_content_head.pack(3, channel, len(chunk)), chunk, FRAME_END_BYTE)
+        out += (_content_head.pack(FRAME_BODY, channel, len(chunk)), chunk, FRAME_END_BYTE)
     return out
 
 

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import struct
 
+from .framing import FRAME_END_BYTE, FRAME_METHOD
 from .names import clip, shortstr
 
 _head = struct.Struct(">BHIHH")  # frame type, channel, payload size, class id, method id
 _u16 = struct.Struct(">H")
 _counts = struct.Struct(">II")
 _close_tail = struct.Struct(">HH")
-_FRAME_END = b"\xce"
 
 
 def _method(channel: int, class_id: int, method_id: int, *args: bytes) -> bytes:
     size = 4 + sum(len(a) for a in args)
-    return b"".join((_head.pack(1, channel, size, class_id, method_id), *args, _FRAME_END))
+    return b"".join((_head.pack(FRAME_METHOD, channel, size, class_id, method_id), *args, FRAME_END_BYTE))
 
 
 def queue_declare_ok(channel: int, queue: str, message_count: int, consumer_count: int) -> bytes:
