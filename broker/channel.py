@@ -29,16 +29,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pamqp import commands as C
 
-from protocol import errors, fields, framing, methods, names
+from protocol import errors, framing, methods, names
 from protocol.errors import ChannelError, ConnectionError
 
-from . import deadletter
 from .message import Message
-from .queue import PUSH_OK, PUSH_REJECTED, PUSH_SYNC, Queue, now_ms, validate_consumer_arguments
-
-REPLY_TO_PSEUDO_STR = "amq.rabbitmq.reply-to"
-REPLY_TO_PSEUDO = REPLY_TO_PSEUDO_STR.encode()
-REPLY_TO_PREFIX = REPLY_TO_PSEUDO_STR + "."
+from .publishing import check_properties
+from .queues import PUSH_REJECTED, PUSH_SYNC, Queue
+from .queues.arguments import validate_consumer_arguments
+from .reply_to import REPLY_TO, REPLY_TO_PREFIX
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -101,7 +99,8 @@ class Channel:
         self.conn = conn
         self.number = number
         self.vhost = conn.vhost
-        self.stats = conn.broker.stats
+        self.services = conn.services
+        self.stats = conn.services.stats
         self.closing = False
         self.flow = True
         self.active = True  # flow on and not closing
@@ -139,7 +138,7 @@ class Channel:
     # -- helpers ---------------------------------------------------------------
     def check(self, what: str, kind: str, name: str) -> None:
         """RabbitMQ's configure/write/read permission check (403 on the channel)."""
-        if not self.conn.broker.users.allowed(self.conn.username, self.vhost.name, what, name):
+        if not self.services.users.allowed(self.conn.username, self.vhost.name, what, name):
             raise ChannelError(
                 errors.ACCESS_REFUSED,
                 f"access to {self.vhost.what(kind, name)} refused for user '{self.conn.username}'",
@@ -169,9 +168,6 @@ class Channel:
         self._pub = framing.parse_publish(payload)
         if self.confirm:
             self.publish_seq += 1
-
-    def expecting_content(self) -> bool:
-        return self._pub is not None
 
     def on_header(self, payload: bytes) -> None:
         if self._pub is None:
@@ -238,31 +234,11 @@ class Channel:
         except UnicodeDecodeError:
             raise ConnectionError(errors.FRAME_ERROR, "cannot decode basic.publish frame: invalid UTF-8") from None
         self.check("write", "exchange", exchange or "amq.default")
-        x = self.vhost.exchanges.get(exchange)
-        if x is None:
-            raise ChannelError(errors.NOT_FOUND, f"no {self.vhost.what('exchange', exchange)}", 60, 40)
-        if x.internal:
-            raise ChannelError(
-                errors.ACCESS_REFUSED, f"cannot publish to internal {self.vhost.what('exchange', exchange)}", 60, 40
-            )
+        x = self.vhost.exchange_for_publish(exchange)
         if bits & 2:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
-        self.stats.published += 1
-        flags = framing.property_flags(header)
-        if flags & (framing.FLAG_EXPIRATION | framing.FLAG_REPLY_TO):
-            self._special_properties(msg, flags)
-        if flags & framing.FLAG_HEADERS and (b"\x02CC" in header or b"\x03BCC" in header):
-            self._sender_selected(msg)
-        if flags & framing.FLAG_USER_ID:
-            uid = msg.properties.user_id
-            if uid != self.conn.username:
-                raise ChannelError(
-                    errors.PRECONDITION_FAILED,
-                    f"user_id property set to '{uid}' but authenticated user was '{self.conn.username}'",
-                    60,
-                    40,
-                )
+        check_properties(msg, self.conn.username, None if self.reply_consumer is None else self.reply_token)
         if self.tx:
             self.tx_publishes.append((x, msg, bits))
             return
@@ -278,74 +254,23 @@ class Channel:
                     self.conn.write(framing.confirm_frame(self.number, seq, False, nack=True))
                     self.ack_sent = self.ack_upto = seq
             elif status == PUSH_SYNC:
-                self.pending.append((seq, self.conn.broker.store.want_sync()))
-                self.conn.broker.store.sync_waiters.add(self)
+                store = self.services.store
+                assert store is not None
+                self.pending.append((seq, store.want_sync()))
+                store.sync_waiters.add(self)
             elif self.pending:
                 self.pending.append((seq, 0))
             else:
                 self.ack_upto = seq
                 self.conn.confirm_dirty.add(self)
 
-    def _special_properties(self, msg: Message, flags: int) -> None:
-        """Per-message TTL, and direct reply-to's reply_to rewrite."""
-        if flags & framing.FLAG_EXPIRATION:
-            text = framing.expiration(msg.header)
-            if text is not None:
-                try:
-                    ttl = int(text)
-                    if ttl < 0:
-                        raise ValueError
-                except ValueError:
-                    raise ChannelError(
-                        errors.PRECONDITION_FAILED, f"invalid expiration '{text}': {{value_negative,{text}}}"
-                        if text.lstrip("-").isdigit() else f"invalid expiration '{text}': no_integer",
-                        60, 40,
-                    ) from None
-                msg.exp_deadline = msg.deadline = now_ms() + ttl
-        if flags & framing.FLAG_REPLY_TO:
-            prefix, props = fields.split_properties(msg.header)
-            raw = props.get("reply_to")
-            if raw is not None and raw[1:] == REPLY_TO_PSEUDO:
-                if self.reply_consumer is None:
-                    raise ChannelError(errors.PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
-                props["reply_to"] = names.shortstr(REPLY_TO_PREFIX + self.reply_token)
-                msg.header = fields.join_properties(prefix, props)
-                msg._props = None
-
-    def _sender_selected(self, msg: Message) -> None:
-        """CC and BCC headers add routing keys; BCC is removed before delivery."""
-        prefix, props = fields.split_properties(msg.header)
-        entries = fields.table_entries(props["headers"])
-        extra: list[str] = []
-        kept = []
-        for k, v in entries:
-            if k in ("CC", "BCC"):
-                extra += deadletter.string_items(v)
-                if k == "BCC":
-                    continue
-            kept.append((k, v))
-        if len(kept) != len(entries):
-            props["headers"] = fields.encode_table_entries(kept)
-            msg.header = fields.join_properties(prefix, props)
-            msg._props = None
-        msg.cc = tuple(extra)
-
     def route(self, x: Any, msg: Message, mandatory: int) -> int:
-        """Push into every queue the exchange routes to.  Returns PUSH_SYNC if an
-        fsync must come before the publish is safe (persistent, into a durable
-        queue), PUSH_REJECTED if a queue refused it (nack), else PUSH_OK."""
-        if x is self.vhost.default_exchange and msg.routing_key.startswith(REPLY_TO_PREFIX):
-            if not self.conn.broker.direct_reply(msg) and mandatory:
-                self._return(msg)
-            return PUSH_OK
-        routed, status = self.vhost.enqueue(self.vhost.route_all(x, msg), msg)
-        if routed:
-            self.stats.routed += 1
-        else:
-            self.conn.broker.stats_unroutable += 1
-            if mandatory:
-                self._return(msg)
-        return status
+        """Publish through the vhost; Basic.Return if mandatory and unroutable.  Returns
+        the queues' worst answer (PUSH_SYNC: confirm after the fsync; PUSH_REJECTED: nack)."""
+        out = self.vhost.publish(x, msg, mandatory == 1)
+        if out.returned:
+            self._return(msg)
+        return out.status
 
     def _return(self, msg: Message) -> None:
         """Basic.Return 312 NO_ROUTE with the message's content."""
@@ -604,7 +529,7 @@ class Channel:
     # queue class
     def m_queue_declare(self, m: C.Queue.Declare) -> None:
         vh = self.vhost
-        if m.passive and m.queue.startswith(REPLY_TO_PSEUDO_STR):
+        if m.passive and m.queue.startswith(REPLY_TO):
             self._declare_reply_to(m)
             return
         if m.passive:
@@ -623,10 +548,10 @@ class Channel:
 
     def _declare_reply_to(self, m: C.Queue.Declare) -> None:
         """Passive declare of the direct reply-to pseudo-queue (or one reply name)."""
-        if m.queue == REPLY_TO_PSEUDO_STR:
+        if m.queue == REPLY_TO:
             count = 1  # as RabbitMQ answers
         else:
-            ch = self.conn.broker.reply_channels.get(m.queue[len(REPLY_TO_PREFIX) :])
+            ch = self.services.replies.get(m.queue[len(REPLY_TO_PREFIX) :])
             if ch is None or not m.queue.startswith(REPLY_TO_PREFIX):
                 raise ChannelError(errors.NOT_FOUND, f"no {self.vhost.what('queue', m.queue)}", 50, 10)
             count = 1
@@ -704,7 +629,7 @@ class Channel:
             self.send(C.Basic.QosOk())
 
     def m_basic_consume(self, m: C.Basic.Consume) -> None:
-        if m.queue == REPLY_TO_PSEUDO_STR:
+        if m.queue == REPLY_TO:
             self._consume_reply_to(m)
             return
         self.check("read", "queue", self.queue_name(m.queue))
@@ -733,7 +658,7 @@ class Channel:
             raise ConnectionError(errors.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
         self.reply_consumer = tag
         self.reply_token = base64.urlsafe_b64encode(os.urandom(18)).decode()
-        self.conn.broker.reply_channels[self.reply_token] = self
+        self.services.replies[self.reply_token] = self
         if not m.nowait:
             self.write(methods.basic_consume_ok(self.number, tag))
 
@@ -765,7 +690,7 @@ class Channel:
 
     def _drop_reply_consumer(self) -> None:
         if self.reply_token:
-            self.conn.broker.reply_channels.pop(self.reply_token, None)
+            self.services.replies.pop(self.reply_token, None)
         self.reply_consumer = None
 
     def _drop_consumer(self, c: Consumer) -> None:
@@ -857,7 +782,8 @@ class Channel:
             if group:
                 self._apply(group, requeue)
         if sync:
-            store = self.conn.broker.store
+            store = self.services.store
+            assert store is not None
             self.pending.append((-1, store.want_sync()))
             store.sync_waiters.add(self)
         else:
