@@ -20,8 +20,9 @@ from protocol import errors, framing, methods
 from protocol.errors import ChannelError, ConnectionError
 
 from .consumer import Consumer, ConsumerChannel, new_consumer_tag
-from .direct_reply import REPLY_TO_PSEUDO_STR, ReplyConsumer, check_consume, new_reply_token
-from .queue import validate_consumer_arguments
+from .direct_reply import ReplyConsumer, check_consume, new_reply_token
+from .reply_to import REPLY_TO
+from .queues.arguments import validate_consumer_arguments
 from .unacked import UnackedDeliveries
 
 
@@ -76,7 +77,7 @@ def _consumer_tag(ch: BasicChannel, m: C.Basic.Consume) -> str:
 
 
 def basic_consume(ch: BasicChannel, m: C.Basic.Consume) -> None:
-    if m.queue == REPLY_TO_PSEUDO_STR:
+    if m.queue == REPLY_TO:
         _consume_reply_to(ch, m)
         return
     ch.check("read", "queue", ch.queue_name(m.queue))
@@ -98,7 +99,7 @@ def _consume_reply_to(ch: BasicChannel, m: C.Basic.Consume) -> None:
     check_consume(bool(m.no_ack), ch.reply)
     tag = _consumer_tag(ch, m)
     ch.reply = reply = ReplyConsumer(tag, new_reply_token())
-    ch.conn.broker.reply_channels[reply.token] = ch
+    ch.services.replies[reply.token] = ch
     if not m.nowait:
         ch.write(methods.basic_consume_ok(ch.number, tag))
 

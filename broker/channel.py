@@ -31,25 +31,21 @@ rolled back and unacked deliveries are requeued in their original order.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from pamqp import commands as C
 
-from protocol import errors, fields, framing, methods, names
+from protocol import errors, framing, methods
 from protocol.errors import ChannelError, ConnectionError
 
-from . import basic_methods, deadletter, topology_methods
+from . import basic_methods, topology_methods
 from .confirms import ACK, COMMIT_OK, NACK, Confirms, Signal
 from .consumer import Consumer
 from .content import ContentAssembler, Publish
-from .direct_reply import (
-    REPLY_TO_PREFIX,
-    REPLY_TO_PSEUDO,
-    ReplyConsumer,
-    reply_frames,
-)
+from .direct_reply import ReplyConsumer, reply_frames
 from .message import Message
-from .queue import PUSH_OK, PUSH_REJECTED, PUSH_SYNC, Queue, now_ms
+from .publishing import check_properties
+from .queues import PUSH_REJECTED, PUSH_SYNC, Queue
 from .transactions import Transaction, settle_groups
 from .unacked import Entry, UnackedDeliveries, by_queue, unknown_tag
 
@@ -79,7 +75,8 @@ class Channel:
         self.conn = conn
         self.number = number
         self.vhost = conn.vhost
-        self.stats = cast(Counters, conn.broker.stats)
+        self.services = conn.services
+        self.stats = conn.services.stats
         self.closing = False
         self.flow = True
         self.active = True  # flow on and not closing
@@ -138,7 +135,7 @@ class Channel:
     # -- helpers ---------------------------------------------------------------
     def check(self, what: str, kind: str, name: str) -> None:
         """RabbitMQ's configure/write/read permission check (403 on the channel)."""
-        if not self.conn.broker.users.allowed(self.conn.username, self.vhost.name, what, name):
+        if not self.services.users.allowed(self.conn.username, self.vhost.name, what, name):
             raise ChannelError(
                 errors.ACCESS_REFUSED,
                 f"access to {self.vhost.what(kind, name)} refused for user '{self.conn.username}'",
@@ -160,7 +157,7 @@ class Channel:
 
     def _store(self) -> Any:
         """The message store (there is one whenever a queue is durable, which is when it is asked for)."""
-        store = self.conn.broker.store
+        store = self.services.store
         assert store is not None, "a persistent publish was routed to a durable queue without a store"
         return store
 
@@ -178,31 +175,11 @@ class Channel:
         except UnicodeDecodeError:
             raise ConnectionError(errors.FRAME_ERROR, "cannot decode basic.publish frame: invalid UTF-8") from None
         self.check("write", "exchange", exchange or "amq.default")
-        x = self.vhost.exchanges.get(exchange)
-        if x is None:
-            raise ChannelError(errors.NOT_FOUND, f"no {self.vhost.what('exchange', exchange)}", 60, 40)
-        if x.internal:
-            raise ChannelError(
-                errors.ACCESS_REFUSED, f"cannot publish to internal {self.vhost.what('exchange', exchange)}", 60, 40
-            )
+        x = self.vhost.exchange_for_publish(exchange)
         if bits & 2:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
-        self.stats.published += 1
-        flags = framing.property_flags(header)
-        if flags & (framing.FLAG_EXPIRATION | framing.FLAG_REPLY_TO):
-            self._special_properties(msg, flags)
-        if flags & framing.FLAG_HEADERS and (b"\x02CC" in header or b"\x03BCC" in header):
-            self._sender_selected(msg)
-        if flags & framing.FLAG_USER_ID:
-            uid = msg.properties.user_id
-            if uid != self.conn.username:
-                raise ChannelError(
-                    errors.PRECONDITION_FAILED,
-                    f"user_id property set to '{uid}' but authenticated user was '{self.conn.username}'",
-                    60,
-                    40,
-                )
+        check_properties(msg, self.conn.username, None if self.reply_consumer is None else self.reply_token)
         if self.tx:
             self.txn.publish(x, msg, bits)
             return
@@ -210,66 +187,13 @@ class Channel:
         if self.confirm:
             self._confirm_routed(status)
 
-    def _special_properties(self, msg: Message, flags: int) -> None:
-        """Per-message TTL, and direct reply-to's reply_to rewrite."""
-        if flags & framing.FLAG_EXPIRATION:
-            text = framing.expiration(msg.header)
-            if text is not None:
-                try:
-                    ttl = int(text)
-                    if ttl < 0:
-                        raise ValueError
-                except ValueError:
-                    raise ChannelError(
-                        errors.PRECONDITION_FAILED, f"invalid expiration '{text}': {{value_negative,{text}}}"
-                        if text.lstrip("-").isdigit() else f"invalid expiration '{text}': no_integer",
-                        60, 40,
-                    ) from None
-                msg.exp_deadline = msg.deadline = now_ms() + ttl
-        if flags & framing.FLAG_REPLY_TO:
-            prefix, props = fields.split_properties(msg.header)
-            raw = props.get("reply_to")
-            if raw is not None and raw[1:] == REPLY_TO_PSEUDO:
-                if self.reply_consumer is None:
-                    raise ChannelError(errors.PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
-                props["reply_to"] = names.shortstr(REPLY_TO_PREFIX + self.reply_token)
-                msg.header = fields.join_properties(prefix, props)
-                msg._props = None
-
-    def _sender_selected(self, msg: Message) -> None:
-        """CC and BCC headers add routing keys; BCC is removed before delivery."""
-        prefix, props = fields.split_properties(msg.header)
-        entries = fields.table_entries(props["headers"])
-        extra: list[str] = []
-        kept = []
-        for k, v in entries:
-            if k in ("CC", "BCC"):
-                extra += deadletter.string_items(v)
-                if k == "BCC":
-                    continue
-            kept.append((k, v))
-        if len(kept) != len(entries):
-            props["headers"] = fields.encode_table_entries(kept)
-            msg.header = fields.join_properties(prefix, props)
-            msg._props = None
-        msg.cc = tuple(extra)
-
     def route(self, x: Any, msg: Message, mandatory: int) -> int:
-        """Push into every queue the exchange routes to.  Returns PUSH_SYNC if an
-        fsync must come before the publish is safe (persistent, into a durable
-        queue), PUSH_REJECTED if a queue refused it (nack), else PUSH_OK."""
-        if x is self.vhost.default_exchange and msg.routing_key.startswith(REPLY_TO_PREFIX):
-            if not self.conn.broker.direct_reply(msg) and mandatory:
-                self._return(msg)
-            return PUSH_OK
-        routed, status = self.vhost.enqueue(self.vhost.route_all(x, msg), msg)
-        if routed:
-            self.stats.routed += 1
-        else:
-            self.conn.broker.stats_unroutable += 1
-            if mandatory:
-                self._return(msg)
-        return status
+        """Publish through the vhost; Basic.Return if mandatory and unroutable.  Returns
+        the queues' worst answer (PUSH_SYNC: confirm after the fsync; PUSH_REJECTED: nack)."""
+        out = self.vhost.publish(x, msg, mandatory == 1)
+        if out.returned:
+            self._return(msg)
+        return out.status
 
     def _return(self, msg: Message) -> None:
         """Basic.Return 312 NO_ROUTE with the message's content."""
@@ -483,7 +407,7 @@ class Channel:
 
     def drop_reply_consumer(self) -> None:
         if self.reply is not None:
-            self.conn.broker.reply_channels.pop(self.reply.token, None)
+            self.services.replies.pop(self.reply.token, None)
             self.reply = None
 
     # confirm / tx

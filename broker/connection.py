@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pamqp import commands as C
 
@@ -49,9 +49,7 @@ from .content import EXPECTED_METHOD
 from .logsafe import printable
 from .metadata import MetadataSaveError
 from .net import is_loopback
-
-if TYPE_CHECKING:
-    from .server import Broker
+from .services import Services
 
 log = logging.getLogger("broker.connection")
 
@@ -114,14 +112,16 @@ class Connection:
     OUT_HIGH = 1 << 20
     MAX_FRAMES_PER_TURN = 256
 
-    def __init__(self, broker: "Broker", transport: Any) -> None:
-        self.broker = broker
+    def __init__(self, services: Services, transport: Any) -> None:
+        self.services = services
+        limits = services.limits
         self.transport = transport
-        self.loop = broker.loop
+        assert services.loop is not None, "the broker's loop runs before it accepts connections"
+        self.loop = services.loop
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.peer_host = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
-        self.reader = framing.FrameReader(broker.frame_max)
+        self.reader = framing.FrameReader(limits.frame_max)
         self.state = ConnState.HEADER
         self.channels: dict[int, Channel] = {}
         self.out: list[Any] = []
@@ -142,8 +142,8 @@ class Connection:
         self.vhost: Any = None
         self.client_properties: dict = {}
         self.capabilities: dict = {}
-        self.channel_max = broker.channel_max
-        self.frame_max = broker.frame_max
+        self.channel_max = limits.channel_max
+        self.frame_max = limits.frame_max
         self.max_body = self.frame_max - 8
         self.heartbeat = 0
         self.last_recv = self.loop.time()
@@ -157,7 +157,7 @@ class Connection:
         self.publishing = False
         self.block_pending = False
         self.name = self.peer
-        self._timeout_handle = self.loop.call_later(broker.handshake_timeout, self._handshake_timeout)
+        self._timeout_handle = self.loop.call_later(limits.handshake_timeout, self._handshake_timeout)
         self.recv_bytes = 0
         self.sent_bytes = 0
         log.info("accepting AMQP connection %s", self.peer)
@@ -203,7 +203,7 @@ class Connection:
     def kick_consumers(self) -> None:
         for ch in list(self.channels.values()):
             for c in list(ch.consumers.values()):
-                if c.queue.messages:
+                if c.queue.ready:
                     c.queue.dispatch()
 
     def pause_writing(self) -> None:
@@ -225,7 +225,7 @@ class Connection:
     def data_received(self, data: bytes) -> None:
         self.last_recv = self.loop.time()
         self.recv_bytes += len(data)
-        mon = self.broker.monitor
+        mon = self.services.monitor
         mon.input_bytes += len(data)
         if mon.input_bytes >= mon.next_input_check:
             mon.input_checkpoint()
@@ -249,7 +249,7 @@ class Connection:
     def _process(self) -> None:
         """Handle up to MAX_FRAMES_PER_TURN frames, then let other connections have
         the loop (reading this one waits until its backlog of frames is done)."""
-        self._meta_changes = self.broker.journal.changes
+        self._meta_changes = self.services.journal.changes
         frames = self._frames
         i = self._frame_i
         end = min(len(frames), i + self.MAX_FRAMES_PER_TURN)
@@ -290,8 +290,8 @@ class Connection:
     def _after_input(self) -> None:
         if self.block_pending:
             self.block_pending = False
-            self.block(self.broker.alarm_reasons())
-        if self.broker.journal.changes != self._meta_changes:
+            self.block(self.services.monitor.reasons())
+        if self.services.journal.changes != self._meta_changes:
             self._commit_metadata()
         if self.out or self.confirm_dirty:
             self.schedule_flush()
@@ -303,9 +303,9 @@ class Connection:
     def _commit_metadata(self) -> None:
         """Save what this input changed in the durable metadata before any answer
         goes out; if that fails, none does: the connection is closed with 541."""
-        self._meta_changes = self.broker.journal.changes
+        self._meta_changes = self.services.journal.changes
         try:
-            self.broker.journal.commit()
+            self.services.journal.commit()
         except MetadataSaveError as exc:
             self.out.clear()
             self.out_size = 0
@@ -392,7 +392,7 @@ class Connection:
                 ch.on_publish(payload)
                 if not self.publishing:
                     self.publishing = True
-                    if self.broker.alarmed:
+                    if self.services.monitor.alarmed:
                         self.block_pending = True
             elif idx == framing.IDX_BASIC_ACK:
                 ch.on_ack(payload)
@@ -470,7 +470,7 @@ class Connection:
         caps = self.client_properties.get("capabilities") or {}
         self.capabilities = caps if isinstance(caps, dict) else {}
         mech = m.mechanism
-        throttle = self.broker.login_throttle
+        throttle = self.services.login_throttle
         if throttle.busy(self.peer_host):
             throttle.refused_unchecked("amqp091")
             log.warning("connection %s: login refused unchecked: too many refused logins from %s still pending",
@@ -484,8 +484,8 @@ class Connection:
             resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("utf-8")
             username, password = parse_response(mech, resp)
             self.username = username
-            user = self.broker.users.authenticate(username, password)
-            if username in self.broker.loopback_users and not is_loopback(self.peer_host):
+            user = self.services.users.authenticate(username, password)
+            if username in self.services.loopback_users and not is_loopback(self.peer_host):
                 raise AuthError(f"user '{username}' can only connect via localhost")
         except AuthError as exc:
             delay = throttle.failed(self.peer_host, "amqp091")
@@ -503,9 +503,9 @@ class Connection:
             return
         self.user = user
         self.transition(ConnState.TUNE)
-        self.send0(
-            C.Connection.Tune(channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.broker.heartbeat)
-        )
+        self.send0(C.Connection.Tune(
+            channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.services.limits.heartbeat
+        ))
 
     def _refuse_login(self, mech: str) -> None:
         """Answer a refused login: Connection.Close 403, or (like RabbitMQ) just close
@@ -526,15 +526,15 @@ class Connection:
         """The delayed refusal is sent (or its connection gone): the throttle stops counting it."""
         if self._refusal_pending:
             self._refusal_pending = False
-            self.broker.login_throttle.release(self.peer_host)
+            self.services.login_throttle.release(self.peer_host)
 
     def on_tune_ok(self, m: C.Connection.TuneOk) -> None:
         if m.frame_max:
             if m.frame_max < 4096:
                 raise ConnectionError(errors.NOT_ALLOWED, f"frame_max={m.frame_max} < 4096 min size")
-            if m.frame_max > self.broker.frame_max:
+            if m.frame_max > self.services.limits.frame_max:
                 raise ConnectionError(
-                    errors.NOT_ALLOWED, f"frame_max={m.frame_max} > {self.broker.frame_max} max size"
+                    errors.NOT_ALLOWED, f"frame_max={m.frame_max} > {self.services.limits.frame_max} max size"
                 )
             self.frame_max = m.frame_max
         if m.channel_max and m.channel_max < self.channel_max:
@@ -548,17 +548,17 @@ class Connection:
 
     def on_open(self, m: C.Connection.Open) -> None:
         vhname = m.virtual_host or "/"
-        vh = self.broker.vhosts.get(vhname)
+        vh = self.services.vhosts.get(vhname)
         if vh is None:
             raise ConnectionError(errors.NOT_ALLOWED, f"vhost {vhname} not found")
-        if self.broker.users.permission(self.username, vhname) is None:
+        if self.services.users.permission(self.username, vhname) is None:
             raise ConnectionError(errors.NOT_ALLOWED, f"access to vhost '{vhname}' refused for user '{self.username}'")
         self.vhost = vh
         self.transition(OPENED)
         self._timeout_handle.cancel()
         self.name = f"{self.peer} ({self.username}@{vhname})"
         self.send0(C.Connection.OpenOk())
-        self.broker.connection_opened(self)
+        self.services.connections.opened(self)
         log.info("connection %s opened: user '%s', vhost '%s'", self.peer, printable(self.username), printable(vhname))
 
     def _heartbeat_tick(self) -> None:
@@ -687,7 +687,7 @@ class Connection:
         for q in list(self.exclusive_queues):
             q.vhost.delete_queue(q)
         self.exclusive_queues.clear()
-        self.broker.connection_gone(self)
+        self.services.connections.gone(self)
 
     def close_transport(self, abort: bool = False) -> None:
         if self.state is CLOSED:

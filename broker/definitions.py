@@ -202,13 +202,13 @@ class _Import:
         name = item.get("vhost", "/")
         vh = self.broker.vhosts.get(name)
         if vh is None:
-            vh = self.broker.vhosts[name] = VHost(name, self.broker)
+            vh = self.broker.vhosts[name] = VHost(name, self.broker.services)
         return vh
 
     # -- one applier per section -------------------------------------------------------------
     def _vhosts(self, v: dict) -> None:
         if v["name"] not in self.broker.vhosts:
-            self.broker.vhosts[v["name"]] = VHost(v["name"], self.broker)
+            self.broker.vhosts[v["name"]] = VHost(v["name"], self.broker.services)
             self.report.counts["vhosts"] += 1
 
     def _users(self, u: dict) -> None:

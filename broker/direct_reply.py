@@ -24,10 +24,8 @@ from protocol import errors, framing, names
 from protocol.errors import ChannelError
 
 from .message import Message
+from .reply_to import REPLY_TO_PREFIX
 
-REPLY_TO_PSEUDO_STR = "amq.rabbitmq.reply-to"
-REPLY_TO_PSEUDO = REPLY_TO_PSEUDO_STR.encode()
-REPLY_TO_PREFIX = REPLY_TO_PSEUDO_STR + "."
 
 
 class ReplyConsumer:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Collection
 
 if TYPE_CHECKING:
     from .message import Message
@@ -95,7 +95,7 @@ class Exchange:
     def _index_remove(self, b: Binding) -> None:
         raise NotImplementedError
 
-    def match(self, routing_key: str, msg: "Message | None") -> Iterable[Any]:
+    def match(self, routing_key: str, msg: "Message | None") -> Collection[Any]:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -138,7 +138,7 @@ class DirectExchange(Exchange):
             if not d:
                 del self.routes[b.routing_key]
 
-    def match(self, routing_key: str, msg: "Message | None") -> Iterable[Any]:
+    def match(self, routing_key: str, msg: "Message | None") -> Collection[Any]:
         return self.routes.get(routing_key, ())
 
 
@@ -153,7 +153,7 @@ class DefaultExchange(Exchange):
     def _index_remove(self, b: Binding) -> None:  # pragma: no cover
         pass
 
-    def match(self, routing_key: str, msg: "Message | None") -> Iterable[Any]:
+    def match(self, routing_key: str, msg: "Message | None") -> Collection[Any]:
         q = self.vhost.queues.get(routing_key)
         return (q,) if q is not None else ()
 
@@ -171,7 +171,7 @@ class FanoutExchange(Exchange):
     def _index_remove(self, b: Binding) -> None:
         _count_remove(self.dests, b.destination)
 
-    def match(self, routing_key: str, msg: "Message | None") -> Iterable[Any]:
+    def match(self, routing_key: str, msg: "Message | None") -> Collection[Any]:
         return self.dests
 
 
@@ -249,7 +249,7 @@ class TopicExchange(Exchange):
             del path[i - 1].children[words[i - 1]]
         self.cache.clear()
 
-    def match(self, routing_key: str, msg: "Message | None") -> Iterable[Any]:
+    def match(self, routing_key: str, msg: "Message | None") -> Collection[Any]:
         hit = self.cache.get(routing_key)
         if hit is not None:
             return hit
@@ -330,10 +330,10 @@ class HeadersExchange(Exchange):
     def _index_remove(self, b: Binding) -> None:
         self.entries.pop(b.key, None)
 
-    def match(self, routing_key: str, msg: "Message | None") -> Iterable[Any]:
+    def match(self, routing_key: str, msg: "Message | None") -> Collection[Any]:
         if not self.entries:
             return ()
-        headers = {}
+        headers: dict = {}
         if msg is not None:
             headers = msg.properties.headers or {}
         out: dict[Any, None] = {}

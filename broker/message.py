@@ -71,11 +71,3 @@ class Message:
         if self._props is None:
             self._props = framing.decode_properties(self.header)
         return self._props
-
-    @property
-    def persistent(self) -> bool:
-        return framing.delivery_mode(self.header) == 2
-
-    @property
-    def body_size(self) -> int:
-        return len(self.body)

@@ -73,7 +73,7 @@ class BrokerCollector:
         yield c("rabbitmq_global_messages_received", "Messages published to the broker", value=s.published)
         yield c("rabbitmq_global_messages_routed", "Messages routed to at least one queue", value=s.routed)
         yield c("rabbitmq_global_messages_unroutable_dropped", "Unroutable messages dropped",
-                value=b.stats_unroutable)
+                value=s.unroutable)
         yield c("rabbitmq_global_messages_delivered", "Messages delivered to consumers or basic.get",
                 value=s.delivered)
         yield c("rabbitmq_global_messages_redelivered", "Messages delivered again", value=s.redelivered)

@@ -19,22 +19,24 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from typing import Any
 
-from protocol import errors, framing
-from protocol.names import name_problem
+from protocol import errors
 from storage import meta
-from storage.log import LogStore, read_identity
+from storage.log import LogStore
+from storage.records import read_identity
 
 from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .auth import Permission, UserStore
 from .connection import Connection
-from .metadata import MetadataJournal
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
 from .login_throttle import LoginThrottle
 from .logsafe import printable
+from .message import Message
+from .metadata import MetadataJournal
+from .services import ConnectionLimits, Services
+from .stats import Stats
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
@@ -42,19 +44,6 @@ log = logging.getLogger("broker.server")
 
 class DefinitionsError(Exception):
     """A definitions file given at boot cannot be read."""
-
-
-class Stats:
-    """Broker-wide counters (metrics and the management overview)."""
-
-    __slots__ = (
-        "published", "routed", "delivered", "redelivered", "acked", "confirmed",
-        "bytes_in", "bytes_out", "connections_opened", "connections_closed",
-    )
-
-    def __init__(self) -> None:
-        for k in self.__slots__:
-            setattr(self, k, 0)
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -68,7 +57,7 @@ class AMQPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         transport.set_write_buffer_limits(high=256 * 1024)
-        self.conn = Connection(self.broker, transport)
+        self.conn = Connection(self.broker.services, transport)
         self.broker.connections.add(self.conn)
 
     def data_received(self, data: bytes) -> None:
@@ -123,8 +112,6 @@ class Broker:
         self.handshake_timeout = handshake_timeout
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.server: asyncio.base_events.Server | None = None
-        self.connections: set[Connection] = set()
-        self.open_connections: set[Connection] = set()
         self.default_vhost = default_vhost
         self.vhosts: dict[str, VHost] = {}
         self.users = UserStore()
@@ -135,16 +122,36 @@ class Broker:
             loopback_users = ("guest",) if default_user == "guest" else ()
         self.loopback_users = set(loopback_users)
         self.login_throttle = LoginThrottle()
-        self.stats_unroutable = 0
         self.stats = Stats()
         self.definitions_file = definitions_file
-        self.reply_channels: dict[str, Any] = {}
         self.monitor = ResourceMonitor(
             self, parse_watermark(memory_high_watermark), parse_size(disk_free_limit), alarm_interval
         )
         self.store: LogStore | None = LogStore(data_dir) if data_dir else None
         self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions)
         self._housekeeper: asyncio.TimerHandle | None = None
+        self.services = Services(
+            users=self.users,
+            login_throttle=self.login_throttle,
+            loopback_users=self.loopback_users,
+            monitor=self.monitor,
+            journal=self.journal,
+            store=self.store,
+            stats=self.stats,
+            limits=ConnectionLimits(frame_max, channel_max, heartbeat, handshake_timeout),
+            vhosts=self.vhosts,
+        )
+        self.connections: set[Connection] = self.services.connections.all
+        self.open_connections: set[Connection] = self.services.connections.open
+
+    @property
+    def stats_unroutable(self) -> int:
+        """Unroutable publishes (kept for the management API; the counter is ``stats.unroutable``)."""
+        return self.stats.unroutable
+
+    @stats_unroutable.setter
+    def stats_unroutable(self, value: int) -> None:
+        self.stats.unroutable = value
 
     async def start(self) -> None:
         """Prepare, then accept AMQP clients."""
@@ -156,13 +163,11 @@ class Broker:
         imported, the default user, alarms, and the AMQP socket bound (``port`` is known; a port
         in use raises OSError here) but not accepting yet."""
         self.loop = asyncio.get_running_loop()
+        self.services.loop = self.loop
         self.journal.attach(self.loop)
         if self.store is not None:
             self.store.open()  # raises DataDirError: unwritable, or locked by another broker
             self.store.attach(self.loop)
-            self.store.on_synced = self._synced
-            self.store.on_sync_failed = self._sync_failed
-            self.store.on_write_failed = self._write_failed
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
         if self.definitions_file:
@@ -194,25 +199,13 @@ class Broker:
         problems: list[str] = []
         for vh in self.vhosts.values():
             for q in vh.queues.values():
-                if q.log is None:
+                got = q.recover()
+                if got is None:
                     continue
-                refs, upto, probs = q.log.recover()
-                problems += probs
-                q.redeliver_upto = upto
-                q.bytes_ready = q.log.recovered_bytes
-                if q.max_priority is not None:
-                    for r in refs:
-                        m = q._load(r)
-                        m.priority = framing.priority(m.header)
-                        q.messages.append(m)
-                else:
-                    q.messages = deque(refs)
-                if refs:
-                    q.plain = False  # recovered messages may carry deadlines
-                    q.expire()
+                problems += got.problems
                 nq += 1
-                nmsg += len(refs)
-                nredel += sum(1 for r in refs if r <= upto) if upto else 0
+                nmsg += got.messages
+                nredel += got.redelivered
         # logs that no declared queue owns: kept aside, never deleted
         for d in sorted(self.store.existing_queue_dirs() - set(self.store.logs)):
             self._quarantine(d)
@@ -286,7 +279,7 @@ class Broker:
     def add_vhost(self, name: str) -> VHost:
         vh = self.vhosts.get(name)
         if vh is None:
-            vh = self.vhosts[name] = VHost(name, self)
+            vh = self.vhosts[name] = VHost(name, self.services)
             self.journal.changed()
             log.info("vhost '%s' created", printable(name))
         return vh
@@ -350,7 +343,7 @@ class Broker:
     def ensure_default_user(self) -> None:
         """On a blank node (no users), create the default user and vhost, as RabbitMQ does."""
         vh = self.default_vhost
-        self.vhosts.setdefault(vh, VHost(vh, self))
+        self.vhosts.setdefault(vh, VHost(vh, self.services))
         if self.users.users:
             return
         self.users.add_user(self.default_user, self.default_pass, ["administrator"])
@@ -359,43 +352,10 @@ class Broker:
         log.info("created default user '%s' with full permissions on vhost '%s'", printable(self.default_user),
                  printable(vh))
 
-    def _synced(self, epoch: int) -> None:
-        assert self.store is not None
-        waiters = self.store.sync_waiters
-        for ch in list(waiters):
-            if ch.closing or not ch.synced(epoch):
-                waiters.discard(ch)
-
-    def _sync_failed(self, epoch: int, exc: Exception) -> None:
-        assert self.store is not None
-        waiters = self.store.sync_waiters
-        for ch in list(waiters):
-            if ch.closing or not ch.sync_failed(epoch, exc):
-                waiters.discard(ch)
-
-    def _write_failed(self, qlog: Any, lost_from: int) -> None:
-        """Records from ``lost_from`` to the end of its segment never reached the
-        disk: take them out of their queue (their publishers get nacks)."""
-        q = qlog.owner
-        if q is None:
-            return
-        hi = ((lost_from >> 32) + 1) << 32
-
-        def lost(e: Any) -> bool:
-            r = e if type(e) is int else e.ref
-            return lost_from <= r < hi
-
-        n = q.drop_where(lost)
-        log.error("queue '%s': %d messages dropped after a failed write", printable(q.name), n)
-
-    def direct_reply(self, msg: Any) -> bool:
-        """A publish to amq.rabbitmq.reply-to.<token>: straight to that channel's
-        consumer.  False if that consumer is gone."""
-        ch = self.reply_channels.get(msg.routing_key[len("amq.rabbitmq.reply-to.") :])
-        if ch is None or ch.closing or ch.reply_consumer is None:
-            return False
-        ch.deliver_reply(msg)
-        return True
+    def direct_reply(self, msg: Message) -> bool:
+        """A publish to amq.rabbitmq.reply-to.<token> (kept for the management API;
+        publishes go through VHost.publish)."""
+        return self.services.replies.deliver(msg)
 
     def _housekeep(self) -> None:
         if self.store is not None:
@@ -418,15 +378,6 @@ class Broker:
     def unblock_publishers(self) -> None:
         for conn in list(self.open_connections):
             conn.unblock()
-
-    def connection_opened(self, conn: Connection) -> None:
-        self.open_connections.add(conn)
-        self.stats.connections_opened += 1
-
-    def connection_gone(self, conn: Connection) -> None:
-        if conn in self.open_connections:
-            self.open_connections.discard(conn)
-            self.stats.connections_closed += 1
 
     async def stop(self, reason: str = "shutdown", timeout: float = 5.0) -> None:
         """Stop accepting, stop reading clients, let in-flight confirms complete

@@ -17,7 +17,8 @@ from pamqp import commands as C
 from protocol import errors, methods
 from protocol.errors import ChannelError
 
-from .direct_reply import REPLY_TO_PSEUDO_STR, reply_token
+from .direct_reply import reply_token
+from .reply_to import REPLY_TO
 
 
 class TopologyChannel(Protocol):
@@ -94,7 +95,7 @@ def exchange_unbind(ch: TopologyChannel, m: C.Exchange.Unbind) -> None:
 # -- queue class -------------------------------------------------------------------
 def queue_declare(ch: TopologyChannel, m: C.Queue.Declare) -> None:
     vh = ch.vhost
-    if m.passive and m.queue.startswith(REPLY_TO_PSEUDO_STR):
+    if m.passive and m.queue.startswith(REPLY_TO):
         _declare_reply_to(ch, m)
         return
     if m.passive:
@@ -114,9 +115,9 @@ def queue_declare(ch: TopologyChannel, m: C.Queue.Declare) -> None:
 
 def _declare_reply_to(ch: TopologyChannel, m: C.Queue.Declare) -> None:
     """Passive declare of the direct reply-to pseudo-queue (or one reply name)."""
-    if m.queue != REPLY_TO_PSEUDO_STR:
+    if m.queue != REPLY_TO:
         token = reply_token(m.queue)
-        if token is None or token not in ch.conn.broker.reply_channels:
+        if token is None or token not in ch.services.replies:
             raise ChannelError(errors.NOT_FOUND, f"no {ch.vhost.what('queue', m.queue)}", 50, 10)
     if not m.nowait:
         ch.write(methods.queue_declare_ok(ch.number, m.queue, 0, 1))  # one consumer, as RabbitMQ answers

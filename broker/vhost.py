@@ -1,24 +1,40 @@
-"""A virtual host: its exchanges, queues and bindings, and routing.
+"""A virtual host: its exchanges, queues and bindings, routing, and the one publish entry point.
 
 The declare/delete/bind operations here carry RabbitMQ's checks and texts, so
-that the AMQP channel and (later) the management API share one implementation.
+that the AMQP channel and the management API share one implementation.  Every
+message that enters a queue comes through :meth:`VHost.publish` (AMQP and HTTP
+publishes, dead letters): route, enqueue, count, and say what happened.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
-from typing import Any, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError, ConnectionError
 from protocol.names import name_problem
-from storage.log import RECORD_OVERHEAD_MAX, record_size
+from storage.records import RECORD_OVERHEAD_MAX, record_size
 
-from .exchange import EXCHANGE_TYPES, field_type_name as _type_name, Binding, DefaultExchange, Exchange, HeadersExchange, validate_headers_binding
+from .exchange import (
+    EXCHANGE_TYPES,
+    Binding,
+    DefaultExchange,
+    Exchange,
+    HeadersExchange,
+    validate_headers_binding,
+)
+from .exchange import field_type_name as _type_name
 from .message import Message
-from .queue import PUSH_OK, PUSH_REJECTED, Queue, validate_new_queue_type, validate_queue_arguments
+from .publishing import PublishOutcome
+from .queues import PUSH_OK, PUSH_REJECTED, Queue, queue_class
+from .queues.arguments import validate_queue_arguments
+from .reply_to import REPLY_TO_PREFIX
+from .services import Services
+from .stats import Stats
 
 # queue arguments RabbitMQ compares on a redeclare (classic queues)
 QUEUE_EQUIV_ARGS = (
@@ -117,15 +133,21 @@ def check_arguments_bounds(arguments: Any, what: str) -> None:
 class VHost:
     """Registry of one virtual host's exchanges and queues."""
 
-    def __init__(self, name: str, broker: Any = None) -> None:
+    def __init__(self, name: str, services: Services | None = None) -> None:
         self.name = name
-        self.broker = broker
+        self.services = services
+        self.stats = services.stats if services is not None else Stats()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default_exchange
         for xname, xtype in PREDECLARED:
             self.exchanges[xname] = EXCHANGE_TYPES[xtype](self, xname, durable=True)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The broker's event loop (None before it starts): queue timers run on it."""
+        return self.services.loop if self.services is not None else None
 
     # -- lookups -------------------------------------------------------------
     def what(self, kind: str, name: str) -> str:
@@ -268,53 +290,45 @@ class VHost:
             args_equivalence(_with_defaults(q.arguments), _with_defaults(arguments or {}), QUEUE_EQUIV_ARGS, what)
             q.last_used = time.monotonic()
             return q, False
-        validate_new_queue_type(arguments or {}, self.what("queue", name))
-        q = Queue(self, name, durable, exclusive, auto_delete, arguments, owner)
+        cls = queue_class(arguments or {}, self.what("queue", name))
+        q = cls(self, name, durable, exclusive, auto_delete, arguments, owner)
         if owner is None and durable:
-            self.attach_log(q)  # first: a queue whose log cannot be made is not declared
+            self._open_store(q)  # first: a queue whose log cannot be made is not declared
         self.queues[name] = q
-        q.arm_expires()
+        q.start()
         if owner is not None:
             owner.exclusive_queues.append(q)
         elif durable:
             self.changed()
         return q, True
 
-    def attach_log(self, q: Queue) -> None:
-        store = self.broker.store if self.broker is not None else None
+    def _open_store(self, q: Queue) -> None:
+        store = self.services.store if self.services is not None else None
         if store is not None:
             try:
-                q.log = store.queue_log(self.name, q.name)
+                q.open_store(store)
             except OSError as exc:
                 raise ConnectionError(
                     errors.INTERNAL_ERROR, f"cannot create the message log of {self.what('queue', q.name)}: "
                     f"{exc.strerror or exc}"
                 ) from None
-            q.log.owner = q
 
     def changed(self) -> None:
         """Durable metadata changed: the broker saves it before replying."""
-        if self.broker is not None:
-            self.broker.journal.changed()
+        if self.services is not None:
+            self.services.journal.changed()
 
     def delete_queue(self, q: Queue, reason: str = "deleted") -> int:
         """Remove a queue with its bindings; cancel its consumers; return ready count."""
         if q.deleted:
             return 0
         q.deleted = True
-        q.cancel_timers()
         self.queues.pop(q.name, None)
         for b in list(q.bindings.values()):
             self._drop_binding(b)
         for c in list(q.consumers):
             c.channel.queue_deleted(c)
-        n = q.ready
-        if q.log is not None:
-            qlog, q.log = q.log, None
-            q.messages.clear()
-            self.broker.store.drop_queue_log(qlog)
-        else:
-            q.purge()
+        n = q.delete()
         if q.durable and q.owner is None:
             self.changed()
         if q.owner is not None:
@@ -358,6 +372,53 @@ class VHost:
             d.incoming.pop((src, b.key), None)
         if src.auto_delete and not src.bindings and self.exchanges.get(src.name) is src:
             self._remove_exchange(src)
+
+    # -- publishing ----------------------------------------------------------
+    def exchange_for_publish(self, name: str) -> Exchange:
+        """The exchange a publisher names: 404 if missing, 403 if internal."""
+        x = self.exchanges.get(name)
+        if x is None:
+            raise ChannelError(errors.NOT_FOUND, f"no {self.what('exchange', name)}", 60, 40)
+        if x.internal:
+            raise ChannelError(
+                errors.ACCESS_REFUSED, f"cannot publish to internal {self.what('exchange', name)}", 60, 40
+            )
+        return x
+
+    def publish(
+        self,
+        exchange: Exchange,
+        msg: Message,
+        mandatory: bool = False,
+        skip: Callable[[Queue], bool] | None = None,
+        from_client: bool = True,
+    ) -> PublishOutcome:
+        """Route ``msg`` (checked by :func:`broker.publishing.check_properties`) from
+        ``exchange`` into its queues (those ``skip`` refuses excepted), or to a direct
+        reply-to consumer.  ``from_client`` publishes are counted (published, routed,
+        unroutable); the broker's own (dead letters) are not."""
+        st = self.stats
+        if from_client:
+            st.published += 1
+        if exchange is self.default_exchange and msg.routing_key.startswith(REPLY_TO_PREFIX):
+            taken = self.services is not None and self.services.replies.deliver(msg)
+            return PublishOutcome(taken, (), mandatory and not taken, PUSH_OK)
+        queues = self.route_all(exchange, msg)
+        if skip is not None:
+            queues = [q for q in queues if not skip(q)]
+        routed, status = self.enqueue(queues, msg)
+        if from_client:
+            if routed:
+                st.routed += 1
+            else:
+                st.unroutable += 1
+        return PublishOutcome(routed, queues, mandatory and not routed, status)
+
+    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Queue], bool]) -> None:
+        """A queue dead-letters ``msg`` to ``exchange`` (dropped if that exchange is gone)."""
+        x = self.exchanges.get(exchange)
+        if x is not None:
+            self.publish(x, msg, skip=skip, from_client=False)
 
     # -- routing -------------------------------------------------------------
     def route_all(self, x: Exchange, msg: Message) -> Collection[Queue]:
@@ -411,11 +472,13 @@ class VHost:
         """Push ``msg`` into each queue (a copy for every queue after the first).
         Returns (routed anywhere, the worst push status: PUSH_OK < PUSH_SYNC < PUSH_REJECTED).
         A publish the disk cannot take (see :mod:`broker.alarms`) goes nowhere: PUSH_REJECTED."""
-        broker = self.broker
-        if queues and broker is not None and broker.store is not None:
+        services = self.services
+        if queues and services is not None and services.store is not None:
             # the disk guard's O(1) test (see broker.alarms): may this publish's records cross the disk mark?
             upper = (len(msg.body) + len(msg.header) + RECORD_OVERHEAD_MAX) * len(queues)
-            if broker.store.appended_bytes + upper > broker.monitor.disk_mark and not self._disk_admits(queues, msg):
+            if services.store.appended_bytes + upper > services.monitor.disk_mark and not self._disk_admits(
+                queues, msg
+            ):
                 return True, PUSH_REJECTED
         first = True
         status = PUSH_OK
@@ -438,7 +501,9 @@ class VHost:
         logged = sum(1 for q in queues if q.log is not None)
         if not logged:
             return True
-        return self.broker.monitor.admit_disk_write(logged * record_size(msg.ex_raw, msg.rk_raw, msg.header, msg.body))
+        assert self.services is not None
+        size = record_size(msg.ex_raw, msg.rk_raw, msg.header, msg.body)
+        return self.services.monitor.admit_disk_write(logged * size)
 
     # -- durable metadata ------------------------------------------------------------
     def definitions(self) -> dict:
@@ -448,17 +513,7 @@ class VHost:
             for x in self.exchanges.values()
             if x.durable and x.name and not x.name.startswith("amq.")
         ]
-        queues = [
-            {
-                "name": q.name,
-                "vhost": self.name,
-                "durable": True,
-                "auto_delete": q.auto_delete,
-                "arguments": q.arguments,
-            }
-            for q in self.queues.values()
-            if q.durable and q.owner is None
-        ]
+        queues = [q.definition() for q in self.queues.values() if q.durable and q.owner is None]
         bindings = []
         for x in self.exchanges.values():
             if not x.durable or not x.name:

@@ -1,48 +1,18 @@
-"""Message and metadata storage behind a small interface.
+"""Message and metadata storage: bytes on disk, no AMQP knowledge beyond them.
 
-The engine calls a :class:`MessageStore` for every durable queue it creates
-(``queue_log``), and a :class:`QueueLog` for every persistent message that
-enters or leaves such a queue.  :class:`MemoryStore` keeps nothing: it is what
-a broker with no data directory uses, and the shape the on-disk log follows.
+What the engine uses:
+
+- :class:`storage.log.LogStore` (one per data directory): ``queue_log(vhost, name)``
+  gives a durable queue its :class:`storage.log.QueueLog`; ``want_sync()`` asks for
+  a group-commit fsync and returns the epoch to wait for, and
+  ``sync_waiters`` holds the :class:`storage.log.SyncWaiter` objects told when an
+  epoch is safe (or failed); ``drop_queue_log``, ``quarantine``, ``housekeep``.
+- :class:`storage.log.QueueLog` (one per durable queue): ``append`` a message
+  record (returns its ref), ``read_full(ref)``, ``settle(ref)``,
+  ``mark_delivered(ref)``, ``recover()``, and the ``on_lost`` callback the queue
+  registers to hear which refs a failed write lost.
+- :mod:`storage.records`: the record format and reading a log directory without
+  changing it (lost+found); :mod:`storage.meta`: the durable metadata file;
+  :mod:`storage.lostfound`: queue data recovery could not match;
+  :mod:`storage.files`: private files and directories.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-
-class QueueLog:
-    """The log of one durable queue: append a message, settle it, drop it all."""
-
-    def append(self, msg: Any) -> Any:
-        """Record a message; return its reference (position) in the log."""
-        return None
-
-    def settle(self, ref: Any) -> None:
-        """The message at ``ref`` is acked or dropped."""
-
-    def delete(self) -> None:
-        """The queue is deleted: its log goes."""
-
-
-class MessageStore:
-    """Where durable queues keep their messages, and the broker its metadata."""
-
-    def queue_log(self, vhost: str, queue: str) -> QueueLog:
-        return QueueLog()
-
-    def save_definitions(self, definitions: dict) -> None:
-        """Replace the stored durable metadata (exchanges, queues, bindings...)."""
-
-    def load_definitions(self) -> dict:
-        return {}
-
-    async def sync(self) -> None:
-        """Resolve once everything appended so far is on disk."""
-
-    def close(self) -> None:
-        """Release files and locks."""
-
-
-class MemoryStore(MessageStore):
-    """Nothing is persisted: a broker with this store forgets everything on stop."""

@@ -3,32 +3,34 @@
 Theory of operation
 -------------------
 A durable queue owns a directory of segment files ``NNNNNNNN.seg`` (8 MiB by
-default).  A record is ``length:u32 crc32:u32 type:u8 payload`` where ``length``
-counts the type byte and the payload and the CRC covers the same bytes.  A
-message record's payload is ``flags:u8 exchange:shortstr routing_key:shortstr
-header_len:u32 header body``: the content header as the publisher sent it, so
-delivery never re-encodes properties.  ``flags`` bit 0 marks a persistent
-message; transient ones are written too (to keep memory flat under a backlog)
-but are dropped at recovery.
+default) of records in the format of :mod:`storage.records`: the content header
+as the publisher sent it, so delivery never re-encodes properties.  Transient
+messages are written too (to keep memory flat under a backlog) but are dropped
+at recovery.
 
-A message is named by its *ref* ``segment << 32 | offset``; refs grow with the
-append order, so they double as the queue's sequence numbers.  Acks are never
-written in place: the offset of each settled record is appended to the
-segment's ``NNNNNNNN.ack`` file.  A segment whose records are all settled is
-deleted with its ack file; a quiet queue's fully settled write segment is
-rolled and deleted by :meth:`LogStore.housekeep`.
+A message is named by its *ref* (segment and offset, see
+:mod:`storage.records`); refs grow with the append order, so they double as the
+queue's sequence numbers.  Acks are never written in place: the offset of each
+settled record is appended to the segment's ``NNNNNNNN.ack`` file.  A segment
+whose records are all settled is deleted with its ack file; a quiet queue's
+fully settled write segment is rolled and deleted by :meth:`LogStore.housekeep`.
 
 Writes are buffered and written with one ``os.write`` per file per loop turn
 (:meth:`LogStore.flush`).  Durability is group commit: a publisher confirm that
-needs the disk waits for the epoch its record was written in; one fsync (in a
-worker thread, so the event loop never blocks on the disk) covers every file
-written since the previous one, and while it runs new work accumulates for the
-next.  No confirmable work pending: no fsync.
+needs the disk waits for the epoch its record was written in
+(:meth:`LogStore.want_sync`); one fsync (in a worker thread, so the event loop
+never blocks on the disk) covers every file written since the previous one, and
+while it runs new work accumulates for the next.  No confirmable work pending:
+no fsync.  Whoever waits registers a :class:`SyncWaiter` in
+``LogStore.sync_waiters`` and is told when its epoch is safe, or failed.  A
+write that fails loses the records from the failed batch to the end of their
+segment: the queue that owns the log hears it through ``QueueLog.on_lost``.
 
-Recovery reads each queue's segments in order, checks every record's CRC, cuts
-a torn or corrupt tail of the last segment, skips (and reports) a corrupt
-record elsewhere, drops acked and transient records, and marks redelivered the
-messages at or below the queue's delivery watermark (``delivered`` file).
+Recovery (:meth:`QueueLog.recover`) reads each queue's segments in order, checks
+every record's CRC, cuts a torn or corrupt tail of the last segment, skips (and
+reports) a corrupt record elsewhere, drops acked and transient records, and
+reports the delivery watermark (``delivered`` file): messages at or below it
+were delivered before and go out redelivered.
 """
 
 from __future__ import annotations
@@ -38,31 +40,46 @@ import concurrent.futures
 import errno
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import shutil
-import struct
 import time
-import zlib
 from array import array
-from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Callable, Protocol
 
-from .files import make_private_dir, open_private, tighten_dir, unlink_if_present
+from .files import fsync_all, fsync_dir, make_private_dir, open_private, tighten_dir, unlink_if_present, write_all
+from .records import (  # noqa: F401  (REC_HEAD, REC_MSG, decode_message are part of this module's interface)
+    LOST_FOUND,
+    REC_HEAD,
+    REC_MSG,
+    U32,
+    U64,
+    decode_message,
+    decode_message_full,
+    encode_message,
+    offset_of,
+    read_acks,
+    ref_of,
+    scan_segment,
+    segment_end,
+    segment_of,
+    write_identity,
+)
 
 log = logging.getLogger("storage")
 
 SEGMENT_SIZE = 8 * 1024 * 1024
-REC_MSG = 1
-REC_HEAD = struct.Struct(">IIB")  # length, crc, type
-U32 = struct.Struct(">I")
-U64 = struct.Struct(">Q")
-MAX_RECORD = 256 * 1024 * 1024
-IDENTITY_FILE = "queue.json"
-LOST_FOUND = "lost+found"
-# the most a message record takes beyond its header and body (deadline, exchange and routing key)
-RECORD_OVERHEAD_MAX = REC_HEAD.size + 1 + 8 + 256 + 256 + U32.size
+
+
+class SyncWaiter(Protocol):
+    """Someone waiting for an fsync epoch (a confirming channel, an HTTP publish).
+
+    Each method returns True while the waiter still waits for a later epoch;
+    False takes it out of ``LogStore.sync_waiters``."""
+
+    def synced(self, epoch: int) -> bool: ...
+
+    def sync_failed(self, epoch: int, exc: Exception) -> bool: ...
 
 
 class DataDirError(Exception):
@@ -86,60 +103,6 @@ class WriteFailed(StorageError):
         self.qlog = qlog
         self.lost_from = lost_from
         self.cause = cause
-
-
-def encode_message(
-    persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0
-) -> list:
-    """The parts of one message record (for ``b''.join``).  ``deadline`` is the
-    absolute expiry time in ms since the epoch (0: none)."""
-    flags = (1 if persistent else 0) | (2 if deadline else 0)
-    head_and_meta = b"".join(
-        (
-            bytes((flags,)),
-            U64.pack(deadline) if deadline else b"",
-            ex_raw,
-            rk_raw,
-            U32.pack(len(header)),
-            header,
-        )
-    )
-    crc = zlib.crc32(body, zlib.crc32(head_and_meta, zlib.crc32(b"\x01")))
-    length = 1 + len(head_and_meta) + len(body)
-    return [REC_HEAD.pack(length, crc, REC_MSG), head_and_meta, body]
-
-
-def record_size(ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> int:
-    """Bytes one message record takes in a segment (counting a deadline)."""
-    return REC_HEAD.size + 1 + 8 + len(ex_raw) + len(rk_raw) + U32.size + len(header) + len(body)
-
-
-def decode_message_full(payload: bytes | memoryview) -> tuple[bool, int, bytes, bytes, bytes, bytes]:
-    """(persistent, deadline, ex_raw, rk_raw, header, body) of a message record payload."""
-    p = payload
-    flags = p[0]
-    o = 1
-    deadline = 0
-    if flags & 2:
-        deadline = U64.unpack_from(p, 1)[0]
-        o = 9
-    el = p[o]
-    ex_raw = bytes(p[o : o + 1 + el])
-    o += 1 + el
-    rl = p[o]
-    rk_raw = bytes(p[o : o + 1 + rl])
-    o += 1 + rl
-    hl = U32.unpack_from(p, o)[0]
-    o += 4
-    header = bytes(p[o : o + hl])
-    body = bytes(p[o + hl :])
-    return bool(flags & 1), deadline, ex_raw, rk_raw, header, body
-
-
-def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, bytes, bytes]:
-    """(persistent, ex_raw, rk_raw, header, body) of a message record payload."""
-    persistent, _d, ex_raw, rk_raw, header, body = decode_message_full(payload)
-    return persistent, ex_raw, rk_raw, header, body
 
 
 class Segment:
@@ -169,7 +132,8 @@ class QueueLog:
         self.wbuf: list[bytes] = []
         self.wbuf_size = 0
         self.wbuf_count = 0
-        self.owner: Any = None  # the engine's queue
+        # the owning queue's callback: records with refs in [lo, hi) never reached the disk
+        self.on_lost: Callable[[int, int], None] | None = None
         self.next_sid = 1
         self.delivered_upto = 0
         self.delivered_written = 0
@@ -223,7 +187,7 @@ class QueueLog:
         self.wbuf_count = 0
         seg = self.wseg
         try:
-            _write_all(seg.fd, data)
+            write_all(seg.fd, data)
         except OSError as exc:
             # cut what may have been half written, and forget the records of this batch
             try:
@@ -252,6 +216,12 @@ class QueueLog:
             return
         seg.ack_buf += U32.pack(ref & 0xFFFFFFFF)
         self.store.dirty(self)
+
+    def records_lost(self, lost_from: int) -> None:
+        """A failed write lost the records from ``lost_from`` to the end of its
+        segment: tell the owning queue which refs are gone."""
+        if self.on_lost is not None:
+            self.on_lost(lost_from, segment_end(lost_from))
 
     def mark_delivered(self, ref: int) -> None:
         if ref > self.delivered_upto:
@@ -287,7 +257,7 @@ class QueueLog:
             if seg.ack_buf:
                 if seg.ack_fd < 0:
                     seg.ack_fd = open_private(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-                _write_all(seg.ack_fd, bytes(seg.ack_buf))
+                write_all(seg.ack_fd, bytes(seg.ack_buf))
                 seg.ack_buf.clear()
         if self.delivered_upto != self.delivered_written:
             p = os.path.join(self.dir, "delivered")
@@ -364,8 +334,8 @@ class QueueLog:
             seg = Segment(sid, path)
             with open(path, "rb") as f:
                 data = f.read()
-            acked = _read_acks(seg.ack_path)
-            valid_end, live_refs, bad, nbytes = _scan(data, sid, acked)
+            acked = read_acks(seg.ack_path)
+            valid_end, live_refs, bad, nbytes = scan_segment(data, sid, acked)
             total_bytes += nbytes
             for b in bad:
                 problems.append(f"{path}: {b}")
@@ -388,139 +358,6 @@ class QueueLog:
         return refs, self.delivered_upto, problems
 
 
-def _read_acks(path: str) -> set[int]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return set()
-    n = len(raw) // 4
-    a = array("I")
-    a.frombytes(raw[: n * 4])
-    if a.itemsize == 4 and struct.pack("=I", 1) != struct.pack(">I", 1):
-        a.byteswap()
-    return set(a)
-
-
-def _scan(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[str], int]:
-    """Walk the records of one segment: (valid end, live persistent refs, problems,
-    body bytes of the live records)."""
-    off = 0
-    n = len(data)
-    live: list[int] = []
-    live_bytes = 0
-    bad: list[str] = []
-    unpack = REC_HEAD.unpack_from
-    crc32 = zlib.crc32
-    base = sid << 32
-    mv = memoryview(data)
-    while off + 9 <= n:
-        length, crc, rtype = unpack(data, off)
-        end = off + 8 + length
-        if length < 1 or length > MAX_RECORD or end > n:
-            break
-        if crc32(mv[off + 8 : end]) != crc:
-            # a bad record followed by a good one is skipped; otherwise it is the tail
-            if _next_record_ok(data, end):
-                bad.append(f"corrupt record at byte {off} skipped")
-                off = end
-                continue
-            break
-        if rtype == REC_MSG and off not in acked and data[off + 9] & 1:
-            live.append(base | off)
-            # body bytes, for x-max-length-bytes accounting
-            o = off + 10 + (8 if data[off + 9] & 2 else 0)
-            o += 1 + data[o]
-            o += 1 + data[o]
-            hl = U32.unpack_from(data, o)[0]
-            live_bytes += end - (o + 4 + hl)
-        off = end
-    return off, live, bad, live_bytes
-
-
-def _next_record_ok(data: bytes, off: int) -> bool:
-    if off + 9 > len(data):
-        return False
-    length, crc, _t = REC_HEAD.unpack_from(data, off)
-    end = off + 8 + length
-    if length < 1 or end > len(data):
-        return False
-    return zlib.crc32(memoryview(data)[off + 8 : end]) == crc
-
-
-def _write_identity(directory: str, vhost: str, name: str) -> None:
-    """Name the queue a log directory belongs to (directories are named by a
-    hash), so that data found without metadata can still be identified."""
-    path = os.path.join(directory, IDENTITY_FILE)
-    if os.path.exists(path):
-        return
-    raw = json.dumps({"vhost": vhost, "queue": name}, ensure_ascii=False).encode("utf-8")
-    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        _write_all(fd, raw)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_identity(directory: str) -> tuple[str | None, str | None]:
-    """(vhost, queue name) a log directory was made for, or (None, None)."""
-    try:
-        with open(os.path.join(directory, IDENTITY_FILE), "rb") as f:
-            d = json.loads(f.read())
-        return str(d["vhost"]), str(d["queue"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, None
-
-
-def read_live_records(directory: str) -> Iterator[tuple[bool, int, bytes, bytes, bytes, bytes]]:
-    """The unsettled persistent messages of a log directory, in order, read without
-    changing anything: (persistent, deadline, ex_raw, rk_raw, header, body)."""
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".seg"))
-    for name in names:
-        path = os.path.join(directory, name)
-        with open(path, "rb") as f:
-            data = f.read()
-        sid = int(name[:-4])
-        _end, live, _bad, _nbytes = _scan(data, sid, _read_acks(path[:-4] + ".ack"))
-        for ref in live:
-            off = ref & 0xFFFFFFFF
-            length = REC_HEAD.unpack_from(data, off)[0]
-            yield decode_message_full(memoryview(data)[off + 9 : off + 8 + length])
-
-
-def _fsync_dir(directory: str) -> None:
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    mv = memoryview(data)
-    while mv:
-        n = os.write(fd, mv)
-        mv = mv[n:]
-
-
-def _fsync_all(fds: list[int], dirs: list[str]) -> None:
-    for fd in fds:
-        try:
-            os.fdatasync(fd)  # data and the size that reaches it; mtime need not hit the disk
-        except OSError as exc:
-            if exc.errno != errno.EBADF:  # a segment deleted meanwhile needs no sync
-                raise
-    for d in dirs:
-        try:
-            dfd = os.open(d, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
 
 class LogStore:
     """All queue logs under one data directory, with the group-commit fsync."""
@@ -537,13 +374,9 @@ class LogStore:
         self.now = time.monotonic()
         # group commit
         self.write_epoch = 1
-        self.synced_epoch = 0
         self.sync_wanted = False
         self.syncing = False
-        self.sync_waiters: set[Any] = set()
-        self.on_synced: Callable[[int], None] | None = None
-        self.on_sync_failed: Callable[[int, Exception], None] | None = None
-        self.on_write_failed: Callable[[QueueLog, int], None] | None = None
+        self.sync_waiters: set[SyncWaiter] = set()
         self._failed: Exception | None = None
         self.write_errors = 0
         self.appended_bytes = 0  # message record bytes ever appended (the disk alarm's estimate)
@@ -615,7 +448,7 @@ class LogStore:
         fds = list(self.sync_fds)
         self.sync_fds.clear()
         try:
-            _fsync_all(fds, list(self.new_files))
+            fsync_all(fds, list(self.new_files))
         except OSError as exc:
             log.error("final fsync failed: %s", exc)
         self._executor.shutdown(wait=True)
@@ -634,7 +467,7 @@ class LogStore:
         if qlog is None:
             make_private_dir(d)
             try:
-                _write_identity(d, vhost, name)
+                write_identity(d, vhost, name)
             except OSError:
                 shutil.rmtree(d, ignore_errors=True)
                 raise
@@ -655,7 +488,7 @@ class LogStore:
             dest = os.path.join(lf, f"{os.path.basename(directory)}-{stamp}-{n}")
         os.rename(directory, dest)
         for d in (lf, self.msg_dir):
-            _fsync_dir(d)
+            fsync_dir(d)
         return dest
 
     def drop_queue_log(self, qlog: QueueLog) -> None:
@@ -693,8 +526,7 @@ class LogStore:
         and every publish still waiting for the disk is nacked."""
         log.error("%s; the publishes waiting for the disk are nacked", exc)
         self.write_errors += 1
-        if self.on_write_failed is not None:
-            self.on_write_failed(exc.qlog, exc.lost_from)
+        exc.qlog.records_lost(exc.lost_from)
         self._failed = exc.cause
 
     def append_failed(self, qlog: QueueLog, exc: OSError) -> None:
@@ -716,8 +548,7 @@ class LogStore:
             epoch = self.write_epoch
             self.write_epoch += 1
             self.sync_wanted = False
-            if self.on_sync_failed is not None:
-                self.on_sync_failed(epoch, failed)
+            self._wake_failed(epoch, failed)
             return
         if self.sync_wanted and not self.syncing:
             self._start_sync()
@@ -732,7 +563,7 @@ class LogStore:
         self.sync_fds.clear()
         dirs = list(self.new_files)
         self.new_files.clear()
-        fut = self.loop.run_in_executor(self._executor, _fsync_all, fds, dirs)
+        fut = self.loop.run_in_executor(self._executor, fsync_all, fds, dirs)
         fut.add_done_callback(lambda f: self._sync_done(f, epoch))
 
     def _sync_done(self, fut: "asyncio.Future[None]", epoch: int) -> None:
@@ -741,14 +572,25 @@ class LogStore:
         exc = fut.exception()
         if exc is not None:
             log.error("fsync failed: %s; publishes waiting for it are nacked", exc)
-            if self.on_sync_failed is not None:
-                self.on_sync_failed(epoch, exc)
+            self._wake_failed(epoch, exc if isinstance(exc, Exception) else StorageError(str(exc)))
         else:
-            self.synced_epoch = epoch
-            if self.on_synced is not None:
-                self.on_synced(epoch)
+            self._wake_synced(epoch)
         if self.sync_wanted:
             self.flush()
+
+    def _wake_synced(self, epoch: int) -> None:
+        """Tell every waiter that ``epoch`` is on disk; drop those done waiting."""
+        waiters = self.sync_waiters
+        for w in list(waiters):
+            if not w.synced(epoch):
+                waiters.discard(w)
+
+    def _wake_failed(self, epoch: int, exc: Exception) -> None:
+        """Tell every waiter that ``epoch`` failed to reach the disk; drop those done waiting."""
+        waiters = self.sync_waiters
+        for w in list(waiters):
+            if not w.sync_failed(epoch, exc):
+                waiters.discard(w)
 
     def housekeep(self, idle: float = 2.0) -> None:
         now = time.monotonic()
@@ -764,11 +606,3 @@ class LogStore:
                 except OSError:
                     pass
         return total
-
-
-class RecoveredQueue:
-    """What recovery hands back for one queue."""
-
-    def __init__(self, refs: array, delivered_upto: int) -> None:
-        self.refs = deque(refs)
-        self.delivered_upto = delivered_upto

@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from .log import LOST_FOUND, read_identity, read_live_records
+from .records import LOST_FOUND, read_identity, read_live_records
 
 
 @dataclass

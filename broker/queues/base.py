@@ -1,0 +1,221 @@
+"""What the engine asks of every queue, whatever its type.
+
+Theory of operation
+-------------------
+The engine (vhost, channel, management API) talks to a queue only through
+:class:`Queue`: a routed message is offered with :meth:`Queue.push`, which says
+whether the queue took it (``PUSH_OK``), took it into its store so that an fsync
+must come before a publisher confirm (``PUSH_SYNC``), or refused it
+(``PUSH_REJECTED``: the publisher gets a nack).  Subscribers (a channel's
+consumers, seen through the small :class:`Subscriber` protocol) are attached and
+detached; the queue hands them messages when they have credit
+(:meth:`Queue.dispatch`).  A delivered message is settled by the channel that
+holds it: acked (:meth:`Queue.settle`), put back (:meth:`Queue.requeue`) or
+refused (:meth:`Queue.reject`, which dead-letters where configured).
+
+A queue sees its virtual host through :class:`QueueHost` (the event loop, the
+one publish entry point for dead letters, deleting itself when it expires), not
+through the vhost class, so that queues import nothing above them.
+
+Each queue type is a subclass chosen once from ``x-queue-type`` by
+:mod:`broker.queues.registry`; the classic queue (:mod:`broker.queues.classic`)
+is the first.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Protocol
+
+from storage.log import LogStore, QueueLog
+
+from ..message import Message
+
+PUSH_OK = 0
+PUSH_SYNC = 1  # in the store: an fsync makes it safe
+PUSH_REJECTED = 2  # refused (e.g. x-overflow reject-publish): nack the publisher
+
+
+class SubscriberChannel(Protocol):
+    """The channel behind a subscriber, as a queue being deleted sees it."""
+
+    def queue_deleted(self, subscriber: Any) -> None: ...
+
+
+class Subscriber(Protocol):
+    """A consumer as queues see it: credit, delivery, identity for the listings."""
+
+    @property
+    def channel(self) -> SubscriberChannel: ...
+
+    @property
+    def tag(self) -> str: ...
+
+    @property
+    def no_ack(self) -> bool: ...
+
+    @property
+    def exclusive(self) -> bool: ...
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def arguments(self) -> dict: ...
+
+    def can_take(self) -> bool:
+        """True if it may be handed one more message now."""
+        ...
+
+    def deliver(self, queue: Any, msg: Message) -> None:
+        """Take ``msg`` from ``queue`` (the channel writes it to the client)."""
+        ...
+
+
+class QueueHost(Protocol):
+    """The virtual host as its queues see it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Any], bool]) -> None:
+        """Route ``msg`` from exchange ``exchange`` into every queue but those ``skip`` refuses."""
+        ...
+
+    def delete_queue(self, q: Any, reason: str = "deleted") -> int: ...
+
+
+@dataclass
+class Recovered:
+    """What one queue got back from its store at start-up."""
+
+    messages: int = 0
+    redelivered: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class Queue(abc.ABC):
+    """One queue of one vhost: the interface every queue type implements."""
+
+    type_name: ClassVar[str]
+
+    def __init__(
+        self,
+        vhost: QueueHost,
+        name: str,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict | None = None,
+        owner: Any = None,
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.exclusive = exclusive
+        self.auto_delete = auto_delete
+        self.arguments = arguments or {}
+        self.owner = owner  # the connection of an exclusive queue
+        self.consumers: list[Subscriber] = []
+        self.exclusive_consumer: Subscriber | None = None
+        self.bindings: dict[tuple, Any] = {}  # (source exchange, binding key) -> Binding
+        self.log: QueueLog | None = None  # the store this queue writes messages to, if any
+        self.had_consumers = False
+        self.deleted = False
+        self.last_used = time.monotonic()
+        self.unacked = 0
+        # counters for stats
+        self.published = 0
+        self.delivered = 0
+        self.acked = 0
+        self.bytes_ready = 0
+
+    # -- messages in -------------------------------------------------------------
+    @abc.abstractmethod
+    def push(self, msg: Message, persistent: bool = False) -> int:
+        """Offer a routed message: PUSH_OK, PUSH_SYNC or PUSH_REJECTED."""
+
+    # -- subscribers ---------------------------------------------------------------
+    @abc.abstractmethod
+    def add_consumer(self, c: Subscriber) -> None:
+        """Attach a subscriber (call :meth:`dispatch` afterwards)."""
+
+    @abc.abstractmethod
+    def remove_consumer(self, c: Subscriber) -> None:
+        """Detach a subscriber; unknown ones are ignored."""
+
+    @abc.abstractmethod
+    def dispatch(self) -> None:
+        """Hand ready messages to subscribers that have credit."""
+
+    @abc.abstractmethod
+    def get(self) -> Message | None:
+        """Basic.Get: take one message, or None."""
+
+    # -- settling deliveries ----------------------------------------------------------
+    @abc.abstractmethod
+    def settle(self, msg: Message) -> None:
+        """A delivered message was acked (or taken with no-ack): gone for good."""
+
+    @abc.abstractmethod
+    def requeue(self, msgs: Iterable[Message]) -> None:
+        """Delivered messages come back, in their original order, redelivered."""
+
+    @abc.abstractmethod
+    def reject(self, msg: Message) -> None:
+        """A delivered message was refused without requeue: drop or dead-letter it."""
+
+    # -- the queue as a whole ----------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def ready(self) -> int:
+        """Messages waiting for a subscriber."""
+
+    @abc.abstractmethod
+    def purge(self) -> int:
+        """Drop every ready message; return how many."""
+
+    @abc.abstractmethod
+    def delete(self) -> int:
+        """The vhost removed this queue and cancelled its subscribers: stop its timers,
+        drop its messages and its store; return how many were ready."""
+
+    def start(self) -> None:
+        """The queue is declared in its vhost: start what runs on its own (timers)."""
+
+    def open_store(self, store: LogStore) -> None:
+        """A durable queue of a broker with a data directory opens its log (raises OSError)."""
+
+    def recover(self) -> Recovered | None:
+        """Rebuild from the store at start-up; None if this queue keeps nothing there."""
+        return None
+
+    def describe(self) -> dict:
+        """Identity and counts, for listings."""
+        return {
+            "name": self.name,
+            "durable": self.durable,
+            "exclusive": self.exclusive,
+            "auto_delete": self.auto_delete,
+            "arguments": self.arguments,
+            "messages_ready": self.ready,
+            "messages_unacknowledged": self.unacked,
+            "messages": self.ready + self.unacked,
+            "consumers": len(self.consumers),
+        }
+
+    def definition(self) -> dict:
+        """This queue in RabbitMQ's definitions shape."""
+        return {
+            "name": self.name,
+            "vhost": self.vhost.name,
+            "durable": self.durable,
+            "auto_delete": self.auto_delete,
+            "arguments": self.arguments,
+        }
