@@ -33,7 +33,7 @@ from protocol import errors, framing, methods, names
 from protocol.errors import ChannelError, ConnectionError
 
 from .message import Message
-from .publishing import check_properties
+from .publishing import CHECKED_FLAGS, check_properties
 from .queues import PUSH_REJECTED, PUSH_SYNC, Queue
 from .queues.arguments import validate_consumer_arguments
 from .reply_to import REPLY_TO, REPLY_TO_PREFIX
@@ -234,11 +234,14 @@ class Channel:
         except UnicodeDecodeError:
             raise ConnectionError(errors.FRAME_ERROR, "cannot decode basic.publish frame: invalid UTF-8") from None
         self.check("write", "exchange", exchange or "amq.default")
-        x = self.vhost.exchange_for_publish(exchange)
+        x = self.vhost.exchanges.get(exchange)
+        if x is None or x.internal:
+            x = self.vhost.exchange_for_publish(exchange)  # raises 404 / 403
         if bits & 2:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
-        check_properties(msg, self.conn.username, None if self.reply_consumer is None else self.reply_token)
+        if framing.property_flags(header) & CHECKED_FLAGS:  # the common publish skips the call
+            check_properties(msg, self.conn.username, None if self.reply_consumer is None else self.reply_token)
         if self.tx:
             self.tx_publishes.append((x, msg, bits))
             return
