@@ -44,7 +44,7 @@ from .consumer import Consumer
 from .content import ContentAssembler, Publish
 from .direct_reply import ReplyConsumer, reply_frames
 from .message import Message
-from .publishing import check_properties
+from .publishing import CHECKED_FLAGS, check_properties
 from .queues import PUSH_REJECTED, PUSH_SYNC, Queue
 from .transactions import Transaction, settle_groups
 from .unacked import Entry, UnackedDeliveries, by_queue, unknown_tag
@@ -175,11 +175,14 @@ class Channel:
         except UnicodeDecodeError:
             raise ConnectionError(errors.FRAME_ERROR, "cannot decode basic.publish frame: invalid UTF-8") from None
         self.check("write", "exchange", exchange or "amq.default")
-        x = self.vhost.exchange_for_publish(exchange)
+        x = self.vhost.exchanges.get(exchange)
+        if x is None or x.internal:
+            x = self.vhost.exchange_for_publish(exchange)  # raises 404 / 403
         if bits & 2:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
-        check_properties(msg, self.conn.username, None if self.reply_consumer is None else self.reply_token)
+        if framing.property_flags(header) & CHECKED_FLAGS:  # the common publish skips the call
+            check_properties(msg, self.conn.username, None if self.reply_consumer is None else self.reply_token)
         if self.tx:
             self.txn.publish(x, msg, bits)
             return
