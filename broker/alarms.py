@@ -67,7 +67,7 @@ def parse_watermark(text: str | float) -> int:
     try:
         f = float(text)
     except (TypeError, ValueError):
-        return parse_size(text)  # type: ignore[arg-type]
+        return parse_size(text)
     if 0 < f <= 1:
         return int(total_memory() * f)
     if f > 1:

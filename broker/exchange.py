@@ -10,8 +10,9 @@ list of argument tables (headers).
 from __future__ import annotations
 
 import datetime
+from collections.abc import Collection
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Collection
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .message import Message

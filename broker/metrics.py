@@ -17,7 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -119,7 +120,7 @@ def _rss() -> int:
 
 def _registry(broker: Any, per_object: bool) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BrokerCollector(broker, per_object))  # type: ignore[arg-type]
+    registry.register(BrokerCollector(broker, per_object))
     return registry
 
 

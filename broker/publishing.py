@@ -14,7 +14,8 @@ expiration, reply-to, headers or user-id) costs one flag test.
 from __future__ import annotations
 
 import time
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 from protocol import errors, fields, framing, names
 from protocol.errors import ChannelError

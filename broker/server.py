@@ -10,7 +10,7 @@ embed it::
     await broker.stop()           # clients get Connection.Close 320
 
 :class:`AMQPProtocol` is the thin ``asyncio.Protocol`` adapter that hands bytes
-and flow-control events to a :class:`~broker.connection.Connection`.
+and flow-control events to a :class:`~broker.amqp.connection.Connection`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from storage.records import read_identity
 
 from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark
+from .amqp.connection import Connection
 from .auth import Permission, UserStore
-from .connection import Connection
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
 from .login_throttle import LoginThrottle
 from .logsafe import printable
-from .message import Message
 from .metadata import MetadataJournal
 from .services import ConnectionLimits, Services
 from .stats import Stats
@@ -55,7 +54,7 @@ class AMQPProtocol(asyncio.Protocol):
         self.broker = broker
         self.conn: Connection | None = None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         transport.set_write_buffer_limits(high=256 * 1024)
         self.conn = Connection(self.broker.services, transport)
         self.broker.connections.add(self.conn)
@@ -143,15 +142,6 @@ class Broker:
         )
         self.connections: set[Connection] = self.services.connections.all
         self.open_connections: set[Connection] = self.services.connections.open
-
-    @property
-    def stats_unroutable(self) -> int:
-        """Unroutable publishes (kept for the management API; the counter is ``stats.unroutable``)."""
-        return self.stats.unroutable
-
-    @stats_unroutable.setter
-    def stats_unroutable(self, value: int) -> None:
-        self.stats.unroutable = value
 
     async def start(self) -> None:
         """Prepare, then accept AMQP clients."""
@@ -351,11 +341,6 @@ class Broker:
         self.journal.changed()
         log.info("created default user '%s' with full permissions on vhost '%s'", printable(self.default_user),
                  printable(vh))
-
-    def direct_reply(self, msg: Message) -> bool:
-        """A publish to amq.rabbitmq.reply-to.<token> (kept for the management API;
-        publishes go through VHost.publish)."""
-        return self.services.replies.deliver(msg)
 
     def _housekeep(self) -> None:
         if self.store is not None:

@@ -12,7 +12,8 @@ import asyncio
 import base64
 import os
 import time
-from typing import Any, Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
 
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError, ConnectionError

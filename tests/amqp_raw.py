@@ -117,7 +117,7 @@ class RawClient:
         """Read more bytes; False on EOF, socket.timeout when the deadline passes."""
         left = deadline - time.monotonic()
         if left <= 0:
-            raise socket.timeout("no data before the deadline")
+            raise TimeoutError("no data before the deadline")
         self.sock.settimeout(left)
         try:
             data = self.sock.recv(65536)
@@ -204,7 +204,7 @@ class RawClient:
         try:
             while not self.eof:
                 self._recv(deadline)
-        except socket.timeout:
+        except TimeoutError:
             return False
         return True
 

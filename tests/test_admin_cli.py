@@ -124,7 +124,7 @@ def test_listing_verbs(cli, cb, uid):
         ch.exchange_declare(x, "topic", durable=True)
         ch.queue_declare(qn, durable=True, arguments={"x-max-length": 100})
         ch.queue_bind(qn, x, "a.*")
-        for i in range(3):
+        for _i in range(3):
             ch.basic_publish(x, "a.b", b"m")
         ch.basic_qos(prefetch_count=1)
         ch.basic_consume(qn, lambda *a: None, consumer_tag=f"ct{uid}")

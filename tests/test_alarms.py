@@ -12,6 +12,7 @@ import time
 
 import pika
 import pytest
+
 from conftest import BrokerProcess
 
 

@@ -19,14 +19,14 @@ from pamqp import heartbeat as pheartbeat
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from broker.confirms import ACK, COMMIT_FAILED, COMMIT_OK, NACK, Confirms
-from broker.connection_state import TRANSITIONS, ConnState, IllegalTransition, check_transition
-from broker.consumer import Consumer, new_consumer_tag
-from broker.content import MAX_MESSAGE_SIZE, ContentAssembler
-from broker.direct_reply import REPLY_TO_PREFIX, ReplyConsumer, check_consume, reply_frames, reply_token
+from broker.amqp.confirms import ACK, COMMIT_FAILED, COMMIT_OK, NACK, Confirms
+from broker.amqp.connection_state import TRANSITIONS, ConnState, IllegalTransition, check_transition
+from broker.amqp.consumer import Consumer, new_consumer_tag
+from broker.amqp.content import MAX_MESSAGE_SIZE, ContentAssembler
+from broker.amqp.direct_reply import REPLY_TO_PREFIX, ReplyConsumer, check_consume, reply_frames, reply_token
+from broker.amqp.transactions import Transaction, settle_groups
+from broker.amqp.unacked import UnackedDeliveries
 from broker.message import Message
-from broker.transactions import Transaction, settle_groups
-from broker.unacked import UnackedDeliveries
 from protocol import errors, framing
 from protocol.errors import ChannelError, ConnectionError
 

@@ -126,8 +126,8 @@ def assert_death(entry: dict, *, count: int, reason: str, queue: str, exchange: 
         assert entry["original-expiration"] == original_expiration
     t = entry["time"]
     assert isinstance(t, datetime.datetime)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    assert abs((now - t.replace(tzinfo=datetime.timezone.utc)).total_seconds()) < 120
+    now = datetime.datetime.now(datetime.UTC)
+    assert abs((now - t.replace(tzinfo=datetime.UTC)).total_seconds()) < 120
 
 
 def assert_first_death(headers: dict, *, reason: str, queue: str, exchange: str) -> None:
@@ -1346,7 +1346,7 @@ def test_inequivalent_extension_arguments(conn, uid):
          "x-message-ttl"),
     ]
     for args, detail, key in cases:
-        code, text = closed_with(lambda: conn.channel().queue_declare(q, exclusive=True, arguments=args))
+        code, text = closed_with(lambda a=args: conn.channel().queue_declare(q, exclusive=True, arguments=a))
         assert code == 406
         assert text == f"PRECONDITION_FAILED - inequivalent arg '{key}' for queue '{q}' {V}: {detail}"
     # a passive declare ignores arguments

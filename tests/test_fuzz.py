@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import random
-import socket
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,6 @@ import pika
 import pytest
 from pamqp import commands as C
 from pamqp import frame as pframe
-from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from amqp_raw import RawClient
@@ -42,7 +40,7 @@ RICH_TABLE = {
     "f": 1.5,
     "t": True,
     "d": Decimal("3.14"),
-    "ts": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+    "ts": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
     "a": [1, "two", [3], {"k": "v"}],
     "n": None,
     "tbl": {"x": {"y": {"z": 1}}},
@@ -60,7 +58,7 @@ PROPS = C.Basic.Properties(
     reply_to="reply",
     expiration="60000",
     message_id="mid",
-    timestamp=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),
+    timestamp=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
     message_type="type",
     user_id="guest",
     app_id="fuzz",
@@ -345,7 +343,7 @@ def _run_case(port: int, seed: int) -> str:
             while time.monotonic() < deadline:
                 try:
                     f = c.read_frame(max(0.01, deadline - time.monotonic()))
-                except socket.timeout:
+                except TimeoutError:
                     return "timeout"
                 if f is None:
                     return "eof"

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from test_management_api import Http, mgmt_url
-
 from storage.log import read_identity
+from test_management_api import Http, mgmt_url
 
 CHECK = "/api/health/checks/virtual-hosts"
 

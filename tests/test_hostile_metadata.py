@@ -16,12 +16,11 @@ import pika
 import pika.exceptions
 import pytest
 
+from broker.management.http import HTTPError, json_object
 from conftest import BrokerProcess, _make
+from protocol import fields
 from test_admin_cli import run
 from test_management_api import Http, mgmt_url
-
-from broker.management.http import HTTPError, json_object
-from protocol import fields
 
 
 def _nested(depth: int) -> dict:

@@ -394,7 +394,7 @@ def mgmt(b) -> str:
     while time.monotonic() < deadline:
         found = MGMT_LINE.findall(b.log_text())
         if found:
-            return "http://%s:%s" % found[-1]
+            return "http://{}:{}".format(*found[-1])
         time.sleep(0.05)
     raise AssertionError("no management API line in the broker log")
 

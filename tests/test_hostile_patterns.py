@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable
 
 import pika
 import pika.exceptions

@@ -3,9 +3,7 @@
 The module graph is built from the source with ``ast``: every ``import`` and
 ``from ... import`` counts, at module level, inside a function or under ``if
 TYPE_CHECKING:`` (a type-only import back up the layers is a cycle in the design
-even if it never runs: give the lower module a small Protocol instead).  The
-type-only edges in :data:`TYPE_ONLY_ALLOWED` are the known exceptions still to
-remove.  Run it alone with ``python -m pytest tests/test_import_cycles.py``; it
+even if it never runs: give the lower module a small Protocol instead).  Run it alone with ``python -m pytest tests/test_import_cycles.py``; it
 prints the cycles it finds.
 """
 
@@ -14,11 +12,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("broker", "protocol", "storage")
-# (importer, imported) type-only imports tolerated for now
-TYPE_ONLY_ALLOWED = {("broker.channel", "broker.connection")}
 
 
 def _modules() -> dict[str, tuple[pathlib.Path, bool]]:
@@ -31,24 +26,9 @@ def _modules() -> dict[str, tuple[pathlib.Path, bool]]:
     return out
 
 
-def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Every import statement, and whether it sits under ``if TYPE_CHECKING:``."""
-    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
-
-    def visit(node: ast.AST, type_only: bool) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                visit(child, True)
-            for child in node.orelse:
-                visit(child, type_only)
-            return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append((node, type_only))
-        for child in ast.iter_child_nodes(node):
-            visit(child, type_only)
-
-    visit(tree, False)
-    return found
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement, at any depth (under ``if TYPE_CHECKING:`` too)."""
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -57,7 +37,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, (path, is_pkg) in mods.items():
         pkg = m if is_pkg else m.rpartition(".")[0]
-        for node, type_only in _imports(ast.parse(path.read_text())):
+        for node in _imports(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -69,7 +49,7 @@ def import_graph() -> dict[str, set[str]]:
             for t in targets:
                 while t and t not in mods:
                     t = t.rpartition(".")[0]
-                if t and t != m and not (type_only and (m, t) in TYPE_ONLY_ALLOWED):
+                if t and t != m:
                     graph[m].add(t)
     return graph
 
@@ -116,8 +96,8 @@ def test_the_checker_finds_a_cycle() -> None:
 
 def test_type_checking_imports_are_seen() -> None:
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nelse:\n    import y\n")
-    got = [(a.name, t) for n, t in _imports(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert got == [("x", True), ("y", False)]
+    got = [a.name for n in _imports(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert sorted(got) == ["x", "y"]
 
 
 def test_no_import_cycle() -> None:

@@ -63,12 +63,12 @@ def collect(conn, consumer_queues, n: int, no_ack: bool = True, accept=("json", 
             assert time.monotonic() < deadline, f"only {len(got)} of {n} messages"
             try:
                 conn.drain_events(timeout=0.2)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         # nothing more arrives
         try:
             conn.drain_events(timeout=0.2)
-        except socket.timeout:
+        except TimeoutError:
             pass
     return got
 
@@ -244,7 +244,7 @@ def test_consumer_requeue_then_ack_in_callback(conn, tq, uid):
             assert time.monotonic() < deadline
             try:
                 conn.drain_events(timeout=0.2)
-            except socket.timeout:
+            except TimeoutError:
                 pass
     assert seen == [False, True]
     assert q(conn.channel()).queue_declare(passive=True).message_count == 0
@@ -263,7 +263,7 @@ def test_consumer_prefetch_count(conn, uid):
         while time.monotonic() < end:
             try:
                 conn.drain_events(timeout=0.1)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         assert [m.payload for m in held] == [0, 1]
         held[0].ack()
@@ -272,7 +272,7 @@ def test_consumer_prefetch_count(conn, uid):
             assert time.monotonic() < deadline
             try:
                 conn.drain_events(timeout=0.1)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         assert [m.payload for m in held] == [0, 1, 2]
         for m in held[1:]:
@@ -296,7 +296,7 @@ def test_mandatory_return_callback(conn, uid):
         assert time.monotonic() < deadline, "no Basic.Return"
         try:
             conn.drain_events(timeout=0.1)
-        except socket.timeout:
+        except TimeoutError:
             pass
     assert returned == [(312, "NO_ROUTE", ex.name, "nowhere", b"lost")]
 

@@ -38,7 +38,7 @@ def test_metrics_for_a_small_workload(broker_factory):
     ch = conn.channel()
     ch.queue_declare("mq", durable=True)
     ch.confirm_delivery()
-    for i in range(10):
+    for _i in range(10):
         ch.basic_publish("", "mq", b"x" * 100, pika.BasicProperties(delivery_mode=2))
     for _ in range(4):
         m = ch.basic_get("mq")

@@ -106,7 +106,7 @@ PROPS = [
         reply_to="r",
         expiration="1000",
         message_id="m",
-        timestamp=datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+        timestamp=datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
         message_type="t",
         user_id="guest",
         app_id="app",

@@ -367,7 +367,7 @@ TYPED_ARGS = {
     "long": 2**40,
     "bool": True,
     "decimal": __import__("decimal").Decimal("1.25"),
-    "timestamp": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+    "timestamp": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
     "table": {"a": 1, "b": "two"},
     "array": [1, "two", True],
 }
@@ -433,7 +433,7 @@ def test_restart_keeps_persistent_messages_byte_exact_in_order(fresh_broker):
     ch = conn.channel()
     got = get_all(ch, "durable-q")
     assert [bd for _m, _p, bd in got] == [bd for _p, bd in sent]
-    for (m, p, bd), (want_p, _want_b) in zip(got, sent):
+    for (m, p, _bd), (want_p, _want_b) in zip(got, sent):
         assert props_dict(p) == want_p
         assert m.exchange == "fan" and m.routing_key == ""
         assert m.redelivered is False

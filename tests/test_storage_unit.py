@@ -397,7 +397,7 @@ def test_meta_round_trip_field_types(tmp_path):
         "bool": True,
         "none": None,
         "decimal": decimal.Decimal("1.25"),
-        "ts": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+        "ts": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
         "table": {"a": [1, {"b": b"\xfe"}]},
     }
     defs = {

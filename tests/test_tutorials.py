@@ -872,7 +872,7 @@ def test_counts_in_replies(connect, uid):
     purged = ch.queue_purge(q)
     assert purged.method.message_count == 3
     assert ch.basic_get(q) == (None, None, None)
-    for i in range(4):
+    for _ in range(4):
         ch.basic_publish("", q, b"y")
     deleted = ch.queue_delete(q)
     assert deleted.method.message_count == 4

@@ -1,12 +1,12 @@
 """Consumer-side methods of the basic class on a channel: qos, consume, cancel, get.
 
 Each handler takes the channel and the decoded method, like the exchange and
-queue handlers in broker/topology_methods.py; the channel's dispatch table maps
+queue handlers in broker/amqp/topology_methods.py; the channel's dispatch table maps
 each method class to one of these.  Acks, nacks, rejects and recover stay on the
 channel, next to the unacked deliveries they settle.
 
 A Basic.Consume on ``amq.rabbitmq.reply-to`` is direct reply-to: no queue, one
-:class:`~broker.direct_reply.ReplyConsumer` per channel, registered under its
+:class:`~broker.amqp.direct_reply.ReplyConsumer` per channel, registered under its
 token with the broker.
 """
 
@@ -19,10 +19,12 @@ from pamqp import commands as C
 from protocol import errors, framing, methods
 from protocol.errors import ChannelError, ConnectionError
 
+from ..message import Message
+from ..queues.arguments import validate_consumer_arguments
+from ..reply_to import REPLY_TO
+from ..services import Services
 from .consumer import Consumer, ConsumerChannel, new_consumer_tag
 from .direct_reply import ReplyConsumer, check_consume, new_reply_token
-from .reply_to import REPLY_TO
-from .queues.arguments import validate_consumer_arguments
 from .unacked import UnackedDeliveries
 
 
@@ -35,6 +37,7 @@ class BasicChannel(ConsumerChannel, Protocol):
     consumers: dict[str, Consumer]
     unacked_deliveries: UnackedDeliveries
     reply: ReplyConsumer | None
+    services: Services
 
     def check(self, what: str, kind: str, name: str) -> None: ...
 
@@ -54,6 +57,15 @@ class BasicChannel(ConsumerChannel, Protocol):
     def drop_consumer(self, c: Consumer, kick: bool) -> None: ...
 
     def drop_reply_consumer(self) -> None: ...
+
+    # what the direct reply-to registry needs of the channel (broker.reply_to.ReplyTarget)
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def reply_consumer(self) -> str | None: ...
+
+    def deliver_reply(self, msg: Message) -> None: ...
 
 
 def basic_qos(ch: BasicChannel, m: C.Basic.Qos) -> None:

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The connection hands each frame for this channel to one of ``on_publish``,
-``on_header``, ``on_body`` (content assembly, :mod:`broker.content`), ``on_ack``
+``on_header``, ``on_body`` (content assembly, :mod:`broker.amqp.content`), ``on_ack``
 (the hot-path ack, parsed by hand) or ``handle_method`` (everything else,
 decoded by pamqp and dispatched through ``HANDLERS``).  A publish is complete
 when its header (body size 0) or its last body frame arrives; ``_complete``
@@ -11,16 +11,16 @@ then validates it, routes it and pushes it into queues.
 
 The channel's state is kept by small pieces, each with its own module:
 
-- :class:`~broker.content.ContentAssembler`: the publish being assembled;
-- :class:`~broker.unacked.UnackedDeliveries`: delivery tags, the unacked map,
+- :class:`~broker.amqp.content.ContentAssembler`: the publish being assembled;
+- :class:`~broker.amqp.unacked.UnackedDeliveries`: delivery tags, the unacked map,
   per-consumer and channel-global prefetch (RabbitMQ's ``global`` flag);
-- :class:`~broker.confirms.Confirms`: publisher confirm sequence numbers and
+- :class:`~broker.amqp.confirms.Confirms`: publisher confirm sequence numbers and
   what waits for the disk; the channel asks it what to send and sends it;
-- :class:`~broker.transactions.Transaction`: publishes and acks buffered
+- :class:`~broker.amqp.transactions.Transaction`: publishes and acks buffered
   until tx.commit;
-- :class:`~broker.direct_reply.ReplyConsumer`: the direct reply-to consumer;
-- :class:`~broker.consumer.Consumer`: one subscription on a queue;
-- :mod:`broker.topology_methods`: the exchange and queue classes.
+- :class:`~broker.amqp.direct_reply.ReplyConsumer`: the direct reply-to consumer;
+- :class:`~broker.amqp.consumer.Consumer`: one subscription on a queue;
+- :mod:`broker.amqp.topology_methods`: the exchange and queue classes.
 
 Coalesced publisher acks are sent when the connection flushes its output
 (``emit_confirms``), so that a Basic.Return always precedes the ack of the same
@@ -31,30 +31,57 @@ rolled back and unacked deliveries are requeued in their original order.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from pamqp import commands as C
 
 from protocol import errors, framing, methods
 from protocol.errors import ChannelError, ConnectionError
 
+from ..message import Message
+from ..publishing import CHECKED_FLAGS, check_properties
+from ..queues import PUSH_REJECTED, PUSH_SYNC, Queue
+from ..services import Services
 from . import basic_methods, topology_methods
 from .confirms import ACK, COMMIT_OK, NACK, Confirms, Signal
 from .consumer import Consumer
 from .content import ContentAssembler, Publish
 from .direct_reply import ReplyConsumer, reply_frames
-from .message import Message
-from .publishing import CHECKED_FLAGS, check_properties
-from .queues import PUSH_REJECTED, PUSH_SYNC, Queue
 from .transactions import Transaction, settle_groups
 from .unacked import Entry, UnackedDeliveries, by_queue, unknown_tag
 
-if TYPE_CHECKING:
-    from .connection import Connection
+__all__ = ["HANDLERS", "Channel"]
 
-__all__ = ["HANDLERS", "Channel", "Consumer"]  # Consumer: queue.py names it as the type of its subscribers
+log = logging.getLogger("broker.amqp.channel")
 
-log = logging.getLogger("broker.channel")
+
+class ChannelConnection(Protocol):
+    """What a channel uses of its connection (the connection implements it; the
+    channel never imports the connection module)."""
+
+    services: Services
+    vhost: Any
+    username: str
+    capabilities: dict
+    max_body: int
+    confirm_dirty: set
+    writing_paused: bool
+    out_size: int
+    OUT_HIGH: int
+    starved: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def write_parts(self, parts: list) -> None: ...
+
+    def schedule_flush(self) -> None: ...
+
+    def channel_error(self, chn: int, e: ChannelError) -> None: ...
+
+    def close_channel(self, ch: "Channel", reply: bool) -> None: ...
+
+    def channel_closed(self, ch: "Channel") -> None: ...
 
 
 class Counters(Protocol):
@@ -71,7 +98,7 @@ class Counters(Protocol):
 class Channel:
     """State of one open channel of a connection."""
 
-    def __init__(self, conn: "Connection", number: int) -> None:
+    def __init__(self, conn: ChannelConnection, number: int) -> None:
         self.conn = conn
         self.number = number
         self.vhost = conn.vhost
@@ -364,7 +391,7 @@ class Channel:
     def m_flow_ok(self, m: C.Channel.FlowOk) -> None:
         pass
 
-    # basic class (qos, consume, cancel and get are in broker/basic_methods.py)
+    # basic class (qos, consume, cancel and get are in broker/amqp/basic_methods.py)
     def drop_consumer(self, c: Consumer, kick: bool) -> None:
         """Detach ``c`` from its queue; an auto-delete queue that lost its last consumer goes."""
         q = c.queue
@@ -400,7 +427,7 @@ class Channel:
         if isinstance(m, C.Basic.Recover):
             self.send(C.Basic.RecoverOk())
 
-    # direct reply-to (the consumer is set up in broker/basic_methods.py)
+    # direct reply-to (the consumer is set up in broker/amqp/basic_methods.py)
     def deliver_reply(self, msg: Message) -> None:
         """A reply published to amq.rabbitmq.reply-to.<our token>."""
         if self.reply is None or self.closing:

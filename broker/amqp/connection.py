@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-States (:class:`~broker.connection_state.ConnState`; what may follow what is
-the table in broker/connection_state.py, enforced by :meth:`Connection.transition`):
+States (:class:`~broker.amqp.connection_state.ConnState`; what may follow what is
+the table in broker/amqp/connection_state.py, enforced by :meth:`Connection.transition`):
 ``header`` (waiting for the 8-byte protocol header) -> ``start``
 (Connection.Start sent, waiting for StartOk) -> ``tune`` (Tune sent, waiting for
 TuneOk) -> ``open`` (waiting for Connection.Open) -> ``opened`` (channels
@@ -33,7 +33,6 @@ read what we send, we stop reading what it sends.
 from __future__ import annotations
 
 import logging
-import platform
 from typing import Any
 
 from pamqp import commands as C
@@ -41,17 +40,15 @@ from pamqp import commands as C
 from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
-from . import __version__
-from .auth import AuthError, parse_response
+from ..logsafe import printable
+from ..metadata import MetadataSaveError
+from ..services import Services
 from .channel import Channel
-from .connection_state import DISCARDING, HANDSHAKE_OVER, ConnState, check_transition
+from .connection_state import DISCARDING, ConnState, check_transition
 from .content import EXPECTED_METHOD
-from .logsafe import printable
-from .metadata import MetadataSaveError
-from .net import is_loopback
-from .services import Services
+from .handshake import Handshake, server_properties
 
-log = logging.getLogger("broker.connection")
+log = logging.getLogger("broker.amqp.connection")
 
 HARD_CODES = frozenset(
     (
@@ -69,16 +66,6 @@ HARD_CODES = frozenset(
     )
 )
 
-CAPABILITIES = {
-    "publisher_confirms": True,
-    "exchange_exchange_bindings": True,
-    "basic.nack": True,
-    "consumer_cancel_notify": True,
-    "connection.blocked": True,
-    "authentication_failure_close": True,
-    "per_consumer_qos": True,
-}
-
 IDX_CHANNEL_OPEN = (20 << 16) | 10
 IDX_CHANNEL_CLOSE = (20 << 16) | 40
 IDX_CHANNEL_CLOSE_OK = (20 << 16) | 41
@@ -94,19 +81,7 @@ FRAME_BODY = framing.FRAME_BODY
 FRAME_HEARTBEAT = framing.FRAME_HEARTBEAT
 
 
-def server_properties() -> dict:
-    return {
-        "product": "BurrowMQ",
-        "version": __version__,
-        "platform": f"Python {platform.python_version()}",
-        "copyright": "Copyright (c) BurrowMQ contributors",
-        "information": "Licensed under the MIT License",
-        "cluster_name": platform.node() or "burrowmq",
-        "capabilities": dict(CAPABILITIES),
-    }
-
-
-class Connection:
+class Connection(Handshake):
     """Protocol state of one client connection."""
 
     OUT_HIGH = 1 << 20
@@ -465,102 +440,6 @@ class Connection:
         else:
             raise ConnectionError(errors.COMMAND_INVALID, f"unexpected method {m.name} on channel 0 in state {st}")
 
-    def on_start_ok(self, m: C.Connection.StartOk) -> None:
-        self.client_properties = m.client_properties or {}
-        caps = self.client_properties.get("capabilities") or {}
-        self.capabilities = caps if isinstance(caps, dict) else {}
-        mech = m.mechanism
-        throttle = self.services.login_throttle
-        if throttle.busy(self.peer_host):
-            throttle.refused_unchecked("amqp091")
-            log.warning("connection %s: login refused unchecked: too many refused logins from %s still pending",
-                        self.peer, self.peer_host)
-            self._refuse_login(mech)
-            return
-        try:
-            if mech not in ("PLAIN", "AMQPLAIN"):
-                raise AuthError(f"unsupported mechanism {mech!r}")
-            # pamqp hands over a response that is valid UTF-8 as text
-            resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("utf-8")
-            username, password = parse_response(mech, resp)
-            self.username = username
-            user = self.services.users.authenticate(username, password)
-            if username in self.services.loopback_users and not is_loopback(self.peer_host):
-                raise AuthError(f"user '{username}' can only connect via localhost")
-        except AuthError as exc:
-            delay = throttle.failed(self.peer_host, "amqp091")
-            log.warning("connection %s: login refused: %s%s", self.peer, printable(exc),
-                        f" (refusal delayed {delay:.1f} s: repeated failures from this address)" if delay else "")
-            if not delay:
-                self._refuse_login(mech)
-                return
-            # read nothing more; the handshake timeout still applies
-            self.transition(ConnState.REFUSING)
-            self._set_reading()
-            throttle.hold(self.peer_host)
-            self._refusal_pending = True
-            self._close_handle = self.loop.call_later(delay, self._refuse_login, mech)
-            return
-        self.user = user
-        self.transition(ConnState.TUNE)
-        self.send0(C.Connection.Tune(
-            channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.services.limits.heartbeat
-        ))
-
-    def _refuse_login(self, mech: str) -> None:
-        """Answer a refused login: Connection.Close 403, or (like RabbitMQ) just close
-        the socket for a client that cannot take a Close at this stage."""
-        self._release_refusal()
-        if self.state is CLOSED:
-            return
-        if not self.capabilities.get("authentication_failure_close"):
-            self.close_transport()
-            return
-        e = ConnectionError(
-            errors.ACCESS_REFUSED,
-            f"Login was refused using authentication mechanism {mech}. For details see the broker logfile.",
-        )
-        self.close(e.code, e.text)
-
-    def _release_refusal(self) -> None:
-        """The delayed refusal is sent (or its connection gone): the throttle stops counting it."""
-        if self._refusal_pending:
-            self._refusal_pending = False
-            self.services.login_throttle.release(self.peer_host)
-
-    def on_tune_ok(self, m: C.Connection.TuneOk) -> None:
-        if m.frame_max:
-            if m.frame_max < 4096:
-                raise ConnectionError(errors.NOT_ALLOWED, f"frame_max={m.frame_max} < 4096 min size")
-            if m.frame_max > self.services.limits.frame_max:
-                raise ConnectionError(
-                    errors.NOT_ALLOWED, f"frame_max={m.frame_max} > {self.services.limits.frame_max} max size"
-                )
-            self.frame_max = m.frame_max
-        if m.channel_max and m.channel_max < self.channel_max:
-            self.channel_max = m.channel_max
-        self.max_body = self.frame_max - 8
-        self.reader.set_frame_max(self.frame_max)
-        self.heartbeat = m.heartbeat
-        self.transition(ConnState.OPEN)
-        if self.heartbeat:
-            self._hb_handle = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
-
-    def on_open(self, m: C.Connection.Open) -> None:
-        vhname = m.virtual_host or "/"
-        vh = self.services.vhosts.get(vhname)
-        if vh is None:
-            raise ConnectionError(errors.NOT_ALLOWED, f"vhost {vhname} not found")
-        if self.services.users.permission(self.username, vhname) is None:
-            raise ConnectionError(errors.NOT_ALLOWED, f"access to vhost '{vhname}' refused for user '{self.username}'")
-        self.vhost = vh
-        self.transition(OPENED)
-        self._timeout_handle.cancel()
-        self.name = f"{self.peer} ({self.username}@{vhname})"
-        self.send0(C.Connection.OpenOk())
-        self.services.connections.opened(self)
-        log.info("connection %s opened: user '%s', vhost '%s'", self.peer, printable(self.username), printable(vhname))
-
     def _heartbeat_tick(self) -> None:
         if self.state is CLOSED:
             return
@@ -611,11 +490,6 @@ class Connection:
         if self._frames:
             self.loop.call_soon(self._process)
         log.info("connection %s unblocked", printable(self.name))
-
-    def _handshake_timeout(self) -> None:
-        if self.state not in HANDSHAKE_OVER:
-            log.warning("connection %s: handshake timeout in state %s, closing", self.peer, self.state)
-            self.close_transport(abort=True)
 
     # -- channels ----------------------------------------------------------------
     def open_channel(self, chn: int) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from protocol import names
 
-from .message import Message
+from ..message import Message
 from .unacked import UnackedDeliveries
 
 

@@ -22,7 +22,7 @@ The assembler holds only bytes; it knows nothing of exchanges or queues.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from protocol import errors, framing
 from protocol.errors import ChannelError, ConnectionError

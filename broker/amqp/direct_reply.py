@@ -23,9 +23,8 @@ import os
 from protocol import errors, framing, names
 from protocol.errors import ChannelError
 
-from .message import Message
-from .reply_to import REPLY_TO_PREFIX
-
+from ..message import Message
+from ..reply_to import REPLY_TO_PREFIX
 
 
 class ReplyConsumer:

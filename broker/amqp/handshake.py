@@ -7,7 +7,7 @@ before channels may open: it checks the login (PLAIN and AMQPLAIN, loopback-only
 users, the per-address login throttle, which may delay a refusal: the connection
 then sits in ``refusing`` and reads nothing), negotiates frame and channel limits
 and the heartbeat, and opens the vhost.  The connection's state machine
-(broker/connection_state.py) decides which of these methods may run; the
+(broker/amqp/connection_state.py) decides which of these methods may run; the
 handshake timeout closes a connection that has not reached ``opened`` in time.
 """
 
@@ -24,9 +24,9 @@ from protocol.errors import ConnectionError
 
 from .. import __version__
 from ..auth import AuthError, parse_response
-from .connection_state import HANDSHAKE_OVER, ConnState
 from ..logsafe import printable
 from ..net import is_loopback
+from .connection_state import HANDSHAKE_OVER, ConnState
 
 if TYPE_CHECKING:
     import asyncio

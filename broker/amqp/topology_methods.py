@@ -5,7 +5,7 @@ way RabbitMQ does (configure for declare/delete, write on the destination and
 read on the source for bind/unbind, read for purge), asks the vhost to do the
 work and answers unless ``nowait``.  Errors are raised as
 :class:`~protocol.errors.ChannelError` and close the channel.  The channel's
-dispatch table (broker/channel.py) maps each method class to one of these.
+dispatch table (broker/amqp/channel.py) maps each method class to one of these.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pamqp import commands as C
 from protocol import errors, methods
 from protocol.errors import ChannelError
 
+from ..reply_to import REPLY_TO
+from ..services import Services
 from .direct_reply import reply_token
-from .reply_to import REPLY_TO
 
 
 class TopologyChannel(Protocol):
@@ -29,6 +30,7 @@ class TopologyChannel(Protocol):
     conn: Any
     last_queue: str | None
     held_cancels: list[str] | None
+    services: Services
 
     def check(self, what: str, kind: str, name: str) -> None: ...
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .message import Message
+from ..message import Message
 from .unacked import Entry
 
 BufferedPublish = tuple[Any, Message, int]  # (exchange, message, mandatory/immediate bits)

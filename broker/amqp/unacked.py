@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from protocol import errors
 from protocol.errors import ChannelError
 
-from .message import Message
+from ..message import Message
 
 
 class Credit(Protocol):

@@ -12,7 +12,7 @@ from protocol import errors, names
 from protocol.errors import ChannelError
 
 from ..exchange import freeze
-from ..queue import Queue
+from ..queues import Queue
 from .http import Ctx, Router, bad_request, field_arguments, not_found
 from .views import apply_query, exchange_name, properties_key, vhost_bindings
 

@@ -6,15 +6,12 @@ import base64
 import binascii
 from typing import Any
 
-from protocol import errors, names
-from protocol.errors import ChannelError
+from protocol import names
 
-from ..queue import PUSH_REJECTED, PUSH_SYNC, now_ms
+from ..publishing import check_properties
 from .http import Ctx, Router, bad_request, field_arguments, field_bool, not_found
 from .messages import make_message, parse_properties, wait_fsync
 from .views import apply_query, exchange_json, exchange_name, vhost_bindings
-
-REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
 routes = Router()
 
@@ -114,28 +111,10 @@ async def publish(ctx: Ctx) -> Any:
         raise bad_request("'payload_encoding' must be 'string' or 'base64'")
     props = parse_properties(body.get("properties"))
     ctx.check(vh, "write", "exchange", x.name or "amq.default")
-    if x.internal:
-        raise ChannelError(errors.ACCESS_REFUSED, f"cannot publish to internal {vh.what('exchange', x.name)}")
-    if props.user_id is not None and props.user_id != ctx.username:
-        raise ChannelError(
-            errors.PRECONDITION_FAILED,
-            f"user_id property set to '{props.user_id}' but authenticated user was '{ctx.username}'",
-        )
+    x = vh.exchange_for_publish(x.name)  # 403 for an internal exchange
     msg = make_message(x.name, rk, props, data)
-    if props.expiration is not None:
-        try:
-            ttl = int(props.expiration)
-            if ttl < 0:
-                raise ValueError
-        except ValueError:
-            raise ChannelError(errors.PRECONDITION_FAILED, f"invalid expiration '{props.expiration}'") from None
-        msg.exp_deadline = msg.deadline = now_ms() + ttl
-    if x is vh.default_exchange and rk.startswith(REPLY_TO_PREFIX):
-        ctx.broker.direct_reply(msg)
-        return {"routed": True}
-    routed, status = vh.enqueue(vh.route(x, rk, msg), msg)
-    if not routed:
-        ctx.broker.stats_unroutable += 1
-    if status == PUSH_SYNC and ctx.broker.store is not None:
+    check_properties(msg, ctx.username, None)
+    out = vh.publish(x, msg)
+    if out.needs_sync and ctx.broker.store is not None:
         await wait_fsync(ctx)
-    return {"routed": routed and status != PUSH_REJECTED}
+    return {"routed": out.routed and not out.rejected}

@@ -83,8 +83,7 @@ async def aliveness(ctx: Ctx) -> Any:
     try:
         x = vh.default_exchange
         msg = make_message(x.name, ALIVENESS_PROBE, C.Basic.Properties(), b"test_message")
-        for dest in vh.route(x, ALIVENESS_PROBE, msg):
-            dest.push(msg if dest is q else msg.copy())
+        vh.publish(x, msg, from_client=False)
         got = q.get()
         if got is None:
             return 503, {"status": "failed", "reason": "aliveness-test queue is empty"}

@@ -24,7 +24,8 @@ import decimal
 import json
 import math
 import urllib.parse
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -280,10 +281,8 @@ class Router:
 
     def add(self, pattern: str, methods: str, handler: Handler) -> None:
         parts = tuple(pattern.strip("/").split("/"))
-        for pat, table in self.routes:
-            if pat == parts:
-                break
-        else:
+        table = next((t for pat, t in self.routes if pat == parts), None)
+        if table is None:
             table = {}
             self.routes.append((parts, table))
         for m in methods.split(","):

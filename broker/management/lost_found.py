@@ -17,7 +17,7 @@ from storage import lostfound
 from storage.log import LogStore
 
 from ..message import Message
-from ..queue import PUSH_REJECTED
+from ..queues import PUSH_REJECTED
 from .http import Ctx, HTTPError, Router, bad_request, not_found
 from .messages import wait_fsync
 

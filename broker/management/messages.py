@@ -55,7 +55,7 @@ def parse_properties(raw: Any) -> C.Basic.Properties:
         elif k == "timestamp":
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise bad_request("property 'timestamp' must be seconds since the epoch")
-            v = datetime.datetime.fromtimestamp(int(v), datetime.timezone.utc)
+            v = datetime.datetime.fromtimestamp(int(v), datetime.UTC)
         elif k == "headers":
             if not isinstance(v, dict):
                 raise bad_request("property 'headers' must be a JSON object")
@@ -84,8 +84,6 @@ def make_message(exchange: str, routing_key: str, props: C.Basic.Properties, bod
 class _SyncWaiter:
     """Waits, like a publisher-confirm channel, for the fsync covering a publish."""
 
-    closing = False
-
     def __init__(self, epoch: int, fut: "asyncio.Future[None]") -> None:
         self.epoch = epoch
         self.fut = fut
@@ -113,7 +111,7 @@ async def wait_fsync(ctx: Ctx) -> None:
     store.sync_waiters.add(w)
     try:
         await asyncio.wait_for(fut, 30.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise HTTPError(500, "internal_error", "timed out waiting for the disk") from None
     except Exception as exc:
         raise HTTPError(500, "internal_error", f"the message could not be written to disk: {exc}") from None

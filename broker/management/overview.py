@@ -75,7 +75,7 @@ async def overview(ctx: Ctx) -> Any:
         "listeners": _listeners(ctx),
         "contexts": [{"node": node_name(), "description": "RabbitMQ Management", "path": "/",
                       "ip": ctx.server.host, "port": str(ctx.server.port)}],
-        "unroutable": ctx.broker.stats_unroutable,
+        "unroutable": ctx.broker.stats.unroutable,
     }
 
 

@@ -9,7 +9,7 @@ from protocol import errors
 from protocol.errors import ChannelError
 
 from ..message import Message
-from ..queue import Queue
+from ..queues import Queue
 from .http import Ctx, Router, bad_request, field_arguments, field_bool, not_found
 from .messages import properties_json
 from .views import apply_query, queue_json, vhost_bindings

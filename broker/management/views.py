@@ -12,7 +12,7 @@ from typing import Any
 from ..auth import Permission
 from ..exchange import freeze
 from ..patterns import PatternError, compile_pattern
-from ..queue import Queue
+from ..queues import Queue
 from .http import bad_request
 from .stats import message_stats, rate
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Protocol
+from typing import Any, ClassVar, Protocol
 
 from storage.log import LogStore, QueueLog
 

@@ -29,7 +29,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from protocol import framing
 from storage.log import LogStore

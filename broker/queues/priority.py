@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Callable, Iterator
 from itertools import chain
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..message import Message
 
