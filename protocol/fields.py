@@ -101,7 +101,10 @@ def table_entries(raw_table: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
-_FIXED = {b"t": 1, b"b": 1, b"B": 1, b"s": 2, b"u": 2, b"I": 4, b"i": 4, b"l": 8, b"L": 8, b"f": 4, b"d": 8, b"D": 5, b"T": 8, b"V": 0}
+_FIXED = {
+    b"t": 1, b"b": 1, b"B": 1, b"s": 2, b"u": 2, b"I": 4, b"i": 4, b"l": 8, b"L": 8, b"f": 4, b"d": 8, b"D": 5, b"T": 8,
+    b"V": 0,
+}
 
 
 def _skip_value(buf: bytes, off: int) -> int:

@@ -250,7 +250,7 @@ def content_frames(channel: int, header: bytes, body: bytes, max_body: int) -> l
     mv = memoryview(body)
     for off in range(0, n, max_body):
         chunk = mv[off : off + max_body]
-        out += (_content_head.pack(FRAME_BODY, channel, len(chunk)), chunk, FRAME_END_BYTE)
+        out += (_content_head.pack(FRAME_BODY, channel, len(chunk)), chunk, FRAME_END_BYTE)  # type: ignore[arg-type]
     return out
 
 

@@ -45,7 +45,8 @@ import os
 import shutil
 import time
 from array import array
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from .files import fsync_all, fsync_dir, make_private_dir, open_private, tighten_dir, unlink_if_present, write_all
 from .records import (  # noqa: F401  (REC_HEAD, REC_MSG, decode_message are part of this module's interface)
@@ -328,7 +329,7 @@ class QueueLog:
         except FileNotFoundError:
             pass
         names = sorted(n for n in os.listdir(self.dir) if n.endswith(".seg"))
-        for i, name in enumerate(names):
+        for _i, name in enumerate(names):
             sid = int(name[:-4])
             path = os.path.join(self.dir, name)
             seg = Segment(sid, path)

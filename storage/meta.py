@@ -43,7 +43,7 @@ def _restore(v: Any) -> Any:
             if k == "__decimal__":
                 return decimal.Decimal(x)
             if k == "__timestamp__":
-                return datetime.datetime.fromtimestamp(x, datetime.timezone.utc)
+                return datetime.datetime.fromtimestamp(x, datetime.UTC)
         return {k: _restore(x) for k, x in v.items()}
     if isinstance(v, list):
         return [_restore(x) for x in v]

@@ -18,7 +18,7 @@ import os
 import struct
 import zlib
 from array import array
-from typing import Iterator
+from collections.abc import Iterator
 
 from .files import open_private, write_all
 
