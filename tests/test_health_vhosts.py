@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from storage.log import read_identity
+from storage.records import read_identity
 from test_management_api import Http, mgmt_url
 
 CHECK = "/api/health/checks/virtual-hosts"
