@@ -22,32 +22,19 @@ from protocol.errors import ChannelError, ConnectionError
 from ..message import Message
 from ..queues.arguments import validate_consumer_arguments
 from ..reply_to import REPLY_TO
-from ..services import Services
 from .consumer import Consumer, ConsumerChannel, new_consumer_tag
 from .direct_reply import ReplyConsumer, check_consume, new_reply_token
+from .topology_methods import MethodChannel
 from .unacked import UnackedDeliveries
 
 
-class BasicChannel(ConsumerChannel, Protocol):
+class BasicChannel(ConsumerChannel, MethodChannel, Protocol):
     """What the basic-class handlers use of a channel (and what a Consumer needs of it)."""
 
-    number: int
-    vhost: Any
     stats: Any
     consumers: dict[str, Consumer]
     unacked_deliveries: UnackedDeliveries
     reply: ReplyConsumer | None
-    services: Services
-
-    def check(self, what: str, kind: str, name: str) -> None: ...
-
-    def send(self, method: Any) -> None: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    def queue_name(self, name: str) -> str: ...
-
-    def find_queue(self, name: str) -> Any: ...
 
     @property
     def conn(self) -> Any: ...

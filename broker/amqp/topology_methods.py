@@ -22,14 +22,11 @@ from ..services import Services
 from .direct_reply import reply_token
 
 
-class TopologyChannel(Protocol):
-    """What the exchange and queue handlers use of a channel."""
+class MethodChannel(Protocol):
+    """What every method handler uses of a channel."""
 
     number: int
     vhost: Any
-    conn: Any
-    last_queue: str | None
-    held_cancels: list[str] | None
     services: Services
 
     def check(self, what: str, kind: str, name: str) -> None: ...
@@ -42,6 +39,13 @@ class TopologyChannel(Protocol):
 
     def find_queue(self, name: str) -> Any: ...
 
+
+class TopologyChannel(MethodChannel, Protocol):
+    """What the exchange and queue handlers use of a channel."""
+
+    conn: Any
+    last_queue: str | None
+    held_cancels: list[str] | None
 
 
 def _no_default_exchange(*names: str) -> None:
