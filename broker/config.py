@@ -46,24 +46,23 @@ PORT = PortType()
 PORT_OR_OFF = PortType(off=True)
 
 
-def _check_watermark(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from .alarms import parse_watermark
+def _checked_by(parse_name: str) -> Callable[[click.Context, click.Parameter, str], str]:
+    """A click callback that refuses a value ``broker.alarms.<parse_name>`` cannot parse."""
 
-    try:
-        parse_watermark(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        from . import alarms
+
+        try:
+            getattr(alarms, parse_name)(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+
+    return check
 
 
-def _check_size(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from .alarms import parse_size
-
-    try:
-        parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+_check_watermark = _checked_by("parse_watermark")
+_check_size = _checked_by("parse_size")
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -36,12 +36,12 @@ from pamqp import frame as pframe
 
 from amqp_raw import RawClient, frame, publish_frames
 from protocol import fields, framing, methods, names
+from test_tutorials import drain, params
 
 ODD_NAMES = ["订单", "q!", "x=y", "空 格"]
 MAX_NAME = "队" * 85  # 255 bytes of UTF-8
 TOO_LONG = "队" * 85 + "x"  # 256 bytes
 ASCII_NAMES = ["", "q", "amq.gen-abc_1:2", "a b", "x" * 255]  # what pamqp's name check accepts
-TIMEOUT = 10.0
 
 
 # -- the encoders, byte-for-byte against pamqp -------------------------------------
@@ -109,10 +109,6 @@ def test_table_key_that_is_not_utf8_keeps_its_bytes():
 # -- helpers -----------------------------------------------------------------------
 
 
-def params(broker) -> pika.ConnectionParameters:
-    return pika.ConnectionParameters("127.0.0.1", broker.port, heartbeat=0, blocked_connection_timeout=10)
-
-
 @pytest.fixture
 def connect(broker):
     made: list[pika.BlockingConnection] = []
@@ -129,13 +125,6 @@ def connect(broker):
                 c.close()
             except Exception:
                 pass
-
-
-def drain(conn: pika.BlockingConnection, done, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out waiting for the broker"
-        conn.process_data_events(time_limit=0.02)
 
 
 def get_bodies(ch, queue: str) -> list[bytes]:
