@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Protocol
 from storage.log import LogStore, QueueLog
 
 from ..message import Message
+from .settings import effective_arguments
 
 PUSH_OK = 0
 PUSH_SYNC = 1  # in the store: an fsync makes it safe
@@ -92,6 +93,14 @@ class QueueHost(Protocol):
     def delete_queue(self, q: Any, reason: str = "deleted") -> int: ...
 
 
+@dataclass(frozen=True)
+class PolicyRef:
+    """A policy as a queue sees it: its name and definition."""
+
+    name: str
+    definition: dict[str, Any]
+
+
 @dataclass
 class Recovered:
     """What one queue got back from its store at start-up."""
@@ -122,6 +131,11 @@ class Queue(abc.ABC):
         self.exclusive = exclusive
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
+        # the policy and operator policy that match this queue (name and definition), and the
+        # arguments merged with them: what the queue acts on (see broker.queues.settings)
+        self.policy: PolicyRef | None = None
+        self.operator_policy: PolicyRef | None = None
+        self.effective: dict[str, Any] = dict(self.arguments)
         self.owner = owner  # the connection of an exclusive queue
         self.consumers: list[Subscriber] = []
         self.exclusive_consumer: Subscriber | None = None
@@ -186,6 +200,24 @@ class Queue(abc.ABC):
     def delete(self) -> int:
         """The vhost removed this queue and cancelled its subscribers: stop its timers,
         drop its messages and its store; return how many were ready."""
+
+    def apply_policies(self, policy: PolicyRef | None, operator_policy: PolicyRef | None) -> None:
+        """The matching policies changed (or were first resolved): rebuild ``effective``
+        and act on it now (see :meth:`configure` and :meth:`policies_applied`)."""
+        self.policy, self.operator_policy = policy, operator_policy
+        self.effective = effective_arguments(
+            self.arguments,
+            policy.definition if policy else None,
+            operator_policy.definition if operator_policy else None,
+        )
+        self.configure()
+        self.policies_applied()
+
+    def configure(self) -> None:
+        """Read the settings this type acts on from :attr:`effective`."""
+
+    def policies_applied(self) -> None:
+        """Settings changed on a live queue: enforce them on what it holds (trim, expire)."""
 
     def start(self) -> None:
         """The queue is declared in its vhost: start what runs on its own (timers)."""

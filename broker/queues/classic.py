@@ -77,10 +77,12 @@ class ClassicQueue(Queue):
         self.consumer_priorities = False
         self._store: LogStore | None = None
         self.configure()
+        if self.max_priority is not None:
+            self.messages = PriorityMessages(self.max_priority)
 
     def configure(self) -> None:
-        """Read the queue arguments this type acts on."""
-        a = self.arguments
+        """Read the settings this type acts on (arguments merged with policies)."""
+        a = self.effective
         self.ttl = int_arg(a, "x-message-ttl")
         self.expires = int_arg(a, "x-expires")
         self.max_length = int_arg(a, "x-max-length")
@@ -88,10 +90,8 @@ class ClassicQueue(Queue):
         self.overflow = str_arg(a, "x-overflow", "drop-head")
         self.dlx = str_arg(a, "x-dead-letter-exchange")
         self.dlrk = str_arg(a, "x-dead-letter-routing-key")
-        self.max_priority = int_arg(a, "x-max-priority")
+        self.max_priority = int_arg(self.arguments, "x-max-priority")  # fixed at declare: no policy key
         self.sac = bool(a.get("x-single-active-consumer"))
-        if self.max_priority is not None:
-            self.messages = PriorityMessages(self.max_priority)
         self.plain_args = (
             self.ttl is None
             and self.max_length is None
@@ -364,6 +364,16 @@ class ClassicQueue(Queue):
 
     def start(self) -> None:
         self.arm_expires()
+
+    def policies_applied(self) -> None:
+        """A new max-length trims now, a new x-expires re-arms; expiry is checked at the head."""
+        if self.deleted:
+            return
+        if self.expires is None and self.expires_timer is not None:
+            self.expires_timer.cancel()
+            self.expires_timer = None
+        self.arm_expires()
+        self._after_push()
 
     def arm_expires(self) -> None:
         """x-expires: delete the queue once unused (no consumers, no get, no redeclare)."""
