@@ -38,7 +38,9 @@ export class Api {
   }
 
   headers(extra = {}) {
-    return { Authorization: `Basic ${this.auth}`, ...extra };
+    // X-Requested-With: a refused login then comes without WWW-Authenticate, so that the
+    // browser does not open its own login dialog over the UI's
+    return { Authorization: `Basic ${this.auth}`, "X-Requested-With": "XMLHttpRequest", ...extra };
   }
 
   async request(method, path, body) {
