@@ -267,7 +267,9 @@ def test_a_page_of_queues_is_the_same_as_the_whole_list_cut(wb, api, uid):
         whole = api.get(f"/api/queues/{vh}?{query}").json
         for page, size in ((1, 7), (2, 7), (5, 7), (1, 500)):
             p = api.get(f"/api/queues/{vh}?{query}&page={page}&page_size={size}&pagination=true").json
-            assert p["items"] == whole[(page - 1) * size: page * size], (query, page)
+            # names and order (rates move between two requests, so not the whole objects)
+            assert [i["name"] for i in p["items"]] == [i["name"] for i in whole[(page - 1) * size: page * size]]
+            assert all(set(i) == set(whole[0]) for i in p["items"]), (query, page)
             assert p["filtered_count"] == len(whole) and p["total_count"] == 30
             assert p["page_count"] == max(1, -(-len(whole) // size))
     assert api.get(f"/api/queues/{vh}?page=0").status == 400
