@@ -297,3 +297,58 @@ def test_broker_variables_win_over_rabbitmq_ones(broker_factory):
                             "RABBITMQ_DEFAULT_PASS": "pw"})
     assert Http(mgmt_url(b), "burrow", "pw").get("/api/whoami").status == 200
     assert Http(mgmt_url(b), "rabbit", "pw").get("/api/whoami").status == 401
+
+
+# -- history for the charts ------------------------------------------------------------------------------
+
+def test_overview_samples_in_rabbitmqs_shape(wb, api, uid):
+    qname = f"hist-{uid}"
+    api.ok("PUT", f"/api/queues/%2F/{qname}")
+    c = connect(wb)
+    ch = c.channel()
+    for _ in range(3):
+        ch.basic_publish("", qname, b"x")
+    c.close()
+
+    def newest() -> dict:
+        o = api.get("/api/overview?lengths_age=600&lengths_incr=1&msg_rates_age=600&msg_rates_incr=1").json
+        return o
+
+    o = wait_for(lambda: (lambda o: o if o["queue_totals"]["messages_details"]["samples"]
+                          and o["queue_totals"]["messages_details"]["samples"][0]["sample"]
+                          == o["queue_totals"]["messages"] else None)(newest()), what="a sample with the messages")
+    lengths = o["queue_totals"]["messages_ready_details"]["samples"]
+    stamps = [s["timestamp"] for s in lengths]
+    assert stamps == sorted(stamps, reverse=True)  # newest first, as RabbitMQ
+    assert all(a - b >= 500 for a, b in zip(stamps, stamps[1:]))  # thinned to about lengths_incr
+    published = [s["sample"] for s in o["message_stats"]["publish_details"]["samples"]]
+    assert published == sorted(published, reverse=True) and published[0] >= 3  # a counter: never goes down
+    assert "samples" not in api.get("/api/overview").json["queue_totals"]["messages_details"]
+    r = api.get("/api/overview?lengths_age=soon")
+    assert r.status == 400 and "'lengths_age'" in r.json["reason"]
+    assert api.get("/api/overview?msg_rates_age=60&msg_rates_incr=61").status == 400
+
+
+# -- a refused login of the UI's own requests --------------------------------------------------------------
+
+def test_ui_requests_get_no_basic_challenge(api):
+    """A browser answers ``WWW-Authenticate`` with its own login dialog, over the UI's form."""
+    plain = api.as_user("guest", "wrong").get("/api/whoami")
+    assert plain.status == 401 and plain.headers["WWW-Authenticate"].startswith("Basic")
+    ui = api.as_user("guest", "wrong").get("/api/whoami", headers={"X-Requested-With": "XMLHttpRequest"})
+    assert ui.status == 401 and ui.json["reason"] == "Login failed" and "WWW-Authenticate" not in ui.headers
+
+
+# -- event streams and stopping ------------------------------------------------------------------------------
+
+def test_open_event_streams_do_not_hold_up_a_stop(broker_factory):
+    b = broker_factory()
+    s = Stream(mgmt_url(b), watch_query("/api/overview", interval=60))
+    try:
+        assert s.next()[1]["status"] == 200
+        t0 = time.monotonic()
+        assert b.stop() == 0
+        assert time.monotonic() - t0 < 10
+        assert s.next() == ("end", {"reason": "the broker is stopping"})
+    finally:
+        s.close()

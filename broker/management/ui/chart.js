@@ -35,6 +35,13 @@ export class Chart {
     this.draw();
   }
 
+  // history from the broker (oldest first), kept before what was added since
+  seed(points) {
+    const first = this.points.length ? this.points[0].at : Infinity;
+    this.points = points.filter((p) => p.at < first).concat(this.points);
+    this.draw();
+  }
+
   draw() {
     const pts = this.points;
     this.svg.replaceChildren();

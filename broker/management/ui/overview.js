@@ -9,6 +9,8 @@ const ALARM_TEXT = {
   metadata: "Metadata alarm: definitions could not be saved to disk. Changes are in effect but may not survive a restart; check the data directory's disk.",
 };
 
+const HISTORY = "lengths_age=600&lengths_incr=5&msg_rates_age=600&msg_rates_incr=5";
+
 export function overviewPage(app) {
   const alarms = h("div", { class: "alarms", "aria-live": "assertive" });
   const queued = new Chart("Queued messages", [
@@ -100,6 +102,35 @@ export function overviewPage(app) {
       h("strong", { text: `${a.resource} alarm in effect` }), " ",
       ALARM_TEXT[a.resource] || a.reason || "")));
   }
+
+  // the broker's last 10 minutes of samples, so the charts do not start empty
+  async function history() {
+    let o;
+    try {
+      o = await app.api.get(`/api/overview?${HISTORY}`);
+    } catch {
+      return;  // the live updates still draw from now on
+    }
+    const q = o.queue_totals || {};
+    const len = (k) => ((q[`${k}_details`] || {}).samples || []).slice().reverse();
+    const ready = len("messages_ready");
+    const unacked = len("messages_unacknowledged");
+    queued.seed(ready.map((s, i) => ({ at: s.timestamp,
+      values: { ready: s.sample, unacked: (unacked[i] || {}).sample || 0, total: s.sample + ((unacked[i] || {}).sample || 0) } })));
+    const m = o.message_stats || {};
+    const counts = (k) => ((m[`${k}_details`] || {}).samples || []).slice().reverse();
+    const pub = counts("publish");
+    const del = counts("deliver_get");
+    const ack = counts("ack");
+    const perSecond = (list, i) => {
+      if (!list[i] || !list[i - 1]) return 0;
+      const dt = (list[i].timestamp - list[i - 1].timestamp) / 1000;
+      return dt > 0 ? Math.max(0, (list[i].sample - list[i - 1].sample) / dt) : 0;
+    };
+    rates.seed(pub.slice(1).map((s, j) => ({ at: s.timestamp,
+      values: { publish: perSecond(pub, j + 1), deliver: perSecond(del, j + 1), ack: perSecond(ack, j + 1) } })));
+  }
+  history();
 
   return {
     title: "Overview",
