@@ -316,3 +316,36 @@ def test_overview_weight_and_load_time(chromium, ub, record_property):
         assert 0 < weight < 100_000 and load < 10
     finally:
         pg.close()
+
+
+def test_alarm_is_shown_prominently_and_charts_start_with_history(chromium, broker_factory):
+    """A broker over its memory mark: the Overview leads with the alarm and what to do about it."""
+    b = broker_factory(extra=["--memory-high-watermark", "1MB"], env={"BROKER_MANAGEMENT_SAMPLE_INTERVAL": "0.5"})
+    url = mgmt_url(b)
+    wait_for(lambda: Http(url).get("/api/health/checks/alarms").status == 503, what="the memory alarm")
+    time.sleep(1.2)  # a few samples of history
+    pg = Page(chromium, url)
+    try:
+        pg.login()
+        alarm = pg.p.locator(".alarms [role=alert]")
+        alarm.wait_for()
+        assert "memory alarm in effect" in alarm.inner_text().lower()
+        assert "Publishers are blocked" in alarm.inner_text()
+        # the alarm comes before the charts
+        assert pg.p.evaluate("""document.querySelector('.alarms').compareDocumentPosition(
+            document.querySelector('.charts')) & Node.DOCUMENT_POSITION_FOLLOWING""")
+        # the charts were seeded from the broker's samples: lines drawn at once
+        pg.p.locator("figure.chart path.line").first.wait_for(state="attached")
+    finally:
+        pg.close()
+
+
+def test_error_and_empty_states_say_what_to_do(page, ub, uid):
+    page.login()
+    page.p.goto(f"{ub.url}/#/queues/%2F/missing-{uid}")
+    err = page.p.locator("main [role=alert]").first
+    err.wait_for()
+    text = err.inner_text()
+    assert "HTTP 404" in text and "It may have been deleted meanwhile" in text
+    page.p.goto(f"{ub.url}/#/connections")
+    page.p.get_by_text("Clients that connect over AMQP").wait_for()
