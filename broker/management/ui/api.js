@@ -12,10 +12,6 @@ export class ApiError extends Error {
   }
 }
 
-export function enc(name) {
-  return encodeURIComponent(name);
-}
-
 export class Api {
   constructor() {
     this.auth = sessionStorage.getItem(KEY);
