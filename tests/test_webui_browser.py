@@ -318,6 +318,7 @@ def test_overview_weight_and_load_time(chromium, ub, record_property):
         pg.close()
 
 
+@pytest.mark.slow  # a broker of its own and a memory alarm: about 10 s here
 def test_alarm_is_shown_prominently_and_charts_start_with_history(chromium, broker_factory):
     """A broker over its memory mark: the Overview leads with the alarm and what to do about it."""
     b = broker_factory(extra=["--memory-high-watermark", "1MB"], env={"BROKER_MANAGEMENT_SAMPLE_INTERVAL": "0.5"})
