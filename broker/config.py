@@ -1,7 +1,9 @@
 """``broker serve``'s configuration: its options, where their values come from, and their checks.
 
 Every option has a flag, an environment variable (``BROKER_`` and the option's name) and a key of
-the same name in the TOML file given by ``--config`` / ``BROKER_CONFIG_FILE``.  Flags win over
+the same name in the TOML file given by ``--config`` / ``BROKER_CONFIG_FILE``.  The default user,
+password and vhost also answer to RabbitMQ's image variables (``RABBITMQ_DEFAULT_USER``, ...), so
+a ``docker run`` line written for RabbitMQ works; the ``BROKER_`` name wins when both are set.  Flags win over
 the environment, which wins over the file, which wins over the defaults: the file's values are
 loaded first (``--config`` is eager) and become click's defaults.
 
@@ -134,11 +136,14 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  help="Where durable state is kept."),
     click.option("--log-level", envvar="BROKER_LOG_LEVEL", default="info", show_default=True,
                  type=click.Choice(LOG_LEVELS)),
-    click.option("--default-user", envvar="BROKER_DEFAULT_USER", default="guest", show_default=True,
+    click.option("--default-user", envvar=["BROKER_DEFAULT_USER", "RABBITMQ_DEFAULT_USER"],
+                 default="guest", show_default=True,
                  help="User created on first start, with full rights on the default vhost."),
-    click.option("--default-pass", envvar="BROKER_DEFAULT_PASS", default="guest", show_default=True,
+    click.option("--default-pass", envvar=["BROKER_DEFAULT_PASS", "RABBITMQ_DEFAULT_PASS"],
+                 default="guest", show_default=True,
                  help="Password of the default user."),
-    click.option("--default-vhost", envvar="BROKER_DEFAULT_VHOST", default="/", show_default=True,
+    click.option("--default-vhost", envvar=["BROKER_DEFAULT_VHOST", "RABBITMQ_DEFAULT_VHOST"],
+                 default="/", show_default=True,
                  help="Vhost created on first start."),
     click.option("--allow-remote-guest", envvar="BROKER_ALLOW_REMOTE_GUEST", is_flag=True,
                  help="Let the user 'guest' log in from other hosts than loopback (off, like RabbitMQ)."),

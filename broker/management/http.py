@@ -179,18 +179,23 @@ class ApiHost(Protocol):
     host: str
     port: int
     vhost_meta: dict[str, dict]  # description / tags given with PUT /api/vhosts/NAME
+    event_streams: Any  # the open live-update streams (.events.EventStreams)
+
+    def resolve(self, raw_path: str, method: str) -> tuple[Handler, dict] | None:
+        """The handler and path parameters of an API path (400 for a bad name in it), or None."""
+        ...
 
 
 class Ctx:
     """One request: who asks, the path's parameters, the query, the body."""
 
-    def __init__(self, server: ApiHost, request: web.Request, params: dict) -> None:
+    def __init__(self, server: ApiHost, request: web.Request, params: dict, query: Any = None) -> None:
         self.server = server
         self.broker = server.broker
         self.stats = server.stats
         self.request = request
         self.params = params
-        self.query = request.query
+        self.query = request.query if query is None else query  # another query: a watched path (events)
         self.user: Any = None
         self.tags: frozenset = frozenset()
 

@@ -173,6 +173,11 @@ class Queue(abc.ABC):
     def get(self) -> Message | None:
         """Basic.Get: take one message, or None."""
 
+    def peek(self, offset: int, count: int) -> list[Message] | None:
+        """Up to ``count`` ready messages from position ``offset`` (0: the head), left in
+        place: not delivered, not counted.  None if this queue type cannot show them."""
+        return None
+
     # -- settling deliveries ----------------------------------------------------------
     @abc.abstractmethod
     def settle(self, msg: Message) -> None:

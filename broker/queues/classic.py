@@ -30,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from protocol import framing
@@ -205,6 +206,11 @@ class ClassicQueue(Queue):
         if not self.messages:
             return None
         return self._take()
+
+    def peek(self, offset: int, count: int) -> list[Message]:
+        """Ready messages in delivery order, read back from the log where only a ref is
+        kept; the queue is not changed (the walk to ``offset`` is O(offset))."""
+        return [self._load(e) if type(e) is int else e for e in islice(self.messages, offset, offset + count)]
 
     def settle(self, msg: Message) -> None:
         """An unacked message was acked (or dropped): it is gone for good."""
