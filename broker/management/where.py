@@ -8,20 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.names import name_problem
-
 from ..where import where
-from .http import Ctx, Router, bad_request, not_found
+from .http import Ctx, Router, not_found
 
 routes = Router()
 
 
 @routes.route("api/where/:message_id")
 async def get_where(ctx: Ctx) -> Any:
-    message_id = ctx.params["message_id"]
-    problem = name_problem(message_id) if message_id else "must not be empty"
-    if problem is not None:
-        raise bad_request(f"'message_id' {problem}")
+    message_id = ctx.params["message_id"]  # the router bounds path names (UTF-8, 255 bytes)
     vhost = ctx.query.get("vhost")
     vhosts = [ctx.vhost(vhost)] if vhost is not None else ctx.visible_vhosts()
     found = await where(message_id, vhosts, list(ctx.broker.open_connections), ctx.broker.store)
