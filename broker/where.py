@@ -103,7 +103,8 @@ def _unacked(connections: Iterable[Any]) -> dict[tuple[int, int], dict]:
 
 
 def _ready_refs(queue: Any) -> set[int]:
-    return {e if type(e) is int else e.ref for e in queue.messages}
+    """The refs of a queue's ready messages (entries are refs or Messages, see ClassicQueue)."""
+    return {e if type(e) is int else e.ref for e in getattr(queue, "messages", ())}
 
 
 def _describe(f: _Found, ready: set[int], unacked: dict[tuple[int, int], dict], now_ms: int) -> dict:
