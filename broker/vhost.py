@@ -36,6 +36,7 @@ from .queues.arguments import validate_queue_arguments
 from .reply_to import REPLY_TO_PREFIX
 from .services import Services
 from .stats import Stats
+from .tracing import TRACE_EXCHANGE, Tracer
 
 # queue arguments RabbitMQ compares on a redeclare (classic queues)
 QUEUE_EQUIV_ARGS = (
@@ -144,6 +145,8 @@ class VHost:
         self.exchanges[""] = self.default_exchange
         for xname, xtype in PREDECLARED:
             self.exchanges[xname] = EXCHANGE_TYPES[xtype](self, xname, durable=True)
+        self.exchanges[TRACE_EXCHANGE] = EXCHANGE_TYPES["topic"](self, TRACE_EXCHANGE, durable=True, internal=True)
+        self.tracer: Tracer | None = None  # the firehose, while tracing is on (broker.tracing)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -217,6 +220,13 @@ class VHost:
             field_equivalence(x.internal, internal, "internal", what)
             args_equivalence(x.arguments, arguments or {}, EXCHANGE_EQUIV_ARGS, what)
         return x, created
+
+    def set_tracing(self, on: bool) -> None:
+        """Turn the firehose (copies to amq.rabbitmq.trace) on or off."""
+        if on and self.tracer is None:
+            self.tracer = Tracer(self)
+        elif not on:
+            self.tracer = None
 
     def check_exchange_passive(self, name: str) -> Exchange:
         if name == "":

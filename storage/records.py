@@ -158,6 +158,24 @@ def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int]
     return off, live, bad, live_bytes
 
 
+def scan_records(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
+    """Every intact record of one segment's bytes: (offset, type, payload), read without
+    changing anything; a corrupt record is skipped and a torn tail ends the walk."""
+    off = 0
+    n = len(data)
+    mv = memoryview(data)
+    while off + 9 <= n:
+        length, crc, rtype = REC_HEAD.unpack_from(data, off)
+        end = off + 8 + length
+        if length < 1 or length > MAX_RECORD or end > n:
+            return
+        if zlib.crc32(mv[off + 8 : end]) == crc:
+            yield off, rtype, mv[off + 9 : end]
+        elif not _next_record_ok(data, end):
+            return
+        off = end
+
+
 def _next_record_ok(data: bytes, off: int) -> bool:
     if off + 9 > len(data):
         return False

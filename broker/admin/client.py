@@ -40,6 +40,7 @@ class AdminApi:
     def __init__(self, url: str, user: str, password: str, as_json: bool = False) -> None:
         self.url = url.rstrip("/")
         self.user = user
+        self.password = password
         self.auth = "Basic " + b64encode(f"{user}:{password}".encode()).decode()
         self.as_json = as_json
 

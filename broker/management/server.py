@@ -47,13 +47,26 @@ from .static import UiFiles
 from .stats import Stats
 from .users import routes as user_routes
 from .vhosts import routes as vhost_routes
+from .where import routes as where_routes
 
 log = logging.getLogger("broker.management")
 
 # every endpoint, in the order patterns are tried (the first that matches a path wins)
 ROUTES = Router()
-for _routes in (overview_routes, health_routes, connection_routes, exchange_routes, queue_routes, binding_routes,
-                vhost_routes, user_routes, definition_routes, lost_found_routes, event_routes):
+for _routes in (
+    overview_routes,
+    health_routes,
+    connection_routes,
+    exchange_routes,
+    queue_routes,
+    binding_routes,
+    vhost_routes,
+    user_routes,
+    definition_routes,
+    lost_found_routes,
+    event_routes,
+    where_routes,
+):
     ROUTES.include(_routes)
 
 

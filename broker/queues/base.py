@@ -77,6 +77,9 @@ class Subscriber(Protocol):
         ...
 
 
+MAX_DROP_REASONS = 10_000  # per queue
+
+
 class QueueHost(Protocol):
     """The virtual host as its queues see it."""
 
@@ -141,6 +144,8 @@ class Queue(abc.ABC):
         self.exclusive_consumer: Subscriber | None = None
         self.bindings: dict[tuple, Any] = {}  # (source exchange, binding key) -> Binding
         self.log: QueueLog | None = None  # the store this queue writes messages to, if any
+        # why the latest logged messages left without an ack (ref -> expired, rejected, maxlen), for `broker where`
+        self.drop_reasons: dict[int, str] = {}
         self.had_consumers = False
         self.deleted = False
         self.last_used = time.monotonic()
@@ -150,6 +155,13 @@ class Queue(abc.ABC):
         self.delivered = 0
         self.acked = 0
         self.bytes_ready = 0
+
+    def remember_drop(self, ref: int, reason: str) -> None:
+        """Note why the logged message ``ref`` left without an ack (the latest MAX_DROP_REASONS)."""
+        reasons = self.drop_reasons
+        reasons[ref] = reason
+        if len(reasons) > MAX_DROP_REASONS:
+            del reasons[next(iter(reasons))]
 
     # -- messages in -------------------------------------------------------------
     @abc.abstractmethod

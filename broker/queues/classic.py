@@ -228,6 +228,7 @@ class ClassicQueue(Queue):
         """A message leaves the queue without being acked: dead-letter it if we can."""
         if msg.ref is not None and self.log is not None:
             self.log.settle(msg.ref)
+            self.remember_drop(msg.ref, reason)
         if self.dlx is not None:
             self._dead_letter(msg, reason)
 
