@@ -36,6 +36,7 @@ from .logsafe import printable
 from .metadata import MetadataJournal
 from .services import ConnectionLimits, Services
 from .stats import Stats
+from .tls import DEFAULT_TLS_PORT, Certificates, ReloadableContext
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
@@ -48,15 +49,18 @@ class DefinitionsError(Exception):
 class AMQPProtocol(asyncio.Protocol):
     """asyncio adapter: socket events -> Connection."""
 
-    __slots__ = ("broker", "conn")
+    __slots__ = ("broker", "conn", "accepted")
 
     def __init__(self, broker: "Broker") -> None:
         self.broker = broker
         self.conn: Connection | None = None
+        # made when the socket is accepted: on the AMQPS port, connection_made follows the TLS handshake,
+        # which counts in the handshake timeout
+        self.accepted = broker.loop.time()
 
     def connection_made(self, transport: Any) -> None:
         transport.set_write_buffer_limits(high=256 * 1024)
-        self.conn = Connection(self.broker.services, transport)
+        self.conn = Connection(self.broker.services, transport, self.accepted)
         self.broker.connections.add(self.conn)
 
     def data_received(self, data: bytes) -> None:
@@ -101,9 +105,21 @@ class Broker:
         disk_free_limit: str | int = "50MB",
         alarm_interval: float = 0.5,
         definitions_file: str | None = None,
+        tls: ReloadableContext | None = None,
+        tls_port: int = DEFAULT_TLS_PORT,
+        tls_login_from: str = "common_name",
+        plain: bool = True,
     ) -> None:
+        if not plain and tls is None:
+            raise ValueError("no AMQP listener: the plain one is off and no TLS certificate is given")
         self.host = host
-        self.port = port
+        self.port = port if plain else -1  # the plain AMQP port (-1: no plain listener)
+        self.tls = tls
+        self.tls_port = tls_port if tls is not None else -1  # the AMQPS port (-1: no AMQPS listener)
+        self.certificates = Certificates()  # every listener's TLS context, for reload
+        if tls is not None:
+            self.certificates.add(tls)
+        self.tls_server: asyncio.base_events.Server | None = None
         self.data_dir = data_dir
         self.heartbeat = heartbeat
         self.frame_max = frame_max
@@ -139,6 +155,7 @@ class Broker:
             stats=self.stats,
             limits=ConnectionLimits(frame_max, channel_max, heartbeat, handshake_timeout),
             vhosts=self.vhosts,
+            tls_login_from=tls_login_from,
         )
         self.connections: set[Connection] = self.services.connections.all
         self.open_connections: set[Connection] = self.services.connections.open
@@ -165,17 +182,40 @@ class Broker:
         self.ensure_default_user()
         self.journal.commit()
         self.monitor.start()
-        self.server = await self.loop.create_server(
-            lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024, start_serving=False
-        )
-        sock = self.server.sockets[0]
-        self.port = sock.getsockname()[1]
+        if self.port >= 0:
+            self.server = await self.loop.create_server(
+                lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024,
+                start_serving=False,
+            )
+            self.port = self.server.sockets[0].getsockname()[1]
+        if self.tls is not None:
+            try:
+                self.tls_server = await self.loop.create_server(
+                    lambda: AMQPProtocol(self), self.host, self.tls_port, reuse_address=True, backlog=1024,
+                    ssl=self.tls.front_context(), ssl_handshake_timeout=self.handshake_timeout, start_serving=False,
+                )
+            except OSError:
+                if self.server is not None:
+                    self.server.close()
+                raise
+            self.tls_port = self.tls_server.sockets[0].getsockname()[1]
 
     async def listen(self) -> None:
-        """Accept AMQP clients on the socket :meth:`prepare` bound."""
-        assert self.server is not None, "prepare() first"
-        await self.server.start_serving()
-        log.info("listening for AMQP 0-9-1 on %s:%s", self.host, self.port)
+        """Accept AMQP clients on the sockets :meth:`prepare` bound."""
+        assert self.server is not None or self.tls_server is not None, "prepare() first"
+        if self.server is not None:
+            await self.server.start_serving()
+            log.info("listening for AMQP 0-9-1 on %s:%s", self.host, self.port)
+        if self.tls_server is not None:
+            await self.tls_server.start_serving()
+            log.info("listening for AMQP 0-9-1 over TLS on %s:%s", self.host, self.tls_port)
+
+    def urls(self) -> str:
+        """``amqp://host:port`` and/or ``amqps://host:port``, as the ready line shows them."""
+        out = [f"amqp://{self.host}:{self.port}"] if self.server is not None else []
+        if self.tls_server is not None:
+            out.append(f"amqps://{self.host}:{self.tls_port}")
+        return ", ".join(out)
 
     # -- storage -----------------------------------------------------------------
     def recover(self) -> None:
@@ -367,8 +407,9 @@ class Broker:
     async def stop(self, reason: str = "shutdown", timeout: float = 5.0) -> None:
         """Stop accepting, stop reading clients, let in-flight confirms complete
         (the last fsync), then close every client with 320 CONNECTION_FORCED."""
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.close()
         for conn in list(self.connections):
             conn.drain()
         store = self.store
@@ -393,8 +434,9 @@ class Broker:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.close_transport(abort=True)
-        if self.server is not None:
-            await self.server.wait_closed()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                await server.wait_closed()
         self.monitor.stop()
         if self._housekeeper is not None:
             self._housekeeper.cancel()

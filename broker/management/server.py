@@ -11,6 +11,7 @@ never the broker's end.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from protocol.errors import AMQPError
 from ..httpguard import HttpLimits, HttpListener
 from ..logsafe import printable
 from .bindings import routes as binding_routes
+from .certificates import routes as certificate_routes
 from .connections import routes as connection_routes
 from .definitions import routes as definition_routes
 from .exchanges import routes as exchange_routes
@@ -49,7 +51,7 @@ log = logging.getLogger("broker.management")
 # every endpoint, in the order patterns are tried (the first that matches a path wins)
 ROUTES = Router()
 for _routes in (overview_routes, health_routes, connection_routes, exchange_routes, queue_routes, binding_routes,
-                vhost_routes, user_routes, definition_routes, lost_found_routes):
+                vhost_routes, user_routes, definition_routes, lost_found_routes, certificate_routes):
     ROUTES.include(_routes)
 
 
@@ -57,8 +59,9 @@ class ManagementServer:
     """The management API of one broker, served by aiohttp on the broker's loop."""
 
     def __init__(self, broker: Any, host: str = "0.0.0.0", port: int = 15672, stats_interval: float | None = None,
-                 limits: HttpLimits | None = None) -> None:
+                 limits: HttpLimits | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.broker = broker
+        self.ssl_context = ssl_context  # HTTPS when given
         self.host = host
         self.port = port
         self.limits = limits or HttpLimits()
@@ -73,7 +76,7 @@ class ManagementServer:
         runner = web.AppRunner(self.app, handle_signals=False)
         self.listener = HttpListener("management API", runner, self.limits, log)
         try:
-            self.port = await self.listener.start(self.host, self.port)
+            self.port = await self.listener.start(self.host, self.port, self.ssl_context)
         except BaseException:
             self.listener = None
             raise
