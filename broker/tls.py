@@ -34,6 +34,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .certinfo import rfc4514
+
 log = logging.getLogger("broker.tls")
 
 DEFAULT_TLS_PORT = 5671
@@ -121,10 +123,12 @@ def check_cert_files(files: CertFiles, now: datetime.datetime | None = None) -> 
     return leaf
 
 
-def server_context(files: CertFiles, verify: ClientVerification | None = None) -> ssl.SSLContext:
-    """A checked server context with the modern defaults (see the module's docstring)."""
+def server_context(files: CertFiles, verify: ClientVerification | None = None
+                   ) -> tuple[ssl.SSLContext, x509.Certificate]:
+    """A checked server context with the modern defaults (see the module's docstring), and the
+    certificate it serves."""
     verify = verify or ClientVerification()
-    check_cert_files(files)
+    leaf = check_cert_files(files)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -149,7 +153,7 @@ def server_context(files: CertFiles, verify: ClientVerification | None = None) -
                 f"TLS CA bundle {verify.ca} ({verify.ca_option}) cannot be loaded: {exc}"
             ) from None
     ctx.verify_mode = _CERT_REQS[verify.mode]
-    return ctx
+    return ctx, leaf
 
 
 class ReloadableContext:
@@ -159,16 +163,16 @@ class ReloadableContext:
         self.name = name
         self.files = files
         self.verify = verify or ClientVerification()
-        self.context = server_context(files, self.verify)
+        self.context, self.certificate = server_context(files, self.verify)
         self._front: ssl.SSLContext | None = None
 
-    def prepare(self) -> ssl.SSLContext:
+    def prepare(self) -> tuple[ssl.SSLContext, x509.Certificate]:
         """A new context from the files as they are now (raises :class:`TLSConfigError`)."""
         return server_context(self.files, self.verify)
 
-    def swap(self, context: ssl.SSLContext) -> None:
-        """New connections use ``context`` from now on."""
-        self.context = context
+    def swap(self, built: tuple[ssl.SSLContext, x509.Certificate]) -> None:
+        """New connections use this context (and certificate) from now on."""
+        self.context, self.certificate = built
 
     def front_context(self) -> ssl.SSLContext:
         """The context to give a listening server: each handshake is switched to the current
@@ -184,12 +188,11 @@ class ReloadableContext:
 
     def describe(self) -> dict[str, str]:
         """The certificate file in use and its subject and expiry, for the reload's answer."""
-        leaf = x509.load_pem_x509_certificates(_read(self.files.cert, "TLS certificate", self.files.cert_option))[0]
         return {
             "listener": self.name,
             "certificate": self.files.cert,
-            "subject": leaf.subject.rfc4514_string(),
-            "not_after": leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "subject": rfc4514(self.certificate.subject),
+            "not_after": self.certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
 
@@ -212,8 +215,8 @@ class Certificates:
         if not self.contexts:
             raise TLSConfigError("no listener uses TLS: there are no certificates to reload")
         fresh = [(rc, rc.prepare()) for rc in self.contexts]
-        for rc, ctx in fresh:
-            rc.swap(ctx)
+        for rc, built in fresh:
+            rc.swap(built)
         done = [rc.describe() for rc in self.contexts]
         for d in done:
             log.info("TLS certificate reloaded for the %s: %s (%s), valid until %s", d["listener"], d["certificate"],
