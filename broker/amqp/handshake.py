@@ -7,8 +7,8 @@ before channels may open: it checks the login (PLAIN and AMQPLAIN; EXTERNAL, off
 only on a TLS connection whose client sent a verified certificate, logs in as the
 user the certificate names, without a password, as RabbitMQ's
 rabbitmq_auth_mechanism_ssl; loopback-only users; the per-address login throttle,
-which may delay a refusal: the connection
-then sits in ``refusing`` and reads nothing), negotiates frame and channel limits
+which may delay a refusal: the connection then sits in ``refusing`` and reads
+nothing), negotiates frame and channel limits
 and the heartbeat, and opens the vhost.  The connection's state machine
 (broker/amqp/connection_state.py) decides which of these methods may run; the
 handshake timeout closes a connection that has not reached ``opened`` in time.
