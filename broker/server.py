@@ -29,6 +29,7 @@ from storage.records import read_identity
 from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .amqp.connection import Connection
+from .amqps import AMQPSListener
 from .auth import Permission, UserStore
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
 from .login_throttle import LoginThrottle
@@ -119,7 +120,7 @@ class Broker:
         self.certificates = Certificates()  # every listener's TLS context, for reload
         if tls is not None:
             self.certificates.add(tls)
-        self.tls_server: asyncio.base_events.Server | None = None
+        self.tls_server: AMQPSListener | None = None
         self.data_dir = data_dir
         self.heartbeat = heartbeat
         self.frame_max = frame_max
@@ -189,16 +190,15 @@ class Broker:
             )
             self.port = self.server.sockets[0].getsockname()[1]
         if self.tls is not None:
+            self.tls_server = AMQPSListener(self.host, self.tls_port, self.tls, self.handshake_timeout,
+                                            lambda: AMQPProtocol(self))
             try:
-                self.tls_server = await self.loop.create_server(
-                    lambda: AMQPProtocol(self), self.host, self.tls_port, reuse_address=True, backlog=1024,
-                    ssl=self.tls.front_context(), ssl_handshake_timeout=self.handshake_timeout, start_serving=False,
-                )
+                self.tls_port = self.tls_server.bind()
             except OSError:
+                self.tls_server = None
                 if self.server is not None:
                     self.server.close()
                 raise
-            self.tls_port = self.tls_server.sockets[0].getsockname()[1]
 
     async def listen(self) -> None:
         """Accept AMQP clients on the sockets :meth:`prepare` bound."""
@@ -207,7 +207,7 @@ class Broker:
             await self.server.start_serving()
             log.info("listening for AMQP 0-9-1 on %s:%s", self.host, self.port)
         if self.tls_server is not None:
-            await self.tls_server.start_serving()
+            self.tls_server.start()
             log.info("listening for AMQP 0-9-1 over TLS on %s:%s", self.host, self.tls_port)
 
     def urls(self) -> str:
@@ -407,9 +407,10 @@ class Broker:
     async def stop(self, reason: str = "shutdown", timeout: float = 5.0) -> None:
         """Stop accepting, stop reading clients, let in-flight confirms complete
         (the last fsync), then close every client with 320 CONNECTION_FORCED."""
-        for server in (self.server, self.tls_server):
-            if server is not None:
-                server.close()
+        if self.server is not None:
+            self.server.close()
+        if self.tls_server is not None:
+            await self.tls_server.close()
         for conn in list(self.connections):
             conn.drain()
         store = self.store
@@ -434,9 +435,8 @@ class Broker:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.close_transport(abort=True)
-        for server in (self.server, self.tls_server):
-            if server is not None:
-                await server.wait_closed()
+        if self.server is not None:
+            await self.server.wait_closed()
         self.monitor.stop()
         if self._housekeeper is not None:
             self._housekeeper.cancel()

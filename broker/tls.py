@@ -15,12 +15,16 @@ list (forward secrecy, no SHA-1 MACs), no compression, no renegotiation, the ser
 preference.
 
 Reload (SIGHUP, ``broker reload-certs``) builds new contexts from the same paths; only when all of
-them build are they swapped in, so a half-rotated set of files changes nothing.  A listener's
-server keeps the one *front* context it was started with; that context's SNI callback, which
-OpenSSL runs early in every handshake (with or without a server name from the client), switches
-the connection to the current context, whose certificate, key and CA store then serve it.
-(Whether a client certificate is asked for stays as configured at start: it is an option, not a
-file.)  Connections already open keep the certificate they were opened with.
+them build are they swapped in, so a half-rotated set of files changes nothing.  How a listener
+picks up the new context:
+
+* the AMQPS listener (broker/amqps.py) starts each accepted socket's handshake with ``context``
+  as it is at that moment: certificate, key and CA bundle all change for new connections;
+* an HTTP listener hands its server one *front* context for good; that context's SNI callback,
+  which OpenSSL runs early in every handshake (with or without a server name from the client),
+  switches the connection to the current context, whose certificate and key then answer.
+
+Connections already open keep the certificate they were opened with.
 """
 
 from __future__ import annotations
@@ -175,8 +179,8 @@ class ReloadableContext:
         self.context, self.certificate = built
 
     def front_context(self) -> ssl.SSLContext:
-        """The context to give a listening server: each handshake is switched to the current
-        context by the SNI callback."""
+        """The context to give a server that keeps one context for good (aiohttp's): each
+        handshake is switched to the current context by the SNI callback."""
         if self._front is None:
             self._front = self.context
             self._front.sni_callback = self._to_current

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import os
 import re
 import signal
@@ -332,6 +333,8 @@ def test_require_refuses_a_client_without_certificate(broker_factory, pki, uid):
     # a certificate from another CA is refused too
     other = PKI(pki.root / f"other-{uid}", name="other")
     assert refused(pki.client_context(other.client("guest")), b.tls_port)
+    wait_for_log(b, "TLS handshake failed: PEER_DID_NOT_RETURN_A_CERTIFICATE")
+    wait_for_log(b, "TLS handshake failed: CERTIFICATE_VERIFY_FAILED (unable to get local issuer certificate)")
     # with a certificate signed by the CA, the same broker lets the client in
     good = pki.client("guest")
     assert not refused(pki.client_context(good), b.tls_port)
@@ -386,13 +389,24 @@ def test_tls_1_1_is_refused(tls_broker, pki):
     t.join(5)
     listener.close()
     assert versions == ["TLSv1.1"]
-    # the broker refuses the same client
+    # the broker refuses the same client, and says so
     with pytest.raises(ssl.SSLError):
-        _tls11_client().wrap_socket(socket.create_connection(("127.0.0.1", tls_broker.tls_port), timeout=5))
+        with socket.create_connection(("127.0.0.1", tls_broker.tls_port), timeout=5) as raw:
+            port = raw.getsockname()[1]
+            _tls11_client().wrap_socket(raw)
+    wait_for_log(tls_broker, f"AMQPS connection 127.0.0.1:{port}: TLS handshake failed: UNSUPPORTED_PROTOCOL")
+
+
+def wait_for_log(b, text: str) -> None:
+    deadline = time.monotonic() + 5
+    while text not in b.log_text():
+        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{b.log_text()[-3000:]}"
+        time.sleep(0.05)
 
 
 def test_plain_amqp_on_the_tls_port_gets_no_connection_start(tls_broker):
     with socket.create_connection(("127.0.0.1", tls_broker.tls_port), timeout=5) as s:
+        port = s.getsockname()[1]
         s.sendall(PROTOCOL_HEADER)
         got = b""
         try:
@@ -403,6 +417,7 @@ def test_plain_amqp_on_the_tls_port_gets_no_connection_start(tls_broker):
     assert not got.startswith(b"\x01\x00\x00")  # no method frame on channel 0: no Connection.Start
     assert not got.startswith(b"AMQP")
     assert got == b"" or got[0] == 0x15  # at most a TLS alert record
+    wait_for_log(tls_broker, f"AMQPS connection 127.0.0.1:{port}: TLS handshake failed: ")
 
 
 # -- the handshake timeout (in-process: a short timeout) -------------------------------------------------
@@ -608,3 +623,17 @@ def test_https_management_and_metrics(broker_factory, pki, tmp_path, uid):
     assert r.returncode == 1 and "is not trusted" in r.stderr and "--cacert" in r.stderr, r.stderr
     certs = api(b, "certificates", context=ctx)
     assert [c["listener"] for c in certs] == ["AMQPS listener", "management API", "Prometheus metrics"]
+
+
+def test_a_flood_of_failed_handshakes_is_counted_not_echoed(caplog, pki):
+    from broker.amqps import FAILURE_LINES_PER_SECOND, AMQPSListener
+
+    listener = AMQPSListener("127.0.0.1", 0, ReloadableContext("AMQPS listener", CertFiles(pki.server_cert,
+                                                                                          pki.server_key)),
+                             1.0, asyncio.Protocol)
+    with caplog.at_level(logging.WARNING, logger="broker.amqps"):
+        for i in range(50):
+            listener._failed(("192.0.2.1", 1000 + i), TimeoutError())
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == FAILURE_LINES_PER_SECOND
+    assert lines[0] == "AMQPS connection 192.0.2.1:1000: TLS handshake failed: no TLS handshake within 1 s"
