@@ -184,6 +184,13 @@ class UserStore:
             raise AuthError(f"user '{username}' - invalid credentials")
         return u
 
+    def authenticate_external(self, username: str) -> User:
+        """The user a verified client certificate names (EXTERNAL: no password is checked)."""
+        u = self.users.get(username)
+        if u is None:
+            raise AuthError(f"user '{username}' - invalid credentials")
+        return u
+
     def permission(self, user: str, vhost: str) -> Permission | None:
         return self.permissions.get((user, vhost))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,8 +128,10 @@ def _registry(broker: Any, per_object: bool) -> CollectorRegistry:
 class MetricsServer:
     """aiohttp server for /metrics and /metrics/per-object on the broker's loop."""
 
-    def __init__(self, broker: Any, host: str, port: int, limits: HttpLimits | None = None) -> None:
+    def __init__(self, broker: Any, host: str, port: int, limits: HttpLimits | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.broker = broker
+        self.ssl_context = ssl_context  # HTTPS when given
         self.host = host
         self.port = port
         self.limits = limits or HttpLimits()
@@ -179,7 +182,7 @@ class MetricsServer:
         app.router.add_get("/metrics/per-object", self._metrics_per_object)
         self._listener = HttpListener("Prometheus metrics", web.AppRunner(app), self.limits, log)
         try:
-            self.port = await self._listener.start(self.host, self.port)
+            self.port = await self._listener.start(self.host, self.port, self.ssl_context)
         except BaseException:
             self._listener = None
             raise

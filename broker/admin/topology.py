@@ -28,7 +28,8 @@ BINDING_COLUMNS = {
 CONNECTION_COLUMNS = {c: c for c in (
     "name", "user", "vhost", "peer_host", "peer_port", "host", "port", "state", "channels", "protocol", "ssl",
     "timeout", "frame_max", "channel_max", "client_properties", "recv_oct", "send_oct", "connected_at",
-    "auth_mechanism", "type", "node",
+    "auth_mechanism", "type", "node", "ssl_protocol", "ssl_key_exchange", "ssl_cipher", "ssl_hash",
+    "peer_cert_subject", "peer_cert_issuer", "peer_cert_validity",
 )}
 CONSUMER_COLUMNS = {
     "queue_name": "queue.name", "channel_pid": "channel_details.name", "channel": "channel_details.name",

@@ -178,6 +178,7 @@ class ApiHost(Protocol):
     limits: HttpLimits
     host: str
     port: int
+    ssl_context: Any  # an ssl.SSLContext when the API is served over HTTPS
     vhost_meta: dict[str, dict]  # description / tags given with PUT /api/vhosts/NAME
     event_streams: Any  # the open live-update streams (.events.EventStreams)
 

@@ -30,9 +30,12 @@ def _exchange_types() -> list[dict]:
 
 def _listeners(ctx: Ctx) -> list[dict]:
     b = ctx.broker
+    amqp = [(protocol, port) for protocol, port in (("amqp", b.port), ("amqp/ssl", b.tls_port)) if port >= 0]
+    http = "https" if ctx.server.ssl_context is not None else "http"
     return [
-        {"node": node_name(), "protocol": "amqp", "ip_address": b.host, "port": b.port, "socket_opts": {}},
-        {"node": node_name(), "protocol": "http", "ip_address": ctx.server.host, "port": ctx.server.port,
+        *({"node": node_name(), "protocol": protocol, "ip_address": b.host, "port": port, "socket_opts": {}}
+          for protocol, port in amqp),
+        {"node": node_name(), "protocol": http, "ip_address": ctx.server.host, "port": ctx.server.port,
          "socket_opts": {}},
     ]
 

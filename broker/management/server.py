@@ -11,6 +11,7 @@ never the broker's end.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from protocol.errors import AMQPError
 from ..httpguard import HttpLimits, HttpListener
 from ..logsafe import printable
 from .bindings import routes as binding_routes
+from .certificates import routes as certificate_routes
 from .connections import routes as connection_routes
 from .definitions import routes as definition_routes
 from .events import EventStreams
@@ -66,6 +68,7 @@ for _routes in (
     lost_found_routes,
     event_routes,
     where_routes,
+    certificate_routes,
 ):
     ROUTES.include(_routes)
 
@@ -74,8 +77,9 @@ class ManagementServer:
     """The management API of one broker, served by aiohttp on the broker's loop."""
 
     def __init__(self, broker: Any, host: str = "0.0.0.0", port: int = 15672, stats_interval: float | None = None,
-                 limits: HttpLimits | None = None) -> None:
+                 limits: HttpLimits | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.broker = broker
+        self.ssl_context = ssl_context  # HTTPS when given
         self.host = host
         self.port = port
         self.limits = limits or HttpLimits()
@@ -92,7 +96,7 @@ class ManagementServer:
         runner = web.AppRunner(self.app, handle_signals=False)
         self.listener = HttpListener("management API", runner, self.limits, log)
         try:
-            self.port = await self.listener.start(self.host, self.port)
+            self.port = await self.listener.start(self.host, self.port, self.ssl_context)
         except BaseException:
             self.listener = None
             raise

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..auth import Permission
+from ..certinfo import tls_json
 from ..exchange import freeze
 from ..patterns import PatternError, compile_pattern
 from ..queues import Queue
@@ -155,7 +156,7 @@ def connection_json(conn: Any, broker: Any, stats: Any) -> dict:
         "peer_host": host,
         "peer_port": port,
         "host": broker.host,
-        "port": broker.port,
+        "port": broker.tls_port if conn.tls is not None else broker.port,
         "state": "running" if conn.state == "opened" else conn.state,
         "channels": len(conn.channels),
         "channel_max": conn.channel_max,
@@ -163,8 +164,8 @@ def connection_json(conn: Any, broker: Any, stats: Any) -> dict:
         "timeout": conn.heartbeat,
         "protocol": "AMQP 0-9-1",
         "type": "network",
-        "ssl": False,
-        "auth_mechanism": "PLAIN",
+        **tls_json(conn.tls),
+        "auth_mechanism": conn.auth_mechanism,
         "client_properties": props,
         "connected_at": stats.connected_at(conn),
         "recv_oct": conn.recv_bytes,
