@@ -288,20 +288,22 @@ class Broker:
                     "password_hash": u.password_hash,
                     "hashing_algorithm": "rabbit_password_hashing_sha256",
                     "tags": list(u.tags),
-                    "limits": {},
+                    "limits": dict(u.limits),
                 }
                 for u in self.users.users.values()
             ],
             "permissions": [
                 dict(user=user, vhost=vhost, **perm.as_dict()) for (user, vhost), perm in self.users.permissions.items()
             ],
+            "policies": [],
+            "parameters": [],
             "exchanges": [],
             "queues": [],
             "bindings": [],
         }
         for vh in self.vhosts.values():
             d = vh.definitions()
-            for k in ("exchanges", "queues", "bindings"):
+            for k in ("policies", "parameters", "exchanges", "queues", "bindings"):
                 out[k] += d[k]
         return out
 

@@ -29,7 +29,9 @@ from .exchange import (
     validate_headers_binding,
 )
 from .exchange import field_type_name as _type_name
+from .limits import reached
 from .message import Message
+from .policies import Policy, VHostPolicies
 from .publishing import PublishOutcome
 from .queues import PUSH_OK, PUSH_REJECTED, Queue, queue_class
 from .queues.arguments import validate_queue_arguments
@@ -141,6 +143,8 @@ class VHost:
         self.stats = services.stats if services is not None else Stats()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        self.policies = VHostPolicies()  # policies and operator policies (broker.policies)
+        self.limits: dict[str, int] = {}  # max-connections, max-queues (broker.limits)
         self.default_exchange = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default_exchange
         for xname, xtype in PREDECLARED:
@@ -208,6 +212,7 @@ class VHost:
                     f"invalid arg 'alternate-exchange' for {self.what('exchange', name)}: the name {problem}",
                 )
             x = cls(self, name, durable, auto_delete, internal, arguments)
+            self.policies.apply_to_exchange(x)
             self.exchanges[name] = x
             created = True
             if durable:
@@ -302,7 +307,14 @@ class VHost:
             q.last_used = time.monotonic()
             return q, False
         cls = queue_class(arguments or {}, self.what("queue", name))
+        limit = reached(self.limits, "max-queues", len(self.queues))
+        if limit is not None:
+            raise ChannelError(
+                errors.PRECONDITION_FAILED,
+                f"cannot declare queue '{name}': queue limit in vhost '{self.name}' ({limit}) is reached",
+            )
         q = cls(self, name, durable, exclusive, auto_delete, arguments, owner)
+        self.policies.apply_to_queue(q)  # resolved before it starts
         if owner is None and durable:
             self._open_store(q)  # first: a queue whose log cannot be made is not declared
         self.queues[name] = q
@@ -348,6 +360,27 @@ class VHost:
             except ValueError:
                 pass
         return n
+
+    # -- policies and limits -----------------------------------------------------
+    def put_policy(self, policy: Policy, operator: bool = False) -> bool:
+        """Add or replace a (operator) policy and apply it now; True if it is new."""
+        old = self.policies.set_of(operator).put(policy)
+        self.policies.reapply(policy.name, operator, list(self.queues.values()), list(self.exchanges.values()))
+        self.changed()
+        return old is None
+
+    def delete_policy(self, name: str, operator: bool = False) -> bool:
+        """Remove a (operator) policy; what it matched gets the next matching one."""
+        if self.policies.set_of(operator).delete(name) is None:
+            return False
+        self.policies.reapply(name, operator, list(self.queues.values()), list(self.exchanges.values()))
+        self.changed()
+        return True
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        """Replace the vhost's limits (checked by broker.limits.parse_limits)."""
+        self.limits = dict(limits)
+        self.changed()
 
     # -- bindings ------------------------------------------------------------
     def bind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
@@ -543,4 +576,14 @@ class VHost:
                         "arguments": b.arguments,
                     }
                 )
-        return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+        policies = [p.as_json() for p in self.policies.policies]
+        parameters = [
+            {"vhost": self.name, "component": "operator_policy", "name": p.name,
+             "value": {k: v for k, v in p.as_json().items() if k not in ("vhost", "name")}}
+            for p in self.policies.operator_policies
+        ]
+        if self.limits:
+            parameters.append({"vhost": self.name, "component": "vhost-limits", "name": "limits",
+                               "value": dict(self.limits)})
+        return {"exchanges": exchanges, "queues": queues, "bindings": bindings, "policies": policies,
+                "parameters": parameters}

@@ -41,6 +41,7 @@ from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
 from ..certinfo import TLSInfo
+from ..limits import reached
 from ..logsafe import printable
 from ..metadata import MetadataSaveError
 from ..services import Services
@@ -511,6 +512,16 @@ class Connection(Handshake):
                 f"number of channels opened ({len(self.channels)}) has reached the negotiated channel_max "
                 f"({self.channel_max})",
             )
+        limits = getattr(self.user, "limits", None)
+        if limits:
+            mine = sum(len(c.channels) for c in self.services.connections.open if c.username == self.username)
+            n = reached(limits, "max-channels", mine)
+            if n is not None:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED,
+                    f"number of channels opened for user '{self.username}' has reached the maximum allowed user "
+                    f"limit of {n}",
+                )
         ch = Channel(self, chn)
         self.channels[chn] = ch
         self.write(framing.method_frame(chn, C.Channel.OpenOk()))

@@ -27,6 +27,7 @@ from protocol.errors import ConnectionError
 
 from .. import __version__
 from ..auth import AuthError, parse_response
+from ..limits import reached
 from ..logsafe import printable
 from ..net import is_loopback
 from .connection_state import HANDSHAKE_OVER, ConnState
@@ -216,6 +217,7 @@ class Handshake:
             raise ConnectionError(errors.NOT_ALLOWED, f"vhost {vhname} not found")
         if self.services.users.permission(self.username, vhname) is None:
             raise ConnectionError(errors.NOT_ALLOWED, f"access to vhost '{vhname}' refused for user '{self.username}'")
+        self._check_connection_limits(vh)
         self.vhost = vh
         self.transition(ConnState.OPENED)
         self._timeout_handle.cancel()
@@ -223,6 +225,26 @@ class Handshake:
         self.send0(C.Connection.OpenOk())
         self.services.connections.opened(self)
         log.info("connection %s opened: user '%s', vhost '%s'", self.peer, printable(self.username), printable(vhname))
+
+    def _check_connection_limits(self, vh: Any) -> None:
+        """The vhost's and the user's max-connections (530, RabbitMQ's texts)."""
+        open_conns = self.services.connections.open
+        if vh.limits:
+            n = reached(vh.limits, "max-connections", sum(1 for c in open_conns if c.vhost is vh))
+            if n is not None:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED,
+                    f"access to vhost '{vh.name}' refused for user '{self.username}': connection limit ({n}) is "
+                    "reached", 10, 40,
+                )
+        limits = getattr(self.user, "limits", None)
+        if limits:
+            n = reached(limits, "max-connections", sum(1 for c in open_conns if c.username == self.username))
+            if n is not None:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED,
+                    f"connection refused for user '{self.username}': user connection limit ({n}) is reached", 10, 40,
+                )
 
     def _handshake_timeout(self) -> None:
         if self.state not in HANDSHAKE_OVER:

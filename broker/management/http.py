@@ -340,7 +340,9 @@ def split_path(raw_path: str) -> list[str]:
 _PARAM_FIELDS = {"vhost": "vhost name", "user": "user name", "src": "source exchange name",
                  "dest": "destination name", "node": "node name"}
 _COLLECTION_ITEMS = {"queues": "queue", "exchanges": "exchange", "users": "user", "vhosts": "vhost",
-                     "connections": "connection", "channels": "channel", "nodes": "node"}
+                     "connections": "connection", "channels": "channel", "nodes": "node",
+                     "policies": "policy", "operator-policies": "operator policy", "vhost-limits": "limit",
+                     "user-limits": "limit"}
 
 
 def check_path_names(segments: list[str], params: dict) -> None:

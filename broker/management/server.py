@@ -41,9 +41,11 @@ from .http import (
     not_found,
     split_path,
 )
+from .limits import routes as limit_routes
 from .login import authenticate
 from .lost_found import routes as lost_found_routes
 from .overview import routes as overview_routes
+from .policies import routes as policy_routes
 from .queues import routes as queue_routes
 from .static import UiFiles
 from .stats import Stats
@@ -69,6 +71,8 @@ for _routes in (
     event_routes,
     where_routes,
     certificate_routes,
+    policy_routes,
+    limit_routes,
 ):
     ROUTES.include(_routes)
 

@@ -15,6 +15,7 @@ from ..certinfo import tls_json
 from ..exchange import freeze
 from ..patterns import PatternError, compile_pattern
 from ..queues import Queue
+from ..queues.settings import merged_definition
 from .http import bad_request
 from .stats import message_stats, rate
 
@@ -44,7 +45,20 @@ def exchange_json(vh: Any, x: Any) -> dict:
     d = x.describe()
     d["vhost"] = vh.name
     d["user_who_performed_action"] = "rmq-internal" if (not x.name or x.name.startswith("amq.")) else ""
+    if x.policy is not None:  # RabbitMQ shows an exchange's policy only when it has one
+        d["policy"] = x.policy.name
     return d
+
+
+def policy_fields(obj: Any) -> dict:
+    """A queue's ``policy``, ``operator_policy`` (null when none) and ``effective_policy_definition``."""
+    p, op = obj.policy, obj.operator_policy
+    return {
+        "policy": p.name if p is not None else None,
+        "operator_policy": op.name if op is not None else None,
+        "effective_policy_definition": merged_definition(p.definition if p is not None else None,
+                                                         op.definition if op is not None else None),
+    }
 
 
 def queue_json(vh: Any, q: Queue, stats: Any) -> dict:
@@ -55,8 +69,7 @@ def queue_json(vh: Any, q: Queue, stats: Any) -> dict:
         node=node_name(),
         state="running",
         type="classic",
-        policy=None,
-        effective_policy_definition={},
+        **policy_fields(q),
         exclusive_consumer_tag=q.exclusive_consumer.tag if q.exclusive_consumer is not None else None,
         message_bytes=q.bytes_ready,
         message_bytes_ready=q.bytes_ready,

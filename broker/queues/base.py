@@ -226,6 +226,7 @@ class Queue(abc.ABC):
             self.arguments,
             policy.definition if policy else None,
             operator_policy.definition if operator_policy else None,
+            self.type_name,
         )
         self.configure()
         self.policies_applied()
