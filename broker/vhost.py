@@ -12,7 +12,7 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from protocol import errors, fields, framing
@@ -364,18 +364,35 @@ class VHost:
     # -- policies and limits -----------------------------------------------------
     def put_policy(self, policy: Policy, operator: bool = False) -> bool:
         """Add or replace a (operator) policy and apply it now; True if it is new."""
+        created = self.store_policy(policy, operator)
+        for _ in self.reapply_policies(operator):
+            pass
+        return created
+
+    def delete_policy(self, name: str, operator: bool = False) -> bool:
+        """Remove a (operator) policy and apply the change now; False if there was none."""
+        if not self.forget_policy(name, operator):
+            return False
+        for _ in self.reapply_policies(operator):
+            pass
+        return True
+
+    def store_policy(self, policy: Policy, operator: bool = False) -> bool:
+        """Add or replace a (operator) policy, to be applied by :meth:`reapply_policies`."""
         old = self.policies.set_of(operator).put(policy)
-        self.policies.reapply(policy.name, operator, list(self.queues.values()), list(self.exchanges.values()))
         self.changed()
         return old is None
 
-    def delete_policy(self, name: str, operator: bool = False) -> bool:
-        """Remove a (operator) policy; what it matched gets the next matching one."""
+    def forget_policy(self, name: str, operator: bool = False) -> bool:
         if self.policies.set_of(operator).delete(name) is None:
             return False
-        self.policies.reapply(name, operator, list(self.queues.values()), list(self.exchanges.values()))
         self.changed()
         return True
+
+    def reapply_policies(self, operator: bool) -> Iterator[int]:
+        """Apply a changed set of (operator) policies to every queue and exchange, in steps
+        (see :meth:`broker.policies.VHostPolicies.reapply`)."""
+        return self.policies.reapply(operator, list(self.queues.values()), list(self.exchanges.values()))
 
     def set_limits(self, limits: dict[str, int]) -> None:
         """Replace the vhost's limits (checked by broker.limits.parse_limits)."""

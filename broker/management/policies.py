@@ -10,6 +10,7 @@ which names the field or key.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ..policies import PolicyError, parse_policy
@@ -54,18 +55,26 @@ async def _put(ctx: Ctx, operator: bool) -> Any:
         raise bad_request("[" + ",".join(f"{{key_missing,{k}}}" for k in missing) + "]")
     try:
         policy = parse_policy(vh.name, ctx.params["name"], body, operator)
-        created = vh.put_policy(policy, operator)
+        created = vh.store_policy(policy, operator)
     except PolicyError as exc:
         raise bad_request(str(exc)) from None
     ctx.commit()
+    await _apply(vh, operator)
     return (201, None) if created else None
 
 
-def _delete(ctx: Ctx, operator: bool) -> Any:
+async def _apply(vh: Any, operator: bool) -> None:
+    """Apply the changed set to the vhost's queues and exchanges, letting the loop run between steps."""
+    for _ in vh.reapply_policies(operator):
+        await asyncio.sleep(0)
+
+
+async def _delete(ctx: Ctx, operator: bool) -> Any:
     vh = ctx.vhost()
-    if not vh.delete_policy(ctx.params["name"], operator):
+    if not vh.forget_policy(ctx.params["name"], operator):
         raise not_found()
     ctx.commit()
+    await _apply(vh, operator)
     return None
 
 
@@ -100,7 +109,7 @@ async def put_policy(ctx: Ctx) -> Any:
 @routes.route("api/policies/:vhost/:name", "DELETE")
 async def delete_policy(ctx: Ctx) -> Any:
     _require_policymaker(ctx, ctx.params["vhost"])
-    return _delete(ctx, False)
+    return await _delete(ctx, False)
 
 
 # -- operator policies -------------------------------------------------------------------
@@ -130,4 +139,4 @@ async def put_operator_policy(ctx: Ctx) -> Any:
 @routes.route("api/operator-policies/:vhost/:name", "DELETE")
 async def delete_operator_policy(ctx: Ctx) -> Any:
     ctx.require_admin()
-    return _delete(ctx, True)
+    return await _delete(ctx, True)
