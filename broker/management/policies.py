@@ -20,11 +20,6 @@ from .views import apply_query
 routes = Router()
 
 
-def _sorted(items: list[dict]) -> list[dict]:
-    # RabbitMQ lists by priority, highest last (its reply_list sort on "priority")
-    return sorted(items, key=lambda p: p["priority"])
-
-
 def _require_policymaker(ctx: Ctx, vhost: str | None = None) -> None:
     """Administrators, or policymakers with permissions in ``vhost`` (RabbitMQ's is_authorized_policies)."""
     if ctx.is_admin:
@@ -35,8 +30,9 @@ def _require_policymaker(ctx: Ctx, vhost: str | None = None) -> None:
 
 
 def _listing(ctx: Ctx, operator: bool, vhosts: list[Any]) -> Any:
-    items = [p.as_json() for vh in vhosts for p in vh.policies.set_of(operator)]
-    return apply_query(_sorted(items), ctx.query)
+    items = sorted((p.as_json() for vh in vhosts for p in vh.policies.set_of(operator)),
+                   key=lambda p: (p["vhost"], p["name"]))
+    return apply_query(items, ctx.query, default_sort="priority")  # RabbitMQ's default sort
 
 
 def _one(ctx: Ctx, operator: bool) -> Any:
