@@ -77,14 +77,14 @@ def pct(vals: list[float], p: float) -> float:
 
 def all_show(api: Api, name: str | None, n: int) -> bool:
     qs = api.call("GET", f"queues/{urllib.parse.quote(VHOST, safe='')}?columns=name,policy")
-    return len(qs) >= n and all(q.get("policy") == name for q in qs)
+    return len(qs) >= n and all((q.get("policy") or None) == name for q in qs)
 
 
 def samples_show(api: Api, name: str | None, n: int) -> bool:
     """25 queues spread over the N show the policy (cheap GETs: listing all of them would
     itself hold a broker's loop)."""
     v = urllib.parse.quote(VHOST, safe="")
-    return all(api.call("GET", f"queues/{v}/bench.q{i}").get("policy") == name for i in range(0, n, max(1, n // 25)))
+    return all((api.call("GET", f"queues/{v}/bench.q{i}").get("policy") or None) == name for i in range(0, n, max(1, n // 25)))
 
 
 def step(api: Api, prober: Prober, label: str, method: str, body, expect: str | None, n: int) -> dict:

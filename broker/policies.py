@@ -361,6 +361,8 @@ class VHostPolicies:
         return True
 
     def apply_to_exchange(self, x: Any) -> bool:
+        if not x.name:
+            return False  # the default exchange takes no policy (it routes by queue name alone)
         policy, op = self.resolve_exchange(x.name)
         if policy == x.policy and op == x.operator_policy:
             return False
@@ -385,6 +387,8 @@ class VHostPolicies:
             if done % REAPPLY_CHUNK == 0:
                 yield n
         for x in exchanges:
+            if not x.name:
+                continue  # the default exchange (see apply_to_exchange)
             new = _ref(ps.match_exchange(x.name))
             held = x.operator_policy if operator else x.policy
             if new is not held and new != held:

@@ -132,6 +132,9 @@ def test_put_policy_applies_to_live_queues_and_exchanges():
     assert qc.operator_policy.name == "op" and qc.max_length == 0  # resolved at declare
     assert vh.delete_policy("op", operator=True) and not vh.delete_policy("op", operator=True)
     assert qc.operator_policy is None and qc.max_length is None
+    # predeclared exchanges take policies as in RabbitMQ; the default exchange does not
+    vh.put_policy(policy("every", "", {"alternate-exchange": "ae"}, priority=-1, apply_to="exchanges"))
+    assert vh.exchanges["amq.direct"].alternate == "ae" and vh.exchanges[""].alternate is None
 
 
 def _apply_in_steps(vh: VHost, p, operator: bool = False) -> tuple[float, float]:
