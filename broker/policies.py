@@ -274,7 +274,7 @@ class PolicySet:
         self.operator = operator
         self._by_name: dict[str, Policy] = {}
         self._ordered: list[Policy] = []
-        self._patterns = PatternSet([])
+        self._set: PatternSet | None = PatternSet([])  # None: to be rebuilt at the next match
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -306,13 +306,18 @@ class PolicySet:
     def _sort(self) -> None:
         # highest priority first; ties by name (see the module doc)
         self._ordered = sorted(self._by_name.values(), key=lambda p: (-p.priority, p.name))
-        self._patterns = PatternSet([p.pattern for p in self._ordered])
+        self._set = None  # built when first needed: an import of many policies compiles it once
+
+    def _patterns(self) -> PatternSet:
+        if self._set is None:
+            self._set = PatternSet([p.pattern for p in self._ordered])
+        return self._set
 
     def match_queue(self, name: str, type_name: str) -> Policy | None:
         if not self._ordered:
             return None
         ordered = self._ordered
-        for i in self._patterns.search(name):
+        for i in self._patterns().search(name):
             if ordered[i].takes_queue(type_name):
                 return ordered[i]
         return None
@@ -321,7 +326,7 @@ class PolicySet:
         if not self._ordered:
             return None
         ordered = self._ordered
-        for i in self._patterns.search(name):
+        for i in self._patterns().search(name):
             if ordered[i].takes_exchanges():
                 return ordered[i]
         return None

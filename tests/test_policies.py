@@ -360,6 +360,13 @@ def test_policies_and_limits_survive_a_restart_and_travel_with_definitions(fresh
     assert (got["policy"], got["operator_policy"], got["messages"]) == ("cap", "opcap", 3)
     assert api.get("/api/vhost-limits/%2F").json == [{"vhost": "/", "value": {"max-queues": 50}}]
     assert api.get("/api/user-limits/lim").json == [{"user": "lim", "value": {"max-channels": 2}}]
+    api.ok("PUT", "/api/permissions/%2F/lim", {"configure": ".*", "write": ".*", "read": ".*"})
+    conn = connect(b, "lim", "pw")
+    conn.channel()
+    conn.channel()
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        conn.channel()
+    assert e.value.reply_code == 530 and "maximum allowed user limit of 2" in e.value.reply_text
     # the definitions export carries them in RabbitMQ's shape, and an import brings them back
     defs = api.get("/api/definitions").json
     assert {"vhost": "/", "name": "cap", "pattern": "^keep$", "apply-to": "queues",

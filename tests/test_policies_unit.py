@@ -9,7 +9,7 @@ import time
 import pytest
 
 from broker.limits import LimitError, parse_limits, reached
-from broker.policies import PolicyError, PolicySet, definition_errors, erl_term, parse_policy
+from broker.policies import MAX_POLICIES_PER_VHOST, PolicyError, PolicySet, definition_errors, erl_term, parse_policy
 from broker.queues.settings import effective_arguments, merge_policy_value, merged_definition
 from broker.vhost import VHost
 
@@ -113,6 +113,20 @@ def test_matching_order_and_applicability():
     ps.delete("z")
     assert ps.match_queue("q1", "classic").name == "a"
     assert [p.name for p in ps] == ["ex", "dl", "a", "b"]
+
+
+def test_a_vhost_holds_a_bounded_number_of_policies():
+    ps = PolicySet()
+    t0 = time.perf_counter()
+    for i in range(MAX_POLICIES_PER_VHOST):
+        ps.put(policy(f"p{i:04}", f"^q{i}$", {"max-length": i}))
+    assert ps.match_queue("q77", "classic").name == "p0077"
+    with pytest.raises(PolicyError) as e:
+        ps.put(policy("one-more", "^x", {"max-length": 1}))
+    assert f"already has {MAX_POLICIES_PER_VHOST} policies" in str(e.value)
+    ps.put(policy("p0001", "^y$", {"max-length": 1}))  # replacing one is fine
+    assert ps.match_queue("y", "classic").name == "p0001" and ps.match_queue("q1", "classic") is None
+    assert time.perf_counter() - t0 < 10
 
 
 def test_put_policy_applies_to_live_queues_and_exchanges():
