@@ -37,6 +37,7 @@ class PatternError(ValueError):
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         super().__init__(f"'{field}': invalid regular expression '{shown}': {why}")
         self.field = field
+        self.why = why
 
 
 def compile_pattern(pattern: str, field: str) -> Regex:

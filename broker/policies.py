@@ -247,8 +247,7 @@ def parse_policy(vhost: str, name: str, body: dict[str, Any], operator: bool = F
         try:
             regex = compile_pattern(pattern, "pattern")
         except PatternError as exc:
-            why = str(exc).split(": ", 2)[-1]
-            errors.append(f"pattern should be regular expression but is invalid: {why}")
+            errors.append(f"pattern should be regular expression but is invalid: {exc.why}")
     apply_to = body.get("apply-to", "all")
     if apply_to is None:
         apply_to = "all"
