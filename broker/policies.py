@@ -259,8 +259,8 @@ def parse_policy(vhost: str, name: str, body: dict[str, Any], operator: bool = F
     errors += definition_errors(definition, operator)
     if errors:
         raise validation_failed(errors)
-    assert regex is not None and isinstance(definition, dict)
-    return Policy(vhost, name, pattern, apply_to, dict(definition), priority, regex)  # type: ignore[arg-type]
+    assert regex is not None and isinstance(pattern, str) and isinstance(definition, dict)
+    return Policy(vhost, name, pattern, apply_to, dict(definition), priority, regex)
 
 
 # -- the policies of one vhost ------------------------------------------------------------------
@@ -385,7 +385,8 @@ class VHostPolicies:
             new = _ref(ps.match_queue(q.name, q.type_name))
             held = q.operator_policy if operator else q.policy
             if new is not held and new != held:
-                q.apply_policies(q.policy, new) if operator else q.apply_policies(new, q.operator_policy)
+                policy, op = (q.policy, new) if operator else (new, q.operator_policy)
+                q.apply_policies(policy, op)
                 n += 1
             done += 1
             if done % REAPPLY_CHUNK == 0:
@@ -396,7 +397,8 @@ class VHostPolicies:
             new = _ref(ps.match_exchange(x.name))
             held = x.operator_policy if operator else x.policy
             if new is not held and new != held:
-                x.apply_policies(x.policy, new) if operator else x.apply_policies(new, x.operator_policy)
+                policy, op = (x.policy, new) if operator else (new, x.operator_policy)
+                x.apply_policies(policy, op)
                 n += 1
             done += 1
             if done % REAPPLY_CHUNK == 0:
