@@ -303,7 +303,8 @@ class VHost:
             what = self.what("queue", name)
             field_equivalence(q.durable, durable, "durable", what)
             field_equivalence(q.auto_delete, auto_delete, "auto_delete", what)
-            args_equivalence(_with_defaults(q.arguments), _with_defaults(arguments or {}), QUEUE_EQUIV_ARGS, what)
+            keys = q.equivalence_args or QUEUE_EQUIV_ARGS
+            args_equivalence(_with_defaults(q.arguments), _with_defaults(arguments or {}), keys, what)
             q.last_used = time.monotonic()
             return q, False
         cls = queue_class(arguments or {}, self.what("queue", name))
@@ -475,11 +476,14 @@ class VHost:
                 st.unroutable += 1
         return PublishOutcome(routed, queues, mandatory and not routed, status)
 
-    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Queue], bool]) -> None:
-        """A queue dead-letters ``msg`` to ``exchange`` (dropped if that exchange is gone)."""
+    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Queue], bool]) -> int | None:
+        """A queue dead-letters ``msg`` to ``exchange`` (dropped if that exchange is gone).
+        Returns the queues' worst push status, or None if no queue took it."""
         x = self.exchanges.get(exchange)
-        if x is not None:
-            self.publish(x, msg, skip=skip, from_client=False)
+        if x is None:
+            return None
+        out = self.publish(x, msg, skip=skip, from_client=False)
+        return out.status if out.routed else None
 
     # -- routing -------------------------------------------------------------
     def route_all(self, x: Exchange, msg: Message) -> Collection[Queue]:

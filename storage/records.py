@@ -7,8 +7,10 @@ header_len:u32 header body`` (flags bit 0: persistent, bit 1: a deadline
 follows).  A message is named by its *ref* ``segment << 32 | offset``
 (:func:`ref_of`, :func:`segment_end`): refs grow with the append order, so they
 double as a queue's sequence numbers.  Each segment ``NNNNNNNN.seg`` has an ack
-file ``NNNNNNNN.ack`` of settled offsets (u32 each); ``queue.json`` names the
-queue a directory was made for.
+file ``NNNNNNNN.ack`` of settled offsets (u32 each) and, for queues that count
+deliveries (quorum queues), a returns file ``NNNNNNNN.ret`` with the offset of a
+record each time it went back to its queue; ``queue.json`` names the queue a
+directory was made for.
 """
 
 from __future__ import annotations
@@ -108,18 +110,31 @@ def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, byt
 
 
 
-def read_acks(path: str) -> set[int]:
+def _read_offsets(path: str) -> array:
+    """The u32 offsets of an ack or returns file (empty if there is none)."""
+    a = array("I")
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        return set()
+        return a
     n = len(raw) // 4
-    a = array("I")
     a.frombytes(raw[: n * 4])
     if a.itemsize == 4 and struct.pack("=I", 1) != struct.pack(">I", 1):
         a.byteswap()
-    return set(a)
+    return a
+
+
+def read_acks(path: str) -> set[int]:
+    return set(_read_offsets(path))
+
+
+def read_returns(path: str) -> dict[int, int]:
+    """How often each record of a segment went back to its queue: offset -> count."""
+    counts: dict[int, int] = {}
+    for off in _read_offsets(path):
+        counts[off] = counts.get(off, 0) + 1
+    return counts
 
 
 def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[str], int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from ..auth import Permission
 from ..certinfo import tls_json
 from ..exchange import freeze
+from ..net import node_name  # noqa: F401  (the management modules import it from here)
 from ..patterns import PatternError, compile_pattern
 from ..queues import Queue
 from ..queues.settings import merged_definition
@@ -20,10 +20,6 @@ from .http import bad_request
 from .stats import message_stats, rate
 
 RABBITMQ_COMPAT_VERSION = "3.13.7"
-
-
-def node_name() -> str:
-    return f"burrowmq@{platform.node() or 'localhost'}"
 
 
 def split_peer(peer: str) -> tuple[str, int]:
@@ -68,7 +64,7 @@ def queue_json(vh: Any, q: Queue, stats: Any) -> dict:
         vhost=vh.name,
         node=node_name(),
         state="running",
-        type="classic",
+        type=q.type_name,
         **policy_fields(q),
         exclusive_consumer_tag=q.exclusive_consumer.tag if q.exclusive_consumer is not None else None,
         message_bytes=q.bytes_ready,

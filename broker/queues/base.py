@@ -89,8 +89,9 @@ class QueueHost(Protocol):
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
-    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Any], bool]) -> None:
-        """Route ``msg`` from exchange ``exchange`` into every queue but those ``skip`` refuses."""
+    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Any], bool]) -> int | None:
+        """Route ``msg`` from exchange ``exchange`` into every queue but those ``skip`` refuses;
+        the worst push status (PUSH_OK, PUSH_SYNC, PUSH_REJECTED), or None if no queue took it."""
         ...
 
     def delete_queue(self, q: Any, reason: str = "deleted") -> int: ...
@@ -117,6 +118,8 @@ class Queue(abc.ABC):
     """One queue of one vhost: the interface every queue type implements."""
 
     type_name: ClassVar[str]
+    # the arguments compared when the queue is declared again (None: the classic queue's list)
+    equivalence_args: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,

@@ -126,8 +126,7 @@ class ClassicQueue(Queue):
                 qlog.store.append_failed(qlog, exc)
                 return PUSH_REJECTED
             msg.ref = msg.seq = ref
-            # a short queue keeps its messages in memory; a backlog keeps only refs
-            if len(self.messages) < KEEP_IN_MEMORY or self.max_priority is not None:
+            if self._keep_in_memory(msg):
                 self.messages.append(msg)
             else:
                 self.messages.append(ref)
@@ -142,6 +141,10 @@ class ClassicQueue(Queue):
         if not self.plain:
             self._after_push()
         return status
+
+    def _keep_in_memory(self, msg: Message) -> bool:
+        """A short queue keeps its logged messages in memory; a backlog keeps only refs."""
+        return len(self.messages) < KEEP_IN_MEMORY or self.max_priority is not None
 
     def _admit(self, msg: Message) -> bool:
         """TTL deadline, priority and the reject-publish overflow check."""
@@ -232,7 +235,8 @@ class ClassicQueue(Queue):
         if self.dlx is not None:
             self._dead_letter(msg, reason)
 
-    def _dead_letter(self, msg: Message, reason: str) -> None:
+    def _dead_letter(self, msg: Message, reason: str) -> int | None:
+        """Publish the dead-lettered copy of ``msg``: the push status, None if no queue took it."""
         assert self.dlx is not None
         dead, history, rejected = deadletter.dead_letter(msg, self.name, reason, self.dlx, self.dlrk)
 
@@ -242,7 +246,7 @@ class ClassicQueue(Queue):
                 return False
             return q is self or (q.name in history and not rejected)
 
-        self.vhost.publish_dead_letter(self.dlx, dead, skip)
+        return self.vhost.publish_dead_letter(self.dlx, dead, skip)
 
     def requeue(self, msgs: Iterable[Message]) -> None:
         """Put delivered messages back in their original order, redelivered."""

@@ -94,3 +94,61 @@ def merge_sorted(q: Any, back: list[Message]) -> None:
         i = bisect.bisect_left(seqs, m.seq)
         q.insert(i, m)
         seqs.insert(i, m.seq)
+
+
+HIGH_PRIORITY_ABOVE = 4  # a quorum queue's message with priority 5..255 is high (RabbitMQ 4)
+HIGH_PER_NORMAL = 2  # while both levels hold messages, two high go out for each normal one
+
+
+class TwoLevelMessages(PriorityMessages):
+    """The ready messages of a quorum queue that has seen a high-priority message.
+
+    RabbitMQ 4's two levels: priority above 4 is high, anything else normal.
+    While both levels hold messages, every third message taken is the older of
+    the two heads and the others are high, so high goes out about 2:1 and normal
+    is never starved.  A normal entry may be a bare ref (a backlog kept on disk);
+    high entries are always messages.
+    """
+
+    def __init__(self, normal: Any = None) -> None:
+        super().__init__(1)
+        if normal:
+            self.levels[0] = deque(normal)
+            self.n = len(normal)
+        self.turn = 0
+
+    def level(self, m: Any) -> int:
+        return 0 if type(m) is int else int(m.priority > HIGH_PRIORITY_ABOVE)
+
+    def append(self, m: Any) -> None:
+        self.levels[self.level(m)].append(m)
+        self.n += 1
+
+    def _next_level(self) -> int:
+        normal, high = self.levels
+        if not high:
+            return 0
+        if not normal:
+            return 1
+        if self.turn == HIGH_PER_NORMAL:
+            return 1 if seq_of(high[0]) < seq_of(normal[0]) else 0
+        return 1
+
+    def popleft(self) -> Any:
+        if not self.n:
+            raise IndexError("pop from an empty queue")
+        lv = self._next_level()
+        self.turn = 0 if self.turn == HIGH_PER_NORMAL else self.turn + 1
+        self.n -= 1
+        return self.levels[lv].popleft()
+
+    def __getitem__(self, i: int) -> Any:
+        if i != 0 or not self.n:
+            raise IndexError(i)
+        return self.levels[self._next_level()][0]
+
+    def __setitem__(self, i: int, m: Any) -> None:
+        """Replace the next entry (a ref loaded into its message)."""
+        if i != 0 or not self.n:
+            raise IndexError(i)
+        self.levels[self._next_level()][0] = m
