@@ -194,7 +194,8 @@ class QuorumQueue(ClassicQueue):
             limit = max(arg, pv) if arg < 0 or pv < 0 else min(arg, pv)
         else:
             limit = arg if arg is not None else pv if pv is not None else DEFAULT_DELIVERY_LIMIT
-        op = int_arg(self.effective, "x-delivery-limit")  # an operator policy only lowers it
+        ops = self.operator_policy.definition if self.operator_policy is not None else {}
+        op = int_arg(ops, "delivery-limit")  # an operator policy only lowers it
         if op is not None and op >= 0 and (limit < 0 or op < limit):
             limit = op
         return limit

@@ -1,0 +1,133 @@
+"""The quorum queue's pieces in-process: the two priority levels, the delivery limit as
+arguments and policies decide it, delivery counts kept in the log across a restart,
+high-priority messages recovered, and the pending-commit bookkeeping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.message import Message
+from broker.queues import PUSH_SYNC
+from broker.queues.base import PolicyRef
+from broker.queues.priority import TwoLevelMessages
+from broker.queues.quorum import PendingCommits, QuorumQueue
+from broker.vhost import VHost
+from protocol import fields
+from storage.log import LogStore
+from test_engine_unit import message
+
+QQ = {"x-queue-type": "quorum"}
+
+
+def msg(seq: int, priority: int = 0) -> Message:
+    m = message("q", b"%d" % seq)
+    m.seq = seq
+    m.priority = priority
+    return m
+
+
+def test_two_levels_two_high_for_each_normal_and_fifo_within_a_level() -> None:
+    q = TwoLevelMessages()
+    for i in range(1, 7):
+        q.append(msg(i, priority=0))
+    for i in range(7, 13):
+        q.append(msg(i, priority=9))
+    assert len(q) == 12
+    out = [q.popleft() for _ in range(12)]
+    assert "".join("h" if m.priority > 4 else "n" for m in out) == "hhnhhnhhnnnn"
+    assert [m.seq for m in out if m.priority == 0] == [1, 2, 3, 4, 5, 6]
+    assert not q
+
+
+def test_two_levels_every_third_takes_the_older_head_and_refs_are_normal() -> None:
+    q = TwoLevelMessages([1, 2])  # a backlog of refs moved in: normal
+    q.append(msg(3, priority=5))
+    assert q.popleft().seq == 3 and q.popleft() == 1
+    q.append(msg(4, priority=5))
+    # third take: the older head (ref 2) goes before the newer high message
+    assert q[0] == 2 and q.popleft() == 2
+    assert q.popleft().seq == 4
+
+
+def test_priority_four_is_normal_five_is_high() -> None:
+    q = TwoLevelMessages()
+    q.append(msg(1, priority=4))
+    q.append(msg(2, priority=5))
+    assert q.popleft().seq == 2
+
+
+def declare(vh: VHost, name: str, **args: Any) -> QuorumQueue:
+    q, _ = vh.declare_queue(name, True, False, False, dict(QQ, **args), None)
+    assert isinstance(q, QuorumQueue)
+    return q
+
+
+def test_delivery_limit_from_arguments_and_policies() -> None:
+    vh = VHost("/")
+    assert declare(vh, "a").delivery_limit == 20
+    q = declare(vh, "b", **{"x-delivery-limit": 5})
+    q.apply_policies(PolicyRef("p", {"delivery-limit": 3}), None)
+    assert q.delivery_limit == 3  # the lower wins
+    q = declare(vh, "c", **{"x-delivery-limit": -1})
+    q.apply_policies(PolicyRef("p", {"delivery-limit": 7}), None)
+    assert q.delivery_limit == 7  # a negative one (no limit) only wins if both are
+    q.apply_policies(None, PolicyRef("op", {"delivery-limit": 2}))
+    assert q.delivery_limit == 2  # an operator policy only lowers it
+    q = declare(vh, "d")
+    q.apply_policies(PolicyRef("p", {"delivery-limit": 4}), None)
+    assert q.delivery_limit == 4
+
+
+def test_overflow_policy_wins_and_reject_publish_dlx_is_drop_head() -> None:
+    vh = VHost("/")
+    q = declare(vh, "o", **{"x-overflow": "reject-publish-dlx", "x-dead-letter-exchange": "dlx",
+                            "x-dead-letter-strategy": "at-least-once"})
+    assert q.overflow == "drop-head" and not q.at_least_once
+    q.apply_policies(PolicyRef("p", {"overflow": "reject-publish"}), None)
+    assert q.overflow == "reject-publish" and q.at_least_once
+
+
+def test_delivery_counts_and_high_priority_survive_a_restart(tmp_path: Any) -> None:
+    store = LogStore(str(tmp_path))
+    store.open()
+    q = declare(VHost("/"), "d")
+    q.open_store(store)
+    assert q.push(message("d", b"a"), False) == PUSH_SYNC  # transient, logged all the same
+    q.push(message("d", b"b"), False)
+    q.push(message("d", b"hi", priority=8), False)
+    first = q.get()
+    assert first is not None and first.body == b"hi"
+    q.requeue([first])
+    again = q.get()
+    assert again is not None and fields.table_entries(fields.split_properties(again.header)[1]["headers"]) == [
+        ("x-delivery-count", fields.encode_value(fields.Long(1)))]
+    q.requeue([again])
+    store.flush()
+    store.close()
+
+    store = LogStore(str(tmp_path))
+    store.open()
+    try:
+        q = declare(VHost("/"), "d")
+        q.open_store(store)
+        got = q.recover()
+        assert got is not None and got.messages == 3
+        assert isinstance(q.messages, TwoLevelMessages)
+        m = q.get()
+        assert m is not None and m.body == b"hi" and m.redelivered
+        headers = dict(fields.table_entries(fields.split_properties(m.header)[1]["headers"]))
+        assert headers["x-delivery-count"] == fields.encode_value(fields.Long(2))
+        assert [x.body for x in (q.get(), q.get()) if x] == [b"a", b"b"]
+    finally:
+        store.close()
+
+
+def test_pending_commits_release_in_epoch_order() -> None:
+    p = PendingCommits()
+    a, b, c = msg(1), msg(2), msg(3)
+    p.add(3, a, "expired")
+    p.add(4, b, "rejected")
+    p.add(4, c, "expired")
+    assert p.committed(2) == [] and len(p) == 3
+    assert p.committed(3) == [(a, "expired")] and len(p) == 2
+    assert p.committed(9) == [(b, "rejected"), (c, "expired")] and len(p) == 0
