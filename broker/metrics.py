@@ -66,6 +66,12 @@ class BrokerCollector:
             for q in queues:
                 family.add_metric([q.vhost.name, q.name], value(q))
             yield family
+        if self.per_object:
+            info = g("rabbitmq_queue_info", "A metric with a constant '1' value and labels that provide some "
+                     "queue details", labels=["vhost", "queue", "queue_type", "membership"])
+            for q in queues:  # RabbitMQ names the type by its module: rabbit_quorum_queue
+                info.add_metric([q.vhost.name, q.name, f"rabbit_{q.type_name}_queue", "leader"], 1)
+            yield info
         yield g("rabbitmq_queue_messages_ready_total", "Messages ready in all queues",
                 value=sum(q.ready for q in queues))
         yield g("rabbitmq_queue_messages_unacked_total", "Unacknowledged messages in all queues",

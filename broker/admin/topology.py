@@ -16,6 +16,7 @@ QUEUE_COLUMNS = {
         "message_bytes", "message_bytes_ready", "node",
     )
 }
+QUEUE_COLUMNS.update({c: c for c in ("leader", "members", "online", "delivery_limit")})  # quorum queues
 QUEUE_COLUMNS.update(owner_pid="owner_pid_details.name", publish="message_stats.publish",
                      deliver_get="message_stats.deliver_get", ack="message_stats.ack")
 EXCHANGE_COLUMNS = {c: c for c in ("name", "type", "durable", "auto_delete", "internal", "arguments", "vhost",

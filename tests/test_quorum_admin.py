@@ -1,0 +1,46 @@
+"""Quorum queues as operators see them: the CLI's list-queues, Prometheus' per-object
+series, and the definitions export/import."""
+
+from __future__ import annotations
+
+import json
+
+import pika
+
+from test_admin_cli import run
+from test_management_api import Http, mgmt_url
+from test_metrics import metrics_url, scrape
+
+QQ = {"x-queue-type": "quorum"}
+
+
+def test_cli_and_metrics_show_quorum_queues(broker, uid):
+    q = f"qq-ops-{uid}"
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+    ch = conn.channel()
+    ch.queue_declare(q, durable=True, arguments=dict(QQ, **{"x-delivery-limit": 7}))
+    ch.basic_publish("", q, b"x")
+    ch.queue_declare(q, durable=True, arguments=dict(QQ, **{"x-delivery-limit": 7}), passive=True)
+    try:
+        url = mgmt_url(broker)
+        js = json.loads(run(["list-queues", "--json", "name", "type", "messages", "delivery_limit", "leader",
+                             "members", "online"], url=url, check=True).stdout)
+        mine = [r for r in js if r["name"] == q][0]
+        assert (mine["type"], mine["messages"], mine["delivery_limit"]) == ("quorum", 1, 7)
+        assert mine["leader"].startswith("burrowmq@") and mine["members"] == [mine["leader"]] == mine["online"]
+        per_object = scrape(metrics_url(broker) + "/per-object", "guest", "guest")
+        key = f'rabbitmq_queue_info{{membership="leader",queue="{q}",queue_type="rabbit_quorum_queue",vhost="/"}}'
+        assert per_object[key] == 1
+        assert per_object[f'rabbitmq_queue_messages_ready{{queue="{q}",vhost="/"}}'] == 1
+        # definitions carry the type, and importing them declares a quorum queue
+        http = Http(url)
+        defs = http.get("/api/definitions").json
+        mine_def = [d for d in defs["queues"] if d["name"] == q][0]
+        assert mine_def["arguments"]["x-queue-type"] == "quorum"
+        ch.queue_delete(q)
+        r = http.post("/api/definitions", {"queues": [mine_def]})
+        assert r.status in (200, 201, 204), r
+        assert http.get(f"/api/queues/%2F/{q}").json["type"] == "quorum"
+    finally:
+        ch.queue_delete(q)
+        conn.close()
