@@ -375,3 +375,21 @@ def test_kill9_while_publishing_loses_nothing_confirmed(fresh_broker):
     bodies = [get_body(ch, "qq-load")[2] for _ in range(n)]
     assert bodies == [str(i).encode() for i in range(n)]
     conn.close()
+
+
+def test_x_expires_deletes_an_unused_quorum_queue(broker, ch, uid):
+    q = f"qq-exp-{uid}"
+    ch.queue_declare(q, durable=True, arguments=dict(QQ, **{"x-expires": 300}))
+
+    def gone() -> bool:
+        c = connect(broker.port)
+        try:
+            c.channel().queue_declare(q, durable=True, arguments=QQ, passive=True)
+            return False
+        except ChannelClosedByBroker as e:
+            return e.reply_code == 404
+        finally:
+            if c.is_open:
+                c.close()
+
+    wait_for(gone, 10)

@@ -203,29 +203,38 @@ class QuorumQueue(ClassicQueue):
     # -- messages in -------------------------------------------------------------
     def push(self, msg: Message, persistent: bool = False) -> int:
         """Every message goes to the log, whatever its delivery mode."""
-        msg.priority = framing.priority(msg.header)
-        if msg.priority > HIGH_PRIORITY_ABOVE and not isinstance(self.messages, TwoLevelMessages):
-            self.messages = TwoLevelMessages(self.messages)
+        if framing.property_flags(msg.header) & framing.FLAG_PRIORITY:
+            msg.priority = framing.priority(msg.header)
+            if msg.priority > HIGH_PRIORITY_ABOVE and not isinstance(self.messages, TwoLevelMessages):
+                self.messages = TwoLevelMessages(self.messages)
         return super().push(msg, True)
 
     def _keep_in_memory(self, msg: Message) -> bool:
         return msg.priority > HIGH_PRIORITY_ABOVE or super()._keep_in_memory(msg)
 
     def _full(self, incoming: int) -> bool:
-        """Dead letters still on their way out count towards max-length (RabbitMQ)."""
+        """Dead letters still on their way out count towards the limits (RabbitMQ)."""
         if self.max_length is not None and len(self.messages) + self.dead_lettering + 1 > self.max_length:
             return True
-        return super()._full(incoming)
+        if self.max_bytes is not None and self.bytes_ready + self.dead_letter_bytes + incoming > self.max_bytes:
+            return True
+        return False
 
     @property
     def dead_lettering(self) -> int:
         """At-least-once dead letters not yet safe in their target queues."""
         return len(self.commits) + len(self.dead_letter_retry)
 
+    @property
+    def dead_letter_bytes(self) -> int:
+        """The body bytes of :attr:`dead_lettering`."""
+        waiting = sum(len(m.body) for _e, m, _r in self.commits.waiting)
+        return waiting + sum(len(m.body) for m, _r in self.dead_letter_retry)
+
     # -- deliveries ----------------------------------------------------------------
     def _take(self) -> Message:
         m = super()._take()
-        n = self.returns.get(m.seq)
+        n = self.returns.get(m.seq) if self.returns else None
         if n:
             m.header = fields.set_headers(m.header, {"x-delivery-count": fields.encode_value(fields.Long(n))})
         return m
@@ -249,7 +258,8 @@ class QuorumQueue(ClassicQueue):
 
     def settle(self, msg: Message) -> None:
         super().settle(msg)
-        self.returns.pop(msg.seq, None)
+        if self.returns:
+            self.returns.pop(msg.seq, None)
 
     def _drop(self, msg: Message, reason: str) -> None:
         self.returns.pop(msg.seq, None)
@@ -360,8 +370,7 @@ class QuorumQueue(ClassicQueue):
             delivery_limit=self.delivery_limit,
             dead_letter_strategy="at-least-once" if self.at_least_once else "at-most-once",
             messages_dlx=self.dead_lettering,
-            message_bytes_dlx=sum(len(m.body) for m, _r in self.dead_letter_retry)
-            + sum(len(m.body) for _e, m, _r in self.commits.waiting),
+            message_bytes_dlx=self.dead_letter_bytes,
             messages_returned=len(returned),
             delivery_count_max=returned[-1] if returned else 0,
         )
