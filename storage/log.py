@@ -44,8 +44,9 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .files import fsync_all, fsync_dir, make_private_dir, open_private, tighten_dir, unlink_if_present, write_all
@@ -319,6 +320,32 @@ class QueueLog:
         length, crc, _t = REC_HEAD.unpack(head)
         payload = os.pread(seg.fd, length - 1, off + 9)
         return decode_message_full(payload)
+
+    def messages_from(self, ref: int) -> Iterator[tuple[int, tuple[bool, int, bytes, bytes, bytes, bytes]]]:
+        """Every message record at or after ``ref``, settled or not, in log order, as (ref, the
+        fields :meth:`read_full` returns): the log read sequentially, as a follower replicating
+        it from an index would read it.  A segment stops at a record that does not check out."""
+        if self.wbuf:
+            self._flush_writes()
+        for sid in sorted(self.segments):
+            if sid < ref >> 32:
+                continue
+            seg = self.segments[sid]
+            fd = seg.fd if seg.fd >= 0 else os.open(seg.path, os.O_RDONLY)
+            try:
+                data = os.pread(fd, seg.size, 0)
+            finally:
+                if fd != seg.fd:
+                    os.close(fd)
+            off = ref & 0xFFFFFFFF if sid == ref >> 32 else 0
+            while off + REC_HEAD.size <= len(data):
+                length, crc, rtype = REC_HEAD.unpack_from(data, off)
+                end = off + 8 + length
+                if length < 1 or end > len(data) or zlib.crc32(data[off + 8 : end]) != crc:
+                    break
+                if rtype == REC_MSG:
+                    yield ref_of(sid, off), decode_message_full(data[off + 9 : end])
+                off = end
 
     def close(self) -> None:
         if not self.deleted:

@@ -340,12 +340,12 @@ class QuorumQueue(ClassicQueue):
         if r is None or self.log is None:
             return r
         self.returns = dict(self.log.recovered_returns)
+        live = {e if type(e) is int else e.seq for e in self.messages}
         high = []
-        for ref in list(self.messages):
-            seq = ref if type(ref) is int else ref.seq
-            header = self.log.read_full(seq)[4]
-            if framing.priority(header) > HIGH_PRIORITY_ABOVE:
-                high.append(seq)
+        if live:
+            for ref, record in self.log.messages_from(min(live)):
+                if ref in live and framing.priority(record[4]) > HIGH_PRIORITY_ABOVE:
+                    high.append(ref)
         if high:
             keep = set(high)
             two = TwoLevelMessages([e for e in self.messages if (e if type(e) is int else e.seq) not in keep])
