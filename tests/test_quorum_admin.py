@@ -44,3 +44,17 @@ def test_cli_and_metrics_show_quorum_queues(broker, uid):
     finally:
         ch.queue_delete(q)
         conn.close()
+
+
+def test_http_declare_of_a_quorum_queue(broker, uid):
+    http = Http(mgmt_url(broker))
+    name = f"qq-http-{uid}"
+    r = http.put(f"/api/queues/%2F/{name}", {"durable": False, "arguments": QQ})
+    assert r.status == 400 and "invalid property 'non-durable'" in r.json["reason"], r
+    r = http.put(f"/api/queues/%2F/{name}", {"durable": True, "arguments": dict(QQ, **{"x-max-priority": 3})})
+    assert r.status == 400 and "of queue type rabbit_quorum_queue" in r.json["reason"], r
+    r = http.put(f"/api/queues/%2F/{name}", {"durable": True, "arguments": QQ})
+    assert r.status == 201, r
+    got = http.get(f"/api/queues/%2F/{name}").json
+    assert got["type"] == "quorum" and got["durable"] is True and got["delivery_limit"] == 20
+    assert http.delete(f"/api/queues/%2F/{name}").status == 204

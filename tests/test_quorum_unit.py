@@ -4,8 +4,10 @@ high-priority messages recovered, and the pending-commit bookkeeping."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import storage.log as slog
 from broker.message import Message
 from broker.queues import PUSH_SYNC
 from broker.queues.base import PolicyRef
@@ -13,7 +15,6 @@ from broker.queues.priority import TwoLevelMessages
 from broker.queues.quorum import PendingCommits, QuorumQueue
 from broker.vhost import VHost
 from protocol import fields
-import storage.log as slog
 from storage.log import LogStore
 from test_engine_unit import message
 
@@ -151,3 +152,42 @@ def test_log_reads_sequentially_from_a_stable_index(tmp_path: Any, monkeypatch: 
         assert list(qlog.messages_from(refs[-1] + 1)) == []
     finally:
         store.close()
+
+
+def test_at_least_once_dead_letter_leaves_the_source_after_the_targets_fsync(tmp_path: Any) -> None:
+    """The source keeps the message (messages_dlx) until the store says the epoch holding the
+    dead letter in its durable target is on disk."""
+
+    async def main() -> tuple[int, int, int]:
+        store = LogStore(str(tmp_path))
+        store.open()
+        store.attach(asyncio.get_running_loop())
+
+        class Host(VHost):
+            @property
+            def loop(self) -> Any:
+                return asyncio.get_running_loop()
+
+        vh = Host("/")
+        target = declare(vh, "dlq")
+        target.open_store(store)
+        src = declare(vh, "src", **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dlq",
+                                    "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+        src.open_store(store)
+        src.push(message("src", b"m"), False)
+        store.flush()
+        m = src.get()
+        assert m is not None
+        src.reject(m)
+        before = src.dead_lettering
+        in_target = target.ready
+        for _ in range(400):
+            await asyncio.sleep(0.005)
+            if not src.dead_lettering:
+                break
+        after = src.dead_lettering
+        store.close()
+        return before, in_target, after
+
+    before, in_target, after = asyncio.run(main())
+    assert (before, in_target, after) == (1, 1, 0)
