@@ -30,10 +30,12 @@ active consumer and consumer priorities are the classic queue's.  What differs:
   every :data:`DEAD_LETTER_RETRY_S` seconds.
 
 Ready for replication: a message's place in the log (its ref, see
-:mod:`storage.records`) is a stable, growing index that a follower could read
-from, and :class:`PendingCommits` is the one place that decides when logged
-work is committed: today when the local fsync covering it is done; a cluster
-would add "and a majority of members has acknowledged it".
+:mod:`storage.records`) is a stable, growing index, and
+:meth:`storage.log.QueueLog.messages_from` reads the log from any ref on, as a
+follower would.  When logged work is safe (a publisher confirm, an at-least-once
+dead letter leaving its source) is decided in one place, the store's fsync
+epochs (:class:`storage.log.SyncWaiter`); a cluster would extend it to "and a
+majority of members has the epoch".
 """
 
 from __future__ import annotations
@@ -118,11 +120,13 @@ def check_declare(vhost: str, name: str, durable: bool, exclusive: bool, auto_de
 
 
 class PendingCommits:
-    """Work that may go ahead once what it logged is committed, in epoch order.
+    """Dead letters waiting for the fsync epoch that holds their copies, in epoch order.
 
-    Committed means: the store's fsync epoch that covers it is done.  This is
-    the one place that says so; a replicated queue would also wait here for a
-    majority of its members to acknowledge the entry."""
+    Whether logged work is safe is decided in one place for every waiter: the
+    store's group commit wakes the sync waiters (a confirming channel, this
+    queue) when an epoch is on disk.  A replicated
+    queue would extend that one decision (an epoch counts once a majority of
+    members has it); this class only remembers what waits for which epoch."""
 
     def __init__(self) -> None:
         self.waiting: list[tuple[int, Message, str]] = []  # (epoch, message, dead-letter reason)
