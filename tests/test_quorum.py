@@ -208,6 +208,9 @@ def test_poison_messages_in_management_api(broker, ch, uid):
     assert info["messages_returned"] == 1 and info["delivery_count_max"] == 1
     got = api(broker, f"queues/%2F/{q}/get", "POST", {"count": 1, "ackmode": "ack_requeue_true"})
     assert got[0]["redelivered"] is True and got[0]["properties"]["headers"]["x-delivery-count"] == 1
+    assert got[0]["delivery_count"] == 1
+    got = api(broker, f"queues/%2F/{q}/get", "POST", {"count": 3, "ackmode": "ack_requeue_true"})
+    assert [m["delivery_count"] for m in got] == [2, 0, 0]  # the get above returned it once more
     listed = [x for x in api(broker, "queues/%2F") if x["name"] == q]
     assert listed[0]["type"] == "quorum"
     ch.queue_delete(q)

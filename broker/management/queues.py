@@ -153,7 +153,7 @@ def _message_json(q: Queue, msg: Message, encoding: str, truncate: int | None) -
         props = properties_json(msg)
     except Exception:
         props = {}
-    return {
+    out = {
         "payload_bytes": len(msg.body),
         "redelivered": msg.redelivered,
         "exchange": msg.exchange,
@@ -163,6 +163,9 @@ def _message_json(q: Queue, msg: Message, encoding: str, truncate: int | None) -
         "payload": payload,
         "payload_encoding": penc,
     }
+    if q.type_name == "quorum":  # how often it came back before (poison messages)
+        out["delivery_count"] = (props.get("headers") or {}).get("x-delivery-count", 0)
+    return out
 
 
 @routes.route("api/queues/:vhost/:name/get", "POST")

@@ -61,7 +61,7 @@ log = logging.getLogger("broker.queue")
 
 # RabbitMQ's name of the type in its texts ("... of queue type rabbit_quorum_queue")
 TYPE_MODULE = "rabbit_quorum_queue"
-# the arguments a quorum queue takes, compared on a redeclare (RabbitMQ 4's list)
+# the arguments a quorum queue takes, compared on a redeclare (RabbitMQ 4.0-4.2's list)
 QUORUM_ARGS = (
     "x-dead-letter-exchange",
     "x-dead-letter-routing-key",
@@ -78,7 +78,6 @@ QUORUM_ARGS = (
     "x-delivery-limit",
     "x-message-ttl",
     "x-queue-leader-locator",
-    "x-consumer-timeout",
 )
 # other queue types' arguments: refused on a quorum queue
 REFUSED_ARGS = (
@@ -240,7 +239,7 @@ class QuorumQueue(ClassicQueue):
         m = super()._take()
         n = self.returns.get(m.seq) if self.returns else None
         if n:
-            m.header = fields.set_headers(m.header, {"x-delivery-count": fields.encode_value(fields.Long(n))})
+            m.replace_header(fields.set_headers(m.header, {"x-delivery-count": fields.encode_value(fields.Long(n))}))
         return m
 
     def requeue(self, msgs: Iterable[Message]) -> None:
