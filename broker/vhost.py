@@ -308,6 +308,10 @@ class VHost:
             q.last_used = time.monotonic()
             return q, False
         cls = queue_class(arguments or {}, self.what("queue", name))
+        if server_named and not cls.server_named:
+            raise ChannelError(
+                errors.PRECONDITION_FAILED, f"Cannot declare a server-named queue for type rabbit_{cls.type_name}_queue"
+            )
         limit = reached(self.limits, "max-queues", len(self.queues))
         if limit is not None:
             raise ChannelError(

@@ -93,6 +93,12 @@ def test_quorum_refuses_other_types_arguments(broker, uid, arg, value):
                    "rabbit_quorum_queue"
 
 
+def test_no_server_named_quorum_queue(broker):
+    code, text = closed_with(broker, lambda c: c.queue_declare("", durable=True, arguments=QQ))
+    assert (code, text) == (406, "PRECONDITION_FAILED - Cannot declare a server-named queue for type "
+                                 "rabbit_quorum_queue")
+
+
 def test_bad_dead_letter_strategy(broker, uid):
     q = f"qq-dls-{uid}"
     code, text = closed_with(

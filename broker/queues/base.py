@@ -120,6 +120,7 @@ class Queue(abc.ABC):
     type_name: ClassVar[str]
     # the arguments compared when the queue is declared again (None: the classic queue's list)
     equivalence_args: ClassVar[tuple[str, ...] | None] = None
+    server_named: ClassVar[bool] = True  # may a declare with an empty name get an amq.gen-... name
 
     def __init__(
         self,

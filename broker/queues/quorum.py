@@ -148,6 +148,7 @@ class QuorumQueue(ClassicQueue):
 
     type_name = "quorum"
     equivalence_args = QUORUM_ARGS
+    server_named = False
 
     def __init__(
         self,
