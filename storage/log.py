@@ -44,9 +44,8 @@ import logging
 import os
 import shutil
 import time
-import zlib
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 from .files import fsync_all, fsync_dir, make_private_dir, open_private, tighten_dir, unlink_if_present, write_all
@@ -153,6 +152,7 @@ class QueueLog:
         self.recovered_bytes = 0
         # ref -> how often it went back to the queue, for the live records recovery found
         self.recovered_returns: dict[int, int] = {}
+        self.recovered_marked: list[int] = []  # the live records recovery found that were appended marked
 
     # -- writing ---------------------------------------------------------------
     def _open_write_segment(self) -> Segment:
@@ -166,10 +166,18 @@ class QueueLog:
         return seg
 
     def append(
-        self, persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0
+        self,
+        persistent: bool,
+        ex_raw: bytes,
+        rk_raw: bytes,
+        header: bytes,
+        body: bytes,
+        deadline: int = 0,
+        marked: bool = False,
     ) -> int:
-        """Buffer a message record; return its ref."""
-        parts = encode_message(persistent, ex_raw, rk_raw, header, body, deadline)
+        """Buffer a message record; return its ref.  A ``marked`` record is listed in
+        ``recovered_marked`` by the next recovery."""
+        parts = encode_message(persistent, ex_raw, rk_raw, header, body, deadline, marked)
         n = 9 + len(parts[1]) + len(parts[2])
         seg = self.wseg
         if seg is None or (seg.size + n > SEGMENT_SIZE and seg.size > 0):
@@ -321,32 +329,6 @@ class QueueLog:
         payload = os.pread(seg.fd, length - 1, off + 9)
         return decode_message_full(payload)
 
-    def messages_from(self, ref: int) -> Iterator[tuple[int, tuple[bool, int, bytes, bytes, bytes, bytes]]]:
-        """Every message record at or after ``ref``, settled or not, in log order, as (ref, the
-        fields :meth:`read_full` returns): the log read sequentially, as a follower replicating
-        it from an index would read it.  A segment stops at a record that does not check out."""
-        if self.wbuf:
-            self._flush_writes()
-        for sid in sorted(self.segments):
-            if sid < ref >> 32:
-                continue
-            seg = self.segments[sid]
-            fd = seg.fd if seg.fd >= 0 else os.open(seg.path, os.O_RDONLY)
-            try:
-                data = os.pread(fd, seg.size, 0)
-            finally:
-                if fd != seg.fd:
-                    os.close(fd)
-            off = ref & 0xFFFFFFFF if sid == ref >> 32 else 0
-            while off + REC_HEAD.size <= len(data):
-                length, crc, rtype = REC_HEAD.unpack_from(data, off)
-                end = off + 8 + length
-                if length < 1 or end > len(data) or zlib.crc32(data[off + 8 : end]) != crc:
-                    break
-                if rtype == REC_MSG:
-                    yield ref_of(sid, off), decode_message_full(data[off + 9 : end])
-                off = end
-
     def close(self) -> None:
         if not self.deleted:
             try:
@@ -387,7 +369,7 @@ class QueueLog:
             with open(path, "rb") as f:
                 data = f.read()
             acked = read_acks(seg.ack_path)
-            valid_end, live_refs, bad, nbytes = scan_segment(data, sid, acked)
+            valid_end, live_refs, bad, nbytes = scan_segment(data, sid, acked, self.recovered_marked)
             total_bytes += nbytes
             for b in bad:
                 problems.append(f"{path}: {b}")

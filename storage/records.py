@@ -4,7 +4,9 @@ A record is ``length:u32 crc32:u32 type:u8 payload``; ``length`` counts the type
 byte and the payload, and the CRC covers the same bytes.  A message record's
 payload is ``flags:u8 [deadline:u64] exchange:shortstr routing_key:shortstr
 header_len:u32 header body`` (flags bit 0: persistent, bit 1: a deadline
-follows).  A message is named by its *ref* ``segment << 32 | offset``
+follows, bit 2: marked by the queue that wrote it, so that recovery finds such
+records without reading them again; a quorum queue marks its high-priority
+messages).  A message is named by its *ref* ``segment << 32 | offset``
 (:func:`ref_of`, :func:`segment_end`): refs grow with the append order, so they
 double as a queue's sequence numbers.  Each segment ``NNNNNNNN.seg`` has an ack
 file ``NNNNNNNN.ack`` of settled offsets (u32 each) and, for queues that count
@@ -56,11 +58,11 @@ def segment_end(ref: int) -> int:
 
 
 def encode_message(
-    persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0
+    persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0, marked: bool = False
 ) -> list:
     """The parts of one message record (for ``b''.join``).  ``deadline`` is the
     absolute expiry time in ms since the epoch (0: none)."""
-    flags = (1 if persistent else 0) | (2 if deadline else 0)
+    flags = (1 if persistent else 0) | (2 if deadline else 0) | (4 if marked else 0)
     head_and_meta = b"".join(
         (
             bytes((flags,)),
@@ -137,9 +139,11 @@ def read_returns(path: str) -> dict[int, int]:
     return counts
 
 
-def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[str], int]:
+def scan_segment(
+    data: bytes, sid: int, acked: set[int], marked: list[int] | None = None
+) -> tuple[int, list[int], list[str], int]:
     """Walk the records of one segment: (valid end, live persistent refs, problems,
-    body bytes of the live records)."""
+    body bytes of the live records); the live refs of marked records are added to ``marked``."""
     off = 0
     n = len(data)
     live: list[int] = []
@@ -163,6 +167,8 @@ def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int]
             break
         if rtype == REC_MSG and off not in acked and data[off + 9] & 1:
             live.append(base | off)
+            if marked is not None and data[off + 9] & 4:
+                marked.append(base | off)
             # body bytes, for x-max-length-bytes accounting
             o = off + 10 + (8 if data[off + 9] & 2 else 0)
             o += 1 + data[o]

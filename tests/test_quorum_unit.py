@@ -135,21 +135,25 @@ def test_pending_commits_release_in_epoch_order() -> None:
     assert p.committed(9) == [(b, "rejected"), (c, "expired")] and len(p) == 0
 
 
-def test_log_reads_sequentially_from_a_stable_index(tmp_path: Any, monkeypatch: Any) -> None:
-    """A ref names a record for good: reading from one yields it and everything after, across
-    segments, in order (what a follower replicating the log would read)."""
+def test_marked_records_are_listed_by_recovery(tmp_path: Any, monkeypatch: Any) -> None:
+    """A record appended marked (a quorum queue's high-priority message) is listed by the next
+    recovery while it is live, across segments, without reading the records again."""
     monkeypatch.setattr(slog, "SEGMENT_SIZE", 4096)
+    store = LogStore(str(tmp_path))
+    store.open()
+    qlog = store.queue_log("/", "q")
+    refs = [qlog.append(True, b"\x00", b"\x01q", b"h", bytes(900), marked=i % 3 == 0) for i in range(12)]
+    assert len({r >> 32 for r in refs}) > 2  # several segments
+    qlog.settle(refs[3])
+    store.flush()
+    store.close()
     store = LogStore(str(tmp_path))
     store.open()
     try:
         qlog = store.queue_log("/", "q")
-        refs = [qlog.append(True, b"\x00", b"\x01q", b"h%d" % i, b"%d" % i + bytes(900)) for i in range(12)]
-        assert len({r >> 32 for r in refs}) > 2  # several segments
-        qlog.settle(refs[6])  # settled records are still part of the log
-        got = list(qlog.messages_from(refs[5]))
-        assert [r for r, _m in got] == refs[5:]
-        assert [m[4] for _r, m in got] == [b"h%d" % i for i in range(5, 12)]
-        assert list(qlog.messages_from(refs[-1] + 1)) == []
+        live, _upto, _problems = qlog.recover()
+        assert list(live) == refs[:3] + refs[4:]
+        assert qlog.recovered_marked == [refs[0], refs[6], refs[9]]
     finally:
         store.close()
 

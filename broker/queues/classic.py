@@ -120,7 +120,9 @@ class ClassicQueue(Queue):
             status = PUSH_OK
         else:
             try:
-                ref = qlog.append(persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body, msg.deadline)
+                ref = qlog.append(
+                    persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body, msg.deadline, self._marked(msg)
+                )
             except OSError as exc:  # e.g. no space for a new segment file
                 self.bytes_ready -= len(msg.body)
                 qlog.store.append_failed(qlog, exc)
@@ -141,6 +143,10 @@ class ClassicQueue(Queue):
         if not self.plain:
             self._after_push()
         return status
+
+    def _marked(self, msg: Message) -> bool:
+        """Whether its log record is marked, for recovery to list (see storage.records)."""
+        return False
 
     def _keep_in_memory(self, msg: Message) -> bool:
         """A short queue keeps its logged messages in memory; a backlog keeps only refs."""

@@ -30,9 +30,9 @@ active consumer and consumer priorities are the classic queue's.  What differs:
   every :data:`DEAD_LETTER_RETRY_S` seconds.
 
 Ready for replication: a message's place in the log (its ref, see
-:mod:`storage.records`) is a stable, growing index, and
-:meth:`storage.log.QueueLog.messages_from` reads the log from any ref on, as a
-follower would.  When logged work is safe (a publisher confirm, an at-least-once
+:mod:`storage.records`) is a stable, growing index that names one record for
+good (:meth:`storage.log.QueueLog.read_full` reads it), so a follower could be
+sent the log from any ref on.  When logged work is safe (a publisher confirm, an at-least-once
 dead letter leaving its source) is decided in one place, the store's fsync
 epochs (:class:`storage.log.SyncWaiter`); a cluster would extend it to "and a
 majority of members has the epoch".
@@ -213,6 +213,9 @@ class QuorumQueue(ClassicQueue):
                 self.messages = TwoLevelMessages(self.messages)
         return super().push(msg, True)
 
+    def _marked(self, msg: Message) -> bool:
+        return msg.priority > HIGH_PRIORITY_ABOVE
+
     def _keep_in_memory(self, msg: Message) -> bool:
         return msg.priority > HIGH_PRIORITY_ABOVE or super()._keep_in_memory(msg)
 
@@ -344,15 +347,10 @@ class QuorumQueue(ClassicQueue):
         if r is None or self.log is None:
             return r
         self.returns = dict(self.log.recovered_returns)
-        live = {e if type(e) is int else e.seq for e in self.messages}
-        high = []
-        if live:
-            for ref, record in self.log.messages_from(min(live)):
-                if ref in live and framing.priority(record[4]) > HIGH_PRIORITY_ABOVE:
-                    high.append(ref)
+        high = self.log.recovered_marked  # the records of high-priority messages, in log order
         if high:
-            keep = set(high)
-            two = TwoLevelMessages([e for e in self.messages if (e if type(e) is int else e.seq) not in keep])
+            high_refs = set(high)
+            two = TwoLevelMessages([e for e in self.messages if (e if type(e) is int else e.seq) not in high_refs])
             for seq in high:
                 m = self._load(seq)
                 m.priority = framing.priority(m.header)
