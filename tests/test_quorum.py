@@ -217,6 +217,11 @@ def test_poison_messages_in_management_api(broker, ch, uid):
     assert got[0]["delivery_count"] == 1
     got = api(broker, f"queues/%2F/{q}/get", "POST", {"count": 3, "ackmode": "ack_requeue_true"})
     assert [m["delivery_count"] for m in got] == [2, 0, 0]  # the get above returned it once more
+    peeked = api(broker, f"queues/%2F/{q}/peek", "POST", {"offset": 0, "count": 3})
+    # that get returned all three; peeking takes nothing, so it counts no return
+    assert [m["delivery_count"] for m in peeked] == [3, 1, 1]
+    info = api(broker, f"queues/%2F/{q}")
+    assert (info["messages_returned"], info["delivery_count_max"]) == (3, 3)
     listed = [x for x in api(broker, "queues/%2F") if x["name"] == q]
     assert listed[0]["type"] == "quorum"
     ch.queue_delete(q)

@@ -11,7 +11,7 @@ import storage.log as slog
 from broker.message import Message
 from broker.queues import PUSH_SYNC
 from broker.queues.base import PolicyRef
-from broker.queues.priority import TwoLevelMessages
+from broker.queues.priority import TwoLevelMessages, seq_of
 from broker.queues.quorum import PendingCommits, QuorumQueue
 from broker.vhost import VHost
 from protocol import fields
@@ -49,6 +49,16 @@ def test_two_levels_every_third_takes_the_older_head_and_refs_are_normal() -> No
     # third take: the older head (ref 2) goes before the newer high message
     assert q[0] == 2 and q.popleft() == 2
     assert q.popleft().seq == 4
+
+
+def test_two_levels_iterate_in_the_order_they_are_taken() -> None:
+    q = TwoLevelMessages([1, 2, 3])
+    for seq in (4, 5, 6, 7):
+        q.append(msg(seq, priority=7))
+    q.popleft()  # the turn moves on: iteration starts from the current turn
+    listed = [seq_of(e) for e in q]
+    taken = [seq_of(q.popleft()) for _ in range(len(q))]
+    assert listed == taken and len(listed) == 6
 
 
 def test_priority_four_is_normal_five_is_high() -> None:

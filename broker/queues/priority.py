@@ -124,15 +124,32 @@ class TwoLevelMessages(PriorityMessages):
         self.levels[self.level(m)].append(m)
         self.n += 1
 
+    @staticmethod
+    def _high_next(normal: Any, high: Any, turn: int) -> bool:
+        """Whether the high head goes next, given both heads (None: that level is empty)."""
+        if high is None:
+            return False
+        if normal is None or turn != HIGH_PER_NORMAL:
+            return True
+        return seq_of(high) < seq_of(normal)
+
     def _next_level(self) -> int:
         normal, high = self.levels
-        if not high:
-            return 0
-        if not normal:
-            return 1
-        if self.turn == HIGH_PER_NORMAL:
-            return 1 if seq_of(high[0]) < seq_of(normal[0]) else 0
-        return 1
+        return int(self._high_next(normal[0] if normal else None, high[0] if high else None, self.turn))
+
+    def __iter__(self) -> Iterator[Any]:
+        """The entries in the order :meth:`popleft` would give them."""
+        normal, high = (iter(lv) for lv in self.levels)
+        n_head, h_head, turn = next(normal, None), next(high, None), self.turn
+        while n_head is not None or h_head is not None:
+            take_high = self._high_next(n_head, h_head, turn)
+            turn = 0 if turn == HIGH_PER_NORMAL else turn + 1
+            if take_high:
+                yield h_head
+                h_head = next(high, None)
+            else:
+                yield n_head
+                n_head = next(normal, None)
 
     def popleft(self) -> Any:
         if not self.n:

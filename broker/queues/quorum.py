@@ -240,7 +240,13 @@ class QuorumQueue(ClassicQueue):
 
     # -- deliveries ----------------------------------------------------------------
     def _take(self) -> Message:
-        m = super()._take()
+        return self._with_count(super()._take())
+
+    def peek(self, offset: int, count: int) -> list[Message]:
+        return [self._with_count(m) for m in super().peek(offset, count)]
+
+    def _with_count(self, m: Message) -> Message:
+        """``m`` with its delivery count in the ``x-delivery-count`` header, if it came back before."""
         n = self.returns.get(m.seq) if self.returns else None
         if n:
             m.replace_header(fields.set_headers(m.header, {"x-delivery-count": fields.encode_value(fields.Long(n))}))
