@@ -94,6 +94,7 @@ def qcelery(fresh_broker, tmp_path, uid):
         _cleanup(fresh_broker.port, queue)
 
 
+@pytest.mark.slow
 def test_worker_on_quorum_queue_with_native_delayed_delivery(qcelery):
     mod, workers, http = qcelery
     workers.start("w1")
