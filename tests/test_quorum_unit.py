@@ -205,3 +205,26 @@ def test_at_least_once_dead_letter_leaves_the_source_after_the_targets_fsync(tmp
 
     before, in_target, after = asyncio.run(main())
     assert (before, in_target, after) == (1, 1, 0)
+
+
+def test_recovery_skips_high_priority_messages_that_expired_meanwhile(tmp_path: Any) -> None:
+    import time
+
+    store = LogStore(str(tmp_path))
+    store.open()
+    q = declare(VHost("/"), "t", **{"x-message-ttl": 50})
+    q.open_store(store)
+    q.push(message("t", b"old", priority=9), False)
+    q.push(message("t", b"normal"), False)
+    store.flush()
+    store.close()
+    time.sleep(0.1)
+    store = LogStore(str(tmp_path))
+    store.open()
+    try:
+        q = declare(VHost("/"), "t", **{"x-message-ttl": 50})
+        q.open_store(store)
+        assert q.recover() is not None
+        assert q.ready == 0 and q.get() is None  # both expired at recovery; nothing read from a dropped segment
+    finally:
+        store.close()

@@ -55,7 +55,7 @@ from ..net import node_name
 from .arguments import int_arg, str_arg
 from .base import PUSH_REJECTED, PUSH_SYNC, QueueHost, Recovered
 from .classic import ClassicQueue
-from .priority import HIGH_PRIORITY_ABOVE, TwoLevelMessages
+from .priority import HIGH_PRIORITY_ABOVE, TwoLevelMessages, seq_of
 
 log = logging.getLogger("broker.queue")
 
@@ -283,7 +283,7 @@ class QuorumQueue(ClassicQueue):
 
     def purge(self) -> int:
         for e in self.messages:
-            self.returns.pop(e if type(e) is int else e.seq, None)
+            self.returns.pop(seq_of(e), None)
         return super().purge()
 
     # -- at-least-once dead-lettering ------------------------------------------------
@@ -355,8 +355,10 @@ class QuorumQueue(ClassicQueue):
         self.returns = dict(self.log.recovered_returns)
         high = self.log.recovered_marked  # the records of high-priority messages, in log order
         if high:
+            ready = {seq_of(e) for e in self.messages}  # recovery may have expired some already
+            high = [r for r in high if r in ready]
             high_refs = set(high)
-            two = TwoLevelMessages([e for e in self.messages if (e if type(e) is int else e.seq) not in high_refs])
+            two = TwoLevelMessages([e for e in self.messages if seq_of(e) not in high_refs])
             for seq in high:
                 m = self._load(seq)
                 m.priority = framing.priority(m.header)
