@@ -5,6 +5,7 @@ high-priority messages recovered, and the pending-commit bookkeeping."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import storage.log as slog
@@ -208,8 +209,6 @@ def test_at_least_once_dead_letter_leaves_the_source_after_the_targets_fsync(tmp
 
 
 def test_recovery_skips_high_priority_messages_that_expired_meanwhile(tmp_path: Any) -> None:
-    import time
-
     store = LogStore(str(tmp_path))
     store.open()
     q = declare(VHost("/"), "t", **{"x-message-ttl": 50})
