@@ -53,6 +53,12 @@ class BrokerCollector:
         queues = [q for vh in b.vhosts.values() for q in vh.queues.values()]
         yield g("rabbitmq_queues", "Queues", value=len(queues))
         yield g("rabbitmq_consumers", "Consumers", value=sum(len(q.consumers) for q in queues))
+        if self.per_object:
+            info = g("rabbitmq_queue_info", "A metric with a constant '1' value and labels that provide some "
+                     "queue details", labels=["vhost", "queue", "queue_type", "membership"])
+            for q in queues:  # RabbitMQ names the type by its module: rabbit_quorum_queue
+                info.add_metric([q.vhost.name, q.name, f"rabbit_{q.type_name}_queue", "leader"], 1)
+            yield info
         per_queue = (
             ("rabbitmq_queue_messages_ready", "Messages ready to be delivered", lambda q: q.ready),
             ("rabbitmq_queue_messages_unacked", "Messages delivered and not yet acknowledged", lambda q: q.unacked),
@@ -66,12 +72,6 @@ class BrokerCollector:
             for q in queues:
                 family.add_metric([q.vhost.name, q.name], value(q))
             yield family
-        if self.per_object:
-            info = g("rabbitmq_queue_info", "A metric with a constant '1' value and labels that provide some "
-                     "queue details", labels=["vhost", "queue", "queue_type", "membership"])
-            for q in queues:  # RabbitMQ names the type by its module: rabbit_quorum_queue
-                info.add_metric([q.vhost.name, q.name, f"rabbit_{q.type_name}_queue", "leader"], 1)
-            yield info
         yield g("rabbitmq_queue_messages_ready_total", "Messages ready in all queues",
                 value=sum(q.ready for q in queues))
         yield g("rabbitmq_queue_messages_unacked_total", "Unacknowledged messages in all queues",
