@@ -75,27 +75,29 @@ def declare(vh: VHost, name: str, **args: Any) -> QuorumQueue:
     return q
 
 
-def test_delivery_limit_from_arguments_and_policies() -> None:
+def test_delivery_limit_from_the_effective_settings() -> None:
     vh = VHost("/")
     assert declare(vh, "a").delivery_limit == 20
+    assert declare(vh, "none", **{"x-delivery-limit": -1}).delivery_limit == -1
     q = declare(vh, "b", **{"x-delivery-limit": 5})
     q.apply_policies(PolicyRef("p", {"delivery-limit": 3}), None)
     assert q.delivery_limit == 3  # the lower wins
-    q = declare(vh, "c", **{"x-delivery-limit": -1})
-    q.apply_policies(PolicyRef("p", {"delivery-limit": 7}), None)
-    assert q.delivery_limit == 7  # a negative one (no limit) only wins if both are
     q.apply_policies(None, PolicyRef("op", {"delivery-limit": 2}))
-    assert q.delivery_limit == 2  # an operator policy only lowers it
+    assert q.delivery_limit == 2  # an operator policy lowers it
+    q.apply_policies(None, None)
+    assert q.delivery_limit == 5
     q = declare(vh, "d")
     q.apply_policies(PolicyRef("p", {"delivery-limit": 4}), None)
     assert q.delivery_limit == 4
 
 
-def test_overflow_policy_wins_and_reject_publish_dlx_is_drop_head() -> None:
+def test_reject_publish_dlx_is_drop_head_and_at_least_once_needs_reject_publish() -> None:
     vh = VHost("/")
     q = declare(vh, "o", **{"x-overflow": "reject-publish-dlx", "x-dead-letter-exchange": "dlx",
                             "x-dead-letter-strategy": "at-least-once"})
     assert q.overflow == "drop-head" and not q.at_least_once
+    q = declare(vh, "p", **{"x-dead-letter-exchange": "dlx", "x-dead-letter-strategy": "at-least-once"})
+    assert not q.at_least_once
     q.apply_policies(PolicyRef("p", {"overflow": "reject-publish"}), None)
     assert q.overflow == "reject-publish" and q.at_least_once
 

@@ -168,18 +168,16 @@ class QuorumQueue(ClassicQueue):
         super().__init__(vhost, name, durable, exclusive, auto_delete, arguments, owner)
 
     def configure(self) -> None:
-        """The classic settings, then the quorum rules for overflow, delivery limit and strategy."""
+        """The classic settings, then the quorum rules for overflow, delivery limit and strategy
+        (all read from ``effective``: arguments merged with policies, see broker.queues.settings)."""
         super().configure()
         self.max_priority = None
-        pol = self.policy.definition if self.policy is not None else {}
-        overflow = pol.get("overflow", self.effective.get("x-overflow", "drop-head"))
-        overflow = overflow.decode() if isinstance(overflow, bytes) else overflow
-        if overflow == "reject-publish-dlx":  # RabbitMQ: not for quorum queues, drop-head instead
+        if self.overflow == "reject-publish-dlx":  # RabbitMQ: not for quorum queues, drop-head instead
             log.warning("queue '%s': overflow reject-publish-dlx is not supported by quorum queues; "
                         "using drop-head", printable(self.name))
-            overflow = "drop-head"
-        self.overflow = overflow if overflow in ("drop-head", "reject-publish") else "drop-head"
-        self.delivery_limit = self._delivery_limit(pol)
+            self.overflow = "drop-head"
+        limit = int_arg(self.effective, "x-delivery-limit")
+        self.delivery_limit = DEFAULT_DELIVERY_LIMIT if limit is None else limit
         strategy = str_arg(self.effective, "x-dead-letter-strategy", "at-most-once")
         self.at_least_once = (
             self.dlx is not None and strategy == "at-least-once" and self.overflow == "reject-publish"
@@ -187,22 +185,6 @@ class QuorumQueue(ClassicQueue):
         if self.dlx is not None and strategy == "at-least-once" and not self.at_least_once:
             log.warning("queue '%s': dead-letter-strategy at-least-once needs overflow reject-publish; "
                         "using at-most-once", printable(self.name))
-
-    def _delivery_limit(self, pol: dict) -> int:
-        """RabbitMQ's rule: the lower of argument and policy, but a negative one (no limit) only
-        if both are; the default is 20."""
-        arg = int_arg(self.arguments, "x-delivery-limit")
-        pv = pol.get("delivery-limit")
-        pv = pv if isinstance(pv, int) and not isinstance(pv, bool) else None
-        if arg is not None and pv is not None:
-            limit = max(arg, pv) if arg < 0 or pv < 0 else min(arg, pv)
-        else:
-            limit = arg if arg is not None else pv if pv is not None else DEFAULT_DELIVERY_LIMIT
-        ops = self.operator_policy.definition if self.operator_policy is not None else {}
-        op = int_arg(ops, "delivery-limit")  # an operator policy only lowers it
-        if op is not None and op >= 0 and (limit < 0 or op < limit):
-            limit = op
-        return limit
 
     # -- messages in -------------------------------------------------------------
     def push(self, msg: Message, persistent: bool = False) -> int:
