@@ -8,6 +8,7 @@ import asyncio
 import aio_pika
 import aiormq
 import pytest
+from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Producer, Queue
 
 QQ = {"x-queue-type": "quorum"}
@@ -38,8 +39,6 @@ def test_kombu_quorum_queue_round_trip_and_requeue(kconn, uid):
     m.requeue()  # second return: over the limit of 1, dropped (no dead-letter exchange)
     assert bound.get(no_ack=False) is None
     # a queue of another type under the same name is refused
-    from amqp.exceptions import PreconditionFailed
-
     with pytest.raises(PreconditionFailed) as e:
         Queue(f"kq-{uid}", ex, routing_key="k", durable=True)(kconn.channel()).declare()
     assert "inequivalent arg 'x-queue-type'" in str(e.value)
