@@ -338,7 +338,8 @@ def test_kill9_loses_nothing_confirmed_and_keeps_delivery_counts(fresh_broker):
     m, props, _b = get_body(ch, "qq-crash", ack=False)
     assert props.headers["x-delivery-count"] == 1
     ch.basic_nack(m.delivery_tag, requeue=True)
-    conn.process_data_events(0.2)  # let the returns reach the log
+    ch.queue_declare("qq-crash", durable=True, arguments=QQ, passive=True)  # the nack is processed
+    time.sleep(0.2)  # and its return written (a loop turn later)
     b.kill9()
     b.start()
     conn = connect(b.port)
