@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pika
+import pika.exceptions
+import pytest
 
 from test_admin_cli import run
 from test_management_api import Http, mgmt_url
@@ -58,3 +60,32 @@ def test_http_declare_of_a_quorum_queue(broker, uid):
     got = http.get(f"/api/queues/%2F/{name}").json
     assert got["type"] == "quorum" and got["durable"] is True and got["delivery_limit"] == 20
     assert http.delete(f"/api/queues/%2F/{name}").status == 204
+
+
+def test_delivery_limit_and_overflow_policies_on_a_live_quorum_queue(broker, uid):
+    """A quorum_queues policy changes a live queue's delivery limit and overflow at once."""
+    http = Http(mgmt_url(broker))
+    name, pol = f"qq-pol-{uid}", f"qqpol-{uid}"
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+    ch = conn.channel()
+    ch.queue_declare(name, durable=True, arguments=dict(QQ, **{"x-max-length": 1}))
+    try:
+        r = http.put(f"/api/policies/%2F/{pol}", {"pattern": f"^{name}$", "apply-to": "quorum_queues",
+                                                 "definition": {"delivery-limit": 1, "overflow": "reject-publish"}})
+        assert r.status == 201, r
+        got = http.get(f"/api/queues/%2F/{name}").json
+        assert (got["delivery_limit"], got["policy"]) == (1, pol)
+        ch.confirm_delivery()
+        ch.basic_publish("", name, b"x")
+        with pytest.raises(pika.exceptions.NackError):
+            ch.basic_publish("", name, b"over the length")  # the policy's reject-publish
+        for _ in range(2):
+            m, _p, _b = ch.basic_get(name)
+            ch.basic_nack(m.delivery_tag, requeue=True)
+        assert ch.basic_get(name)[0] is None  # second return: over the policy's limit of 1
+        assert http.delete(f"/api/policies/%2F/{pol}").status == 204
+        assert http.get(f"/api/queues/%2F/{name}").json["delivery_limit"] == 20
+    finally:
+        http.delete(f"/api/policies/%2F/{pol}")
+        ch.queue_delete(name)
+        conn.close()

@@ -12,7 +12,7 @@ from typing import Any
 from ..auth import Permission
 from ..certinfo import tls_json
 from ..exchange import freeze
-from ..net import node_name  # noqa: F401  (the management modules import it from here)
+from ..net import node_name
 from ..patterns import PatternError, compile_pattern
 from ..queues import Queue
 from ..queues.settings import merged_definition
