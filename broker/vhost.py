@@ -295,6 +295,8 @@ class VHost:
         q = cls(self, name, durable, exclusive, auto_delete, arguments, owner)
         if owner is None and durable:
             self._open_store(q)  # first: a queue whose log cannot be made is not declared
+        elif self.services is not None and self.services.scratch is not None:
+            q.use_scratch(self.services.scratch)  # where it pages a backlog
         self.queues[name] = q
         q.start()
         if owner is not None:

@@ -39,6 +39,7 @@ from pamqp import commands as C
 from protocol import errors, framing, methods
 from protocol.errors import ChannelError, ConnectionError
 
+from ..flow import PublisherFlow, QueueFlow
 from ..message import Message
 from ..publishing import CHECKED_FLAGS, check_properties
 from ..queues import PUSH_REJECTED, PUSH_SYNC, Queue
@@ -70,6 +71,7 @@ class ChannelConnection(Protocol):
     out_size: int
     OUT_HIGH: int
     starved: bool
+    flow: PublisherFlow
 
     def write(self, data: bytes) -> None: ...
 
@@ -221,6 +223,8 @@ class Channel:
         """Publish through the vhost; Basic.Return if mandatory and unroutable.  Returns
         the queues' worst answer (PUSH_SYNC: confirm after the fsync; PUSH_REJECTED: nack)."""
         out = self.vhost.publish(x, msg, mandatory == 1)
+        if QueueFlow.behind_count:  # some queue is behind: is it one of ours? (see broker.flow)
+            self.conn.flow.charge(out.queues)
         if out.returned:
             self._return(msg)
         return out.status
