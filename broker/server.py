@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
 from protocol import errors
 from storage import meta
-from storage.log import LogStore
+from storage.log import DataDirError, LogStore
 from storage.records import read_identity
 
 from . import __version__
@@ -39,6 +40,8 @@ from .stats import Stats
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
+
+SCRATCH_DIR = "scratch"  # under the data directory: the logs transient queues page to
 
 
 class DefinitionsError(Exception):
@@ -101,6 +104,7 @@ class Broker:
         disk_free_limit: str | int = "50MB",
         alarm_interval: float = 0.5,
         definitions_file: str | None = None,
+        max_connections: int = 0,
     ) -> None:
         self.host = host
         self.port = port
@@ -127,6 +131,8 @@ class Broker:
             self, parse_watermark(memory_high_watermark), parse_size(disk_free_limit), alarm_interval
         )
         self.store: LogStore | None = LogStore(data_dir) if data_dir else None
+        # transient queues page a backlog here; nothing in it outlives the process
+        self.scratch: LogStore | None = LogStore(os.path.join(data_dir, SCRATCH_DIR)) if data_dir else None
         self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions)
         self._housekeeper: asyncio.TimerHandle | None = None
         self.services = Services(
@@ -137,8 +143,9 @@ class Broker:
             journal=self.journal,
             store=self.store,
             stats=self.stats,
-            limits=ConnectionLimits(frame_max, channel_max, heartbeat, handshake_timeout),
+            limits=ConnectionLimits(frame_max, channel_max, heartbeat, handshake_timeout, max_connections),
             vhosts=self.vhosts,
+            scratch=self.scratch,
         )
         self.connections: set[Connection] = self.services.connections.all
         self.open_connections: set[Connection] = self.services.connections.open
@@ -158,6 +165,7 @@ class Broker:
         if self.store is not None:
             self.store.open()  # raises DataDirError: unwritable, or locked by another broker
             self.store.attach(self.loop)
+            self._open_scratch()
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
         if self.definitions_file:
@@ -166,7 +174,7 @@ class Broker:
         self.journal.commit()
         self.monitor.start()
         self.server = await self.loop.create_server(
-            lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024, start_serving=False
+            lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=4096, start_serving=False
         )
         sock = self.server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -209,6 +217,27 @@ class Broker:
             time.monotonic() - t0, f"; {len(problems)} problems (see errors above)" if problems else "",
             f"; {len(report.not_applied)} definitions not applied (see above)" if report.not_applied else "",
         )
+
+    def _open_scratch(self) -> None:
+        """Empty the scratch store (what an earlier process paged is worthless now) and open it."""
+        assert self.scratch is not None
+        shutil.rmtree(self.scratch.data_dir, ignore_errors=True)
+        try:
+            self.scratch.open()
+        except DataDirError as exc:
+            log.warning("transient queues will keep their backlogs in memory: %s", exc)
+            self.scratch = self.services.scratch = None
+            return
+        self.scratch.attach(self.loop)
+
+    def _close_scratch(self) -> None:
+        scratch, self.scratch = self.scratch, None
+        if scratch is None:
+            return
+        for qlog in list(scratch.logs.values()):
+            scratch.drop_queue_log(qlog)
+        scratch.close()
+        shutil.rmtree(scratch.data_dir, ignore_errors=True)
 
     def _quarantine(self, directory: str) -> None:
         assert self.store is not None
@@ -401,4 +430,5 @@ class Broker:
         if self.store is not None:
             self.journal.close()
             self.store.close()
+        self._close_scratch()
         log.info("broker stopped")

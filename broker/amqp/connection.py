@@ -28,6 +28,11 @@ sent with one ``transport.write``.  Consumers stop taking messages while the
 socket's buffer is over its high-water mark (``writing_paused``) or ``out`` is
 over ``OUT_HIGH``, and are kicked again when it drains.  While the peer does not
 read what we send, we stop reading what it sends.
+
+Flow control: a publish routed to a queue whose consumers are behind charges this
+connection's :class:`~broker.flow.PublisherFlow`; while it is ``throttled`` the
+connection neither reads its socket nor handles frames already read (RabbitMQ's
+``flow`` state), until those queues catch up.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pamqp import commands as C
 from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
+from ..flow import PublisherFlow
 from ..logsafe import printable
 from ..metadata import MetadataSaveError
 from ..services import Services
@@ -96,7 +102,8 @@ class Connection(Handshake):
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.peer_host = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
-        self.reader = framing.FrameReader(limits.frame_max)
+        # until Tune-Ok, frames are held to RabbitMQ's pre-authentication limit
+        self.reader = framing.FrameReader(min(framing.FRAME_MIN_SIZE, limits.frame_max))
         self.state = ConnState.HEADER
         self.channels: dict[int, Channel] = {}
         self.out: list[Any] = []
@@ -132,6 +139,8 @@ class Connection(Handshake):
         self.publishing = False
         self.block_pending = False
         self.name = self.peer
+        self.throttled = False  # publisher flow control (see broker.flow)
+        self.flow = PublisherFlow(self.loop, self._flow_pause, self._flow_resume)
         self._timeout_handle = self.loop.call_later(limits.handshake_timeout, self._handshake_timeout)
         self.recv_bytes = 0
         self.sent_bytes = 0
@@ -230,7 +239,7 @@ class Connection(Handshake):
         end = min(len(frames), i + self.MAX_FRAMES_PER_TURN)
         handle = self.handle_frame
         try:
-            while i < end and not self.blocked:
+            while i < end and not self.blocked and not self.throttled:
                 ftype, chn, payload = frames[i]
                 i += 1
                 if self.state in DISCARDING:
@@ -252,7 +261,7 @@ class Connection(Handshake):
             if not self.slicing:
                 self.slicing = True
                 self._set_reading()
-            if not self.blocked:  # frames read before an alarm wait for it to clear, as in RabbitMQ
+            if not self.blocked and not self.throttled:  # frames read before an alarm or flow wait for it
                 self.loop.call_soon(self._process)
         else:
             self._frames = []
@@ -292,10 +301,15 @@ class Connection(Handshake):
             )
 
     def _set_reading(self) -> None:
-        """Read from the socket unless blocked by an alarm, the peer's own
+        """Read from the socket unless blocked by an alarm or flow control, the peer's own
         back-pressure, a backlog of frames still to handle, or a delayed login refusal."""
         want_paused = (
-            self.blocked or self.backpressure or self.slicing or self.draining or self.state is ConnState.REFUSING
+            self.blocked
+            or self.throttled
+            or self.backpressure
+            or self.slicing
+            or self.draining
+            or self.state is ConnState.REFUSING
         )
         if want_paused == self.reading_paused or self.state is CLOSED:
             return
@@ -445,7 +459,7 @@ class Connection(Handshake):
             return
         now = self.loop.time()
         hb = self.heartbeat
-        if self.blocked:
+        if self.blocked or self.throttled:
             self.last_recv = now  # we are not reading while blocked: no verdict on silence
         if now - self.last_recv > 2 * hb:
             log.warning("connection %s: missed heartbeats from client, timeout: %ss", printable(self.name), hb)
@@ -490,6 +504,22 @@ class Connection(Handshake):
         if self._frames:
             self.loop.call_soon(self._process)
         log.info("connection %s unblocked", printable(self.name))
+
+    # -- publisher flow control -------------------------------------------------------
+    def _flow_pause(self) -> None:
+        """A queue this connection publishes to is behind: stop reading (PublisherFlow calls this)."""
+        self.throttled = True
+        self._set_reading()
+
+    def _flow_resume(self) -> None:
+        """Every queue it waited on caught up: read again, starting with frames already read."""
+        self.throttled = False
+        if self.state is not OPENED:
+            return
+        self.last_recv = self.loop.time()
+        self._set_reading()
+        if self._frames and not self.blocked:
+            self.loop.call_soon(self._process)
 
     # -- channels ----------------------------------------------------------------
     def open_channel(self, chn: int) -> None:
@@ -561,6 +591,7 @@ class Connection(Handshake):
         for q in list(self.exclusive_queues):
             q.vhost.delete_queue(q)
         self.exclusive_queues.clear()
+        self.flow.close()
         self.services.connections.gone(self)
 
     def close_transport(self, abort: bool = False) -> None:

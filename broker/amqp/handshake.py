@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
-from protocol import errors
+from protocol import errors, framing
 from protocol.errors import ConnectionError
 
 from .. import __version__
@@ -162,8 +162,10 @@ class Handshake:
 
     def on_tune_ok(self, m: C.Connection.TuneOk) -> None:
         if m.frame_max:
-            if m.frame_max < 4096:
-                raise ConnectionError(errors.NOT_ALLOWED, f"frame_max={m.frame_max} < 4096 min size")
+            if m.frame_max < framing.FRAME_MIN_SIZE:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED, f"frame_max={m.frame_max} < {framing.FRAME_MIN_SIZE} min size"
+                )
             if m.frame_max > self.services.limits.frame_max:
                 raise ConnectionError(
                     errors.NOT_ALLOWED, f"frame_max={m.frame_max} > {self.services.limits.frame_max} max size"
@@ -185,6 +187,12 @@ class Handshake:
             raise ConnectionError(errors.NOT_ALLOWED, f"vhost {vhname} not found")
         if self.services.users.permission(self.username, vhname) is None:
             raise ConnectionError(errors.NOT_ALLOWED, f"access to vhost '{vhname}' refused for user '{self.username}'")
+        limit = self.services.limits.max_connections
+        if limit and len(self.services.connections.open) >= limit:
+            log.warning("connection %s refused: the node connection limit (%d) is reached", self.peer, limit)
+            raise ConnectionError(
+                errors.NOT_ALLOWED, f"connection refused: node connection limit ({limit}) is reached", 10, 40
+            )
         self.vhost = vh
         self.transition(ConnState.OPENED)
         self._timeout_handle.cancel()
