@@ -142,7 +142,7 @@ def test_queue_without_consumers_is_not_behind(fresh_broker):
     conn = connect(b)
     ch = conn.channel()
     ch.queue_declare("absorb")
-    for i in range(FLOW_HIGH * 3):
+    for _i in range(FLOW_HIGH * 3):
         ch.basic_publish("", "absorb", b"x")
     states = {c["state"] for c in api(b, "/api/connections")}
     assert states == {"running"}, states
@@ -252,7 +252,7 @@ def test_client_sending_a_byte_at_a_time_is_dropped_at_the_handshake_timeout(bro
                 if s.recv(65536) == b"":
                     closed_at = time.monotonic()
                     break
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except OSError:
                 closed_at = time.monotonic()

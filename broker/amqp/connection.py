@@ -52,7 +52,7 @@ from ..services import Services
 from .channel import Channel
 from .connection_state import DISCARDING, ConnState, check_transition
 from .content import EXPECTED_METHOD
-from .handshake import Handshake, server_properties
+from .handshake import Handshake, start_frame
 
 log = logging.getLogger("broker.amqp.connection")
 
@@ -334,15 +334,7 @@ class Connection(Handshake):
             return b""
         self._header_buf = b""
         self.transition(ConnState.START)
-        self.send0(
-            C.Connection.Start(
-                version_major=0,
-                version_minor=9,
-                server_properties=server_properties(),
-                mechanisms="PLAIN AMQPLAIN",
-                locales="en_US",
-            )
-        )
+        self.write(start_frame())
         return buf[8:]
 
     def send0(self, method: Any) -> None:

@@ -13,6 +13,7 @@ handshake timeout closes a connection that has not reached ``opened`` in time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,21 @@ CAPABILITIES = {
     "authentication_failure_close": True,
     "per_consumer_qos": True,
 }
+
+
+@functools.cache
+def start_frame() -> bytes:
+    """Connection.Start, the same for every client: encoded once, not once per connection."""
+    return framing.method_frame(
+        0,
+        C.Connection.Start(
+            version_major=0,
+            version_minor=9,
+            server_properties=server_properties(),
+            mechanisms="PLAIN AMQPLAIN",
+            locales="en_US",
+        ),
+    )
 
 
 def server_properties() -> dict:
