@@ -18,6 +18,10 @@ one waits longer.  Two small objects carry the scheme:
   (``pause``) until every queue it waits on has caught up (``resume``).  The management API
   shows such a connection in RabbitMQ's ``flow`` state.
 
+A connection that consumes from a queue is not held back by that queue: while it is not read,
+neither are its acks, and the queue could not catch up (RabbitMQ's advice stands: publish and
+consume on separate connections).
+
 A queue whose consumers take nothing at all (all stuck at their prefetch) would stop its
 publishers for good; after ``STALL_AFTER`` seconds without a delivery from a queue the
 connection is released from it, and that queue charges nobody until it delivers again (its
@@ -36,6 +40,11 @@ from typing import Any
 FLOW_HIGH = 2000  # ready messages of a queue with consumers: it is behind above this
 FLOW_LOW = 1000  # ... and caught up again at or below this
 STALL_AFTER = 2.0  # seconds without a delivery before a behind queue stops charging publishers
+
+
+def consumes(conn: object, queue: Any) -> bool:
+    """Does connection ``conn`` have a consumer on ``queue``?"""
+    return conn is not None and any(getattr(c.channel, "conn", None) is conn for c in queue.consumers)
 
 
 class QueueFlow:
@@ -90,11 +99,12 @@ class PublisherFlow:
         self.since = 0.0
         self._check: asyncio.TimerHandle | None = None
 
-    def charge(self, queues: Iterable[Any]) -> None:
-        """A publish went to ``queues``: wait on those that are behind."""
+    def charge(self, queues: Iterable[Any], conn: object = None) -> None:
+        """A publish on connection ``conn`` went to ``queues``: wait on those that are behind,
+        but not on a queue ``conn`` itself consumes from (its acks would not be read)."""
         for q in queues:
             f = q.flow
-            if f.behind and f not in self.waiting:
+            if f.behind and f not in self.waiting and not consumes(conn, q):
                 self.waiting[f] = (q, q.delivered)
                 f.waiters.add(self)
         if self.waiting and not self.throttled:

@@ -291,6 +291,12 @@ class FakeQueue:
     def __init__(self) -> None:
         self.flow = QueueFlow()
         self.delivered = 0
+        self.consumers: list = []
+
+
+class FakeConsumer:
+    def __init__(self, conn: object) -> None:
+        self.channel = type("Ch", (), {"conn": conn})()
 
 
 def test_flow_objects_hysteresis_and_stall():
@@ -325,6 +331,15 @@ def test_flow_objects_hysteresis_and_stall():
         pf.charge([q])
         pf.close()
         assert not q.flow.waiters
+        # a connection that consumes from the behind queue is not held back by it
+        me = object()
+        q.consumers.append(FakeConsumer(me))
+        pf2 = PublisherFlow(loop, lambda: events.append("pause2"), lambda: events.append("resume2"))
+        pf2.charge([q], me)
+        assert not pf2.throttled and "pause2" not in events
+        pf2.charge([q], object())
+        assert pf2.throttled
+        pf2.close()
         q.flow.caught_up()
         assert QueueFlow.behind_count == base
 

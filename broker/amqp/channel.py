@@ -224,7 +224,7 @@ class Channel:
         the queues' worst answer (PUSH_SYNC: confirm after the fsync; PUSH_REJECTED: nack)."""
         out = self.vhost.publish(x, msg, mandatory == 1)
         if QueueFlow.behind_count:  # some queue is behind: is it one of ours? (see broker.flow)
-            self.conn.flow.charge(out.queues)
+            self.conn.flow.charge(out.queues, self.conn)
         if out.returned:
             self._return(msg)
         return out.status
