@@ -132,6 +132,8 @@ class ClassicQueue(Queue):
             self.messages.append(msg)
             status = PUSH_OK
         else:
+            if self.paging:
+                persistent = False  # a scratch log is never recovered: nothing to wait for
             try:
                 ref = qlog.append(persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body, msg.deadline)
             except OSError as exc:  # e.g. no space for a new segment file
