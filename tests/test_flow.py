@@ -10,8 +10,11 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -24,11 +27,12 @@ import pytest
 from broker.flow import FLOW_HIGH, FLOW_LOW, STALL_AFTER, PublisherFlow, QueueFlow
 from protocol import framing
 
+ROOT = Path(__file__).resolve().parent.parent
 MGMT_LINE = re.compile(r"management API listening on http://([^:\s]+):(\d+)")
 
 
-def api(b, path: str):
-    """GET a management API path as guest; the broker's log tells its port."""
+def mgmt_base(b) -> str:
+    """The management API's base URL; the broker's log tells its port."""
     deadline = time.monotonic() + 10
     found = []
     while time.monotonic() < deadline and not found:
@@ -36,7 +40,12 @@ def api(b, path: str):
         time.sleep(0.02 if not found else 0)
     assert found, "no management API in the log"
     host, port = found[-1]
-    req = urllib.request.Request(f"http://{host}:{port}{path}")
+    return f"http://{host}:{port}"
+
+
+def api(b, path: str):
+    """GET a management API path as guest."""
+    req = urllib.request.Request(mgmt_base(b) + path)
     req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
@@ -121,6 +130,7 @@ def test_fast_publisher_is_held_in_flow_until_its_consumer_catches_up(fresh_brok
             return "flow" in states
 
         wait_for(in_flow, 30, "a connection in the 'flow' state")
+        wait_for(lambda: cli_shows_flow(b), 30, "list-connections to show a connection in flow")
         # held: the queue does not grow much past the mark while the consumer is slow
         for _ in range(10):
             most_ready = max(most_ready, api(b, "/api/queues/%2F/flowq")["messages_ready"])
@@ -134,6 +144,14 @@ def test_fast_publisher_is_held_in_flow_until_its_consumer_catches_up(fresh_brok
     assert not errors, errors
     assert received == list(range(n))
     assert all(c["state"] == "running" for c in api(b, "/api/connections"))
+
+
+def cli_shows_flow(b) -> bool:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BROKER_URL=mgmt_base(b))
+    r = subprocess.run([sys.executable, "-m", "cli", "list-connections", "name", "state"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return any(line.split()[-1:] == ["flow"] for line in r.stdout.splitlines()[1:])
 
 
 def test_queue_without_consumers_is_not_behind(fresh_broker):
@@ -159,8 +177,12 @@ def test_transient_backlog_is_paged_to_scratch_log_and_dropped_once_drained(fres
     conn = connect(b)
     ch = conn.channel()
     ch.queue_declare("backlog")  # not durable
-    for i in range(n):
+    for i in range(n - 50):
         ch.basic_publish("", "backlog", f"m{i:05d}".encode())
+    # persistent messages into a paging transient queue are confirmed (pika raises on a nack)
+    ch.confirm_delivery()
+    for i in range(n - 50, n):
+        ch.basic_publish("", "backlog", f"m{i:05d}".encode(), pika.BasicProperties(delivery_mode=2))
     assert ch.queue_declare("backlog", passive=True).method.message_count == n
     d = scratch_dir(b, "backlog")
     segs = wait_for(lambda: [p for p in d.glob("*.seg") if p.stat().st_size > 0], 10, "a scratch segment")
@@ -181,17 +203,18 @@ def test_transient_backlog_is_paged_to_scratch_log_and_dropped_once_drained(fres
     conn.close()
 
 
-def test_large_transient_messages_are_paged_by_bytes(fresh_broker):
-    b = fresh_broker
+def test_large_transient_messages_are_paged_by_bytes(broker, uid):
+    b = broker
+    name = f"big-{uid}"
     conn = connect(b)
     ch = conn.channel()
-    ch.queue_declare("big")
+    ch.queue_declare(name)
     body = b"b" * (1024 * 1024)
     for _ in range(24):  # 24 MiB: past the 16 MiB a queue keeps in memory
-        ch.basic_publish("", "big", body)
-    d = scratch_dir(b, "big")
+        ch.basic_publish("", name, body)
+    d = scratch_dir(b, name)
     wait_for(lambda: any(p.stat().st_size >= 1024 * 1024 for p in d.glob("*.seg")), 10, "a scratch segment")
-    ch.queue_purge("big")
+    ch.queue_purge(name)
     wait_for(lambda: not d.exists(), 10, "the purged queue's scratch log to go")
     conn.close()
 
@@ -266,8 +289,8 @@ def test_client_sending_a_byte_at_a_time_is_dropped_at_the_handshake_timeout(bro
     assert "handshake timeout" in b.log_text()
 
 
-def test_frames_before_tune_ok_are_held_to_8192_bytes(fresh_broker):
-    s = socket.create_connection(("127.0.0.1", fresh_broker.port), timeout=5)
+def test_frames_before_tune_ok_are_held_to_8192_bytes(broker):
+    s = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
     try:
         s.sendall(framing.PROTOCOL_HEADER)
         s.recv(65536)  # Connection.Start
