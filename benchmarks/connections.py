@@ -146,7 +146,10 @@ def start_broker(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
             break
         time.sleep(0.1)
     proc.kill()
-    sys.exit("could not start the broker:\n" + Path(datadir, "broker.log").read_text(errors="replace")[-2000:])
+    proc.wait()
+    text = Path(datadir, "broker.log").read_text(errors="replace")[-2000:]
+    shutil.rmtree(datadir, ignore_errors=True)
+    sys.exit("could not start the broker:\n" + text)
 
 
 async def main_async(args: argparse.Namespace, pid: int) -> dict:
