@@ -211,6 +211,13 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--http-keepalive-timeout", envvar="BROKER_HTTP_KEEPALIVE_TIMEOUT", default=60.0,
                  show_default=True, type=click.FloatRange(min=0, min_open=True),
                  help="Seconds an HTTP connection may stay idle between requests."),
+    click.option("--max-connections", envvar="BROKER_MAX_CONNECTIONS", default=0, show_default=True,
+                 type=click.IntRange(min=0),
+                 help="Open AMQP connections the broker allows (RabbitMQ's connection_max); more are refused "
+                      "with 530 at Connection.Open. 0: no limit."),
+    click.option("--handshake-timeout", envvar="BROKER_HANDSHAKE_TIMEOUT", default=10.0, show_default=True,
+                 type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds a client has from connecting to Connection.Open; then it is dropped."),
     click.option("--definitions", envvar="BROKER_DEFINITIONS", default=None, type=click.Path(dir_okay=False),
                  help="Definitions JSON (RabbitMQ's export format) to import at boot."),
 ]
@@ -246,6 +253,8 @@ class ServeSettings:
     http_header_timeout: float
     http_body_timeout: float
     http_keepalive_timeout: float
+    max_connections: int
+    handshake_timeout: float
     definitions: str | None
     no_plain: bool
     tls_port: int | None

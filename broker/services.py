@@ -31,6 +31,7 @@ class ConnectionLimits:
     channel_max: int = 2047
     heartbeat: int = 60
     handshake_timeout: float = 10.0
+    max_connections: int = 0  # open connections allowed (0: no limit)
 
 
 class ConnectionRegistry:
@@ -70,6 +71,7 @@ class Services:
     replies: ReplyRegistry = field(default_factory=ReplyRegistry)
     connections: ConnectionRegistry = field(init=False)
     loop: asyncio.AbstractEventLoop | None = None  # set when the broker starts
+    scratch: LogStore | None = None  # where queues without a log page a backlog (emptied at start)
 
     def __post_init__(self) -> None:
         self.connections = ConnectionRegistry(self.stats)

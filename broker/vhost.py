@@ -322,6 +322,8 @@ class VHost:
         self.policies.apply_to_queue(q)  # resolved before it starts
         if owner is None and durable:
             self._open_store(q)  # first: a queue whose log cannot be made is not declared
+        elif self.services is not None and self.services.scratch is not None:
+            q.use_scratch(self.services.scratch)  # where it pages a backlog
         self.queues[name] = q
         q.start()
         if owner is not None:

@@ -28,6 +28,11 @@ sent with one ``transport.write``.  Consumers stop taking messages while the
 socket's buffer is over its high-water mark (``writing_paused``) or ``out`` is
 over ``OUT_HIGH``, and are kicked again when it drains.  While the peer does not
 read what we send, we stop reading what it sends.
+
+Flow control: a publish routed to a queue whose consumers are behind charges this
+connection's :class:`~broker.flow.PublisherFlow`; while it is ``throttled`` the
+connection neither reads its socket nor handles frames already read (RabbitMQ's
+``flow`` state), until those queues catch up.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
 from ..certinfo import TLSInfo
+from ..flow import PublisherFlow
 from ..limits import reached
 from ..logsafe import printable
 from ..metadata import MetadataSaveError
@@ -48,7 +54,7 @@ from ..services import Services
 from .channel import Channel
 from .connection_state import DISCARDING, ConnState, check_transition
 from .content import EXPECTED_METHOD
-from .handshake import Handshake, server_properties
+from .handshake import Handshake, start_frame
 
 log = logging.getLogger("broker.amqp.connection")
 
@@ -101,7 +107,8 @@ class Connection(Handshake):
         sslobj = transport.get_extra_info("ssl_object")
         self.tls = TLSInfo.of(sslobj) if sslobj is not None else None
         self.auth_mechanism = ""
-        self.reader = framing.FrameReader(limits.frame_max)
+        # until Tune-Ok, frames are held to RabbitMQ's pre-authentication limit
+        self.reader = framing.FrameReader(min(framing.FRAME_MIN_SIZE, limits.frame_max))
         self.state = ConnState.HEADER
         self.channels: dict[int, Channel] = {}
         self.out: list[Any] = []
@@ -137,6 +144,8 @@ class Connection(Handshake):
         self.publishing = False
         self.block_pending = False
         self.name = self.peer
+        self.throttled = False  # publisher flow control (see broker.flow)
+        self.flow = PublisherFlow(self.loop, self._flow_pause, self._flow_resume)
         # an AMQPS connection is made after its TLS handshake, which counts in the timeout too
         started = self.loop.time() if accepted is None else accepted
         self._timeout_handle = self.loop.call_at(started + limits.handshake_timeout, self._handshake_timeout)
@@ -242,7 +251,7 @@ class Connection(Handshake):
         end = min(len(frames), i + self.MAX_FRAMES_PER_TURN)
         handle = self.handle_frame
         try:
-            while i < end and not self.blocked:
+            while i < end and not self.blocked and not self.throttled:
                 ftype, chn, payload = frames[i]
                 i += 1
                 if self.state in DISCARDING:
@@ -264,7 +273,7 @@ class Connection(Handshake):
             if not self.slicing:
                 self.slicing = True
                 self._set_reading()
-            if not self.blocked:  # frames read before an alarm wait for it to clear, as in RabbitMQ
+            if not self.blocked and not self.throttled:  # frames read before an alarm or flow wait for it
                 self.loop.call_soon(self._process)
         else:
             self._frames = []
@@ -304,10 +313,15 @@ class Connection(Handshake):
             )
 
     def _set_reading(self) -> None:
-        """Read from the socket unless blocked by an alarm, the peer's own
+        """Read from the socket unless blocked by an alarm or flow control, the peer's own
         back-pressure, a backlog of frames still to handle, or a delayed login refusal."""
         want_paused = (
-            self.blocked or self.backpressure or self.slicing or self.draining or self.state is ConnState.REFUSING
+            self.blocked
+            or self.throttled
+            or self.backpressure
+            or self.slicing
+            or self.draining
+            or self.state is ConnState.REFUSING
         )
         if want_paused == self.reading_paused or self.state is CLOSED:
             return
@@ -332,15 +346,7 @@ class Connection(Handshake):
             return b""
         self._header_buf = b""
         self.transition(ConnState.START)
-        self.send0(
-            C.Connection.Start(
-                version_major=0,
-                version_minor=9,
-                server_properties=server_properties(),
-                mechanisms=" ".join(self.offered_mechanisms()),
-                locales="en_US",
-            )
-        )
+        self.write(start_frame(" ".join(self.offered_mechanisms())))
         return buf[8:]
 
     def send0(self, method: Any) -> None:
@@ -457,7 +463,7 @@ class Connection(Handshake):
             return
         now = self.loop.time()
         hb = self.heartbeat
-        if self.blocked:
+        if self.blocked or self.throttled:
             self.last_recv = now  # we are not reading while blocked: no verdict on silence
         if now - self.last_recv > 2 * hb:
             log.warning("connection %s: missed heartbeats from client, timeout: %ss", printable(self.name), hb)
@@ -502,6 +508,22 @@ class Connection(Handshake):
         if self._frames:
             self.loop.call_soon(self._process)
         log.info("connection %s unblocked", printable(self.name))
+
+    # -- publisher flow control -------------------------------------------------------
+    def _flow_pause(self) -> None:
+        """A queue this connection publishes to is behind: stop reading (PublisherFlow calls this)."""
+        self.throttled = True
+        self._set_reading()
+
+    def _flow_resume(self) -> None:
+        """Every queue it waited on caught up: read again, starting with frames already read."""
+        self.throttled = False
+        if self.state is not OPENED:
+            return
+        self.last_recv = self.loop.time()
+        self._set_reading()
+        if self._frames and not self.blocked:
+            self.loop.call_soon(self._process)
 
     # -- channels ----------------------------------------------------------------
     def open_channel(self, chn: int) -> None:
@@ -583,6 +605,7 @@ class Connection(Handshake):
         for q in list(self.exclusive_queues):
             q.vhost.delete_queue(q)
         self.exclusive_queues.clear()
+        self.flow.close()
         self.services.connections.gone(self)
 
     def close_transport(self, abort: bool = False) -> None:

@@ -152,6 +152,16 @@ def perm_json(user: str, vhost: str, p: Permission) -> dict:
 
 # -- connections, channels, consumers ------------------------------------------------------
 
+def connection_state(conn: Any) -> str:
+    """RabbitMQ's connection state: ``flow`` while flow control holds a publisher
+    (see broker.flow), ``blocked`` while a resource alarm does, else ``running``."""
+    if conn.state != "opened":
+        return str(conn.state)
+    if conn.throttled:
+        return "flow"
+    return "blocked" if conn.blocked else "running"
+
+
 def connection_json(conn: Any, broker: Any, stats: Any) -> dict:
     host, port = split_peer(conn.peer)
     rr, sr = stats.conn_rates(conn)
@@ -166,7 +176,7 @@ def connection_json(conn: Any, broker: Any, stats: Any) -> dict:
         "peer_port": port,
         "host": broker.host,
         "port": broker.tls_port if conn.tls is not None else broker.port,
-        "state": "running" if conn.state == "opened" else conn.state,
+        "state": connection_state(conn),
         "channels": len(conn.channels),
         "channel_max": conn.channel_max,
         "frame_max": conn.frame_max,
