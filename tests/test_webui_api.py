@@ -62,6 +62,10 @@ def test_root_serves_the_ui_with_its_modules_and_a_strict_policy(wb):
     for mod in ("admin", "api", "connections", "dom", "exchanges", "overview", "queues"):
         assert f'from "./{mod}.js"' in js.raw.decode()
         assert fetch(wb, f"/ui/{mod}.js").status == 200
+    admin = fetch(wb, "/ui/admin.js").raw.decode()
+    for mod in ("limits", "policies"):
+        assert f'from "./{mod}.js"' in admin
+        assert fetch(wb, f"/ui/{mod}.js").status == 200
     assert "http" not in page.replace("http-equiv", "")  # no absolute URL: works offline
 
 
