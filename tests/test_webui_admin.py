@@ -204,6 +204,18 @@ def test_user_limit_set_in_the_ui_caps_a_users_channels(page, ab, uid):
     page.errors.clear()
 
 
+def test_exchange_page_shows_its_policy(page, ab, uid):
+    api = Http(ab.url)
+    api.ok("PUT", f"/api/exchanges/%2F/ex-{uid}", {"type": "fanout"})
+    api.ok("PUT", f"/api/policies/%2F/ae-{uid}", {"pattern": f"^ex-{uid}$", "apply-to": "exchanges",
+                                                  "definition": {"alternate-exchange": "amq.fanout"}})
+    page.login()
+    page.p.goto(f"{ab.url}/#/exchanges/%2F/ex-{uid}")
+    page.p.locator("main").get_by_text(f"ae-{uid}", exact=True).wait_for()
+    assert "Policy" in page.main()
+    api.ok("DELETE", f"/api/policies/%2F/ae-{uid}")
+
+
 def test_operator_policy_from_the_ui_and_tags(page, ab, chromium, uid):
     """An administrator sets an operator policy that caps a queue; a policymaker sees only the
     Policies section, and no operator policies or limits."""
@@ -226,10 +238,14 @@ def test_operator_policy_from_the_ui_and_tags(page, ab, chromium, uid):
     page.p.get_by_role("table", name="Consumers").get_by_text(f"ctag-{uid}").wait_for()
     page.p.locator("main").get_by_text(f"ops-{uid}").wait_for()
     page.p.locator("main").get_by_text("max-length: 5").wait_for()
+    # the queue's other fields are one click away, and stay unfolded across live updates
+    page.p.get_by_text("All fields").click()
+    page.p.locator("details.more").get_by_text("durable_log", exact=True).wait_for()
     c.close()
     wait_for(lambda: api.get(f"/api/queues/%2F/{qname}").json["consumers"] == 0, what="consumer gone")
     page.p.get_by_role("button", name="Refresh now").click()
     page.p.get_by_text("No consumers").wait_for()
+    assert page.p.locator("details.more").get_attribute("open") is not None  # re-drawn, still unfolded
 
     maker = f"maker-{uid}"
     api.ok("PUT", f"/api/users/{maker}", {"password": "pw", "tags": "policymaker"})

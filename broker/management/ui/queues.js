@@ -141,11 +141,13 @@ const SHOWN = new Set(["name", "vhost", "type", "state", "durable", "auto_delete
   "messages", "messages_ready", "messages_unacknowledged", "message_bytes_ready", "consumers", "consumer_details",
   "message_stats", "policy", "operator_policy", "effective_policy_definition"]);
 
-function otherFields(q) {
+// (`view.open`: whether the list is unfolded, kept across the page's live updates)
+function otherFields(q, view) {
   const rest = Object.entries(q).filter(([k, v]) => !SHOWN.has(k) && !k.endsWith("_details") && v !== null && v !== undefined)
     .sort(([a], [b]) => a.localeCompare(b));
   if (!rest.length) return null;
-  return h("details", { class: "more" }, h("summary", { text: "All fields" }),
+  return h("details", { class: "more", open: view.open, ontoggle: (ev) => { view.open = ev.target.open; } },
+    h("summary", { text: "All fields" }),
     kv(rest.map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)])));
 }
 
@@ -164,6 +166,7 @@ function consumersTable(q) {
 
 export function queuePage(app, vhost, name) {
   const base = `/api/queues/${e(vhost)}/${e(name)}`;
+  const more = { open: false };
   const info = h("div", { class: "panel" }, loading());
   const consumers = h("div", { class: "panel" }, h("h3", { text: "Consumers" }), loading());
   const bindings = h("div", { class: "panel" }, h("h3", { text: "Bindings" }), loading());
@@ -203,7 +206,7 @@ export function queuePage(app, vhost, name) {
           ["Ready bytes", bytes(q.message_bytes_ready)], ["Consumers", num(q.consumers)],
           ["Incoming", rate(ms.publish_details)], ["Deliver / get", rate(ms.deliver_get_details)], ["Ack", rate(ms.ack_details)],
           ["Arguments", json(q.arguments) || "none"], ...policyPairs(q),
-        ]), otherFields(q));
+        ]), otherFields(q, more));
         clear(consumers, h("h3", { text: "Consumers" }), consumersTable(q));
       } else {
         clear(bindings, h("h3", { text: heading }), bindingsTable(app, body, "destination", vhost));
