@@ -128,8 +128,11 @@ export function adminPage(app) {
             `Delete user '${u.name}'?`, `/api/users/${e(u.name)}`, "Deleting the user")) },
         ], body, { label: "Users" }));
       } else if (path === "/api/vhosts") {
-        const current = vhostOptions.value;
-        clear(vhostOptions, body.map((v) => h("option", { value: v.name, selected: v.name === current || null }, v.name)));
+        // every form's vhost choice follows the list (a vhost added here can take a policy at once)
+        for (const sel of root.querySelectorAll("form select[name=vhost]")) {
+          const current = sel.value;
+          clear(sel, body.map((v) => h("option", { value: v.name, selected: v.name === current || null }, v.name)));
+        }
         clear(vhosts.body, table([
           { key: "name", label: "Name" }, { key: "description", label: "Description" },
           { label: "Messages", cell: (v) => num(v.messages), num: true },
