@@ -232,6 +232,31 @@ def test_exchange_page_shows_its_policy(page, ab, uid):
     api.ok("DELETE", f"/api/policies/%2F/ae-{uid}")
 
 
+def test_quorum_queue_page_shows_its_own_fields_and_waiting_consumer(page, ab, uid):
+    """A queue of another type: its page lists what its JSON has (a quorum queue's leader,
+    members, delivery limit), and single-active-consumer's waiting consumer."""
+    qname = f"qq-{uid}"
+    c = connect(ab)
+    ch = c.channel()
+    ch.queue_declare(qname, durable=True, arguments={"x-queue-type": "quorum", "x-single-active-consumer": True})
+    ch.basic_qos(prefetch_count=5)
+    ch.basic_consume(qname, lambda *a: None, consumer_tag=f"first-{uid}")
+    ch.basic_consume(qname, lambda *a: None, consumer_tag=f"second-{uid}")
+    try:
+        page.login()
+        page.p.goto(f"{ab.url}/#/queues/%2F/{qname}")
+        consumers = page.p.get_by_role("table", name="Consumers")
+        consumers.get_by_role("row", name=f"first-{uid}").get_by_text("yes (single_active)").wait_for()
+        consumers.get_by_role("row", name=f"second-{uid}").get_by_text("no (waiting)").wait_for()
+        assert "quorum" in page.p.locator("dl.kv").first.inner_text()
+        page.p.get_by_text("All fields").click()
+        more = page.p.locator("details.more")
+        for name in ("leader", "members", "delivery_limit"):
+            more.get_by_text(name, exact=True).wait_for()
+    finally:
+        c.close()
+
+
 def test_operator_policy_from_the_ui_and_tags(page, ab, chromium, uid):
     """An administrator sets an operator policy that caps a queue; a policymaker sees only the
     Policies section, and no operator policies or limits."""
