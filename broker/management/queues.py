@@ -13,7 +13,7 @@ from ..message import Message
 from ..queues import Queue
 from .http import Ctx, Router, bad_request, field_arguments, field_bool, not_found
 from .messages import properties_json
-from .views import apply_query_lazy, queue_json, vhost_bindings
+from .views import apply_query_lazy, queue_consumers_json, queue_json, vhost_bindings
 
 routes = Router()
 
@@ -62,7 +62,8 @@ def _find_queue(ctx: Ctx, vh: Any) -> Queue:
 @routes.route("api/queues/:vhost/:name")
 async def get_queue(ctx: Ctx) -> Any:
     vh = ctx.vhost()
-    return queue_json(vh, _find_queue(ctx, vh), ctx.stats)
+    q = _find_queue(ctx, vh)
+    return dict(queue_json(vh, q, ctx.stats), consumer_details=queue_consumers_json(q))
 
 
 @routes.route("api/queues/:vhost/:name", "PUT")

@@ -223,9 +223,19 @@ def channel_json(conn: Any, ch: Any) -> dict:
     }
 
 
+def consumer_activity(q: Any, c: Any) -> tuple[bool, str]:
+    """Whether ``c`` gets messages from ``q`` now, and RabbitMQ's ``activity_status``: ``up``, or on a
+    single-active-consumer queue ``single_active`` for the first consumer and ``waiting`` for the rest."""
+    if not q.arguments.get("x-single-active-consumer"):
+        return True, "up"
+    active = bool(q.consumers) and q.consumers[0] is c
+    return active, "single_active" if active else "waiting"
+
+
 def consumer_json(conn: Any, ch: Any, c: Any) -> dict:
     host, port = split_peer(conn.peer)
     q = c.queue
+    active, activity = consumer_activity(q, c)
     return {
         "consumer_tag": c.tag,
         "queue": {"name": q.name, "vhost": q.vhost.name},
@@ -243,9 +253,18 @@ def consumer_json(conn: Any, ch: Any, c: Any) -> dict:
         "prefetch_count": c.prefetch,
         "arguments": c.arguments or {},
         "priority": c.priority,
-        "active": True,
-        "activity_status": "up",
+        "active": active,
+        "activity_status": activity,
     }
+
+
+def queue_consumers_json(q: Any) -> list[dict]:
+    """A queue's ``consumer_details`` (its single-queue GET): its consumers, in its delivery order."""
+    out = []
+    for c in q.consumers:
+        ch: Any = c.channel
+        out.append(consumer_json(ch.conn, ch, c))
+    return out
 
 
 # -- list queries (RabbitMQ's sort / columns / pagination parameters) ------------------

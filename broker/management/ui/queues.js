@@ -5,6 +5,7 @@
 import { bytes, checkbox, clear, emptyState, errorBox, field, form, h, json, kv, link, loading, num, parseTable, rate, select, table } from "./dom.js";
 import { bindingsTable } from "./exchanges.js";
 import { listPage, vpath } from "./lists.js";
+import { policyPairs } from "./policies.js";
 import { publishForm } from "./publish.js";
 
 const e = encodeURIComponent;
@@ -134,9 +135,38 @@ function dangerZone(app, base, name) {
         async () => { await app.api.del(base); app.go("#/queues"); }, `Queue '${name}' deleted.`, "Deleting the queue") }, "Delete Queue")));
 }
 
+// the fields the details list shows; any other field of the queue's JSON (a quorum queue's
+// leader and members, a stream's offsets…) is listed under "All fields" as it comes
+const SHOWN = new Set(["name", "vhost", "type", "state", "durable", "auto_delete", "exclusive", "arguments",
+  "messages", "messages_ready", "messages_unacknowledged", "message_bytes_ready", "consumers", "consumer_details",
+  "message_stats", "policy", "operator_policy", "effective_policy_definition"]);
+
+// (`view.open`: whether the list is unfolded, kept across the page's live updates)
+function otherFields(q, view) {
+  const rest = Object.entries(q).filter(([k, v]) => !SHOWN.has(k) && !k.endsWith("_details") && v !== null && v !== undefined)
+    .sort(([a], [b]) => a.localeCompare(b));
+  if (!rest.length) return null;
+  return h("details", { class: "more", open: view.open, ontoggle: (ev) => { view.open = ev.target.open; } },
+    h("summary", { text: "All fields" }),
+    kv(rest.map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)])));
+}
+
+function consumersTable(q) {
+  const rows = q.consumer_details || [];
+  return rows.length ? table([
+    { label: "Channel", cell: (c) => c.channel_details.name },
+    { key: "consumer_tag", label: "Consumer tag" },
+    { label: "Ack required", cell: (c) => String(c.ack_required) },
+    { label: "Exclusive", cell: (c) => String(c.exclusive) },
+    { label: "Prefetch", cell: (c) => num(c.prefetch_count), num: true },
+    { label: "Active", cell: (c) => (c.active ? "yes" : "no") + (c.activity_status && c.activity_status !== "up" ? ` (${c.activity_status})` : "") },
+    { label: "Arguments", cell: (c) => json(c.arguments) },
+  ], rows, { label: "Consumers" }) : emptyState("No consumers", "Messages wait here until a client consumes from this queue (basic_consume).");
+}
+
 export function queuePage(app, vhost, name) {
   const base = `/api/queues/${e(vhost)}/${e(name)}`;
-  const consumersPath = `/api/consumers/${e(vhost)}`;
+  const more = { open: false };
   const info = h("div", { class: "panel" }, loading());
   const consumers = h("div", { class: "panel" }, h("h3", { text: "Consumers" }), loading());
   const bindings = h("div", { class: "panel" }, h("h3", { text: "Bindings" }), loading());
@@ -159,11 +189,12 @@ export function queuePage(app, vhost, name) {
   return {
     title: `Queue ${name}`,
     root,
-    watches: () => [base, `${base}/bindings`, consumersPath],
+    watches: () => [base, `${base}/bindings`],
     update(path, status, body) {
-      const [target, heading] = path === base ? [info, "Details"] : path === consumersPath ? [consumers, "Consumers"] : [bindings, "Bindings"];
+      const [target, heading] = path === base ? [info, "Details"] : [bindings, "Bindings"];
       if (status !== 200) {
         clear(target, h("h3", { text: heading }), errorBox({ status, reason: body && body.reason }, `Reading ${heading.toLowerCase()}`));
+        if (path === base) clear(consumers, h("h3", { text: "Consumers" }));
         return;
       }
       if (path === base) {
@@ -174,19 +205,9 @@ export function queuePage(app, vhost, name) {
           ["Ready", num(q.messages_ready)], ["Unacked", num(q.messages_unacknowledged)], ["Total", num(q.messages)],
           ["Ready bytes", bytes(q.message_bytes_ready)], ["Consumers", num(q.consumers)],
           ["Incoming", rate(ms.publish_details)], ["Deliver / get", rate(ms.deliver_get_details)], ["Ack", rate(ms.ack_details)],
-          ["Arguments", json(q.arguments) || "none"], ["Policy", q.policy || "none"],
-        ]));
-      } else if (path === consumersPath) {
-        const mine = body.filter((c) => c.queue && c.queue.name === name);
-        clear(consumers, h("h3", { text: heading }), mine.length ? table([
-          { label: "Channel", cell: (c) => c.channel_details.name },
-          { key: "consumer_tag", label: "Consumer tag" },
-          { label: "Ack required", cell: (c) => String(c.ack_required) },
-          { label: "Exclusive", cell: (c) => String(c.exclusive) },
-          { label: "Prefetch", cell: (c) => num(c.prefetch_count), num: true },
-          { label: "Priority", cell: (c) => num(c.priority), num: true },
-          { label: "Arguments", cell: (c) => json(c.arguments) },
-        ], mine, { label: "Consumers" }) : emptyState("No consumers", "Messages wait here until a client consumes from this queue (basic_consume)."));
+          ["Arguments", json(q.arguments) || "none"], ...policyPairs(q),
+        ]), otherFields(q, more));
+        clear(consumers, h("h3", { text: "Consumers" }), consumersTable(q));
       } else {
         clear(bindings, h("h3", { text: heading }), bindingsTable(app, body, "destination", vhost));
       }
