@@ -52,7 +52,7 @@ def queue_json(vh: Any, q: Queue, stats: Any) -> dict:
         vhost=vh.name,
         node=node_name(),
         state="running",
-        type="classic",
+        type=q.type_name,
         policy=None,
         effective_policy_definition={},
         exclusive_consumer_tag=q.exclusive_consumer.tag if q.exclusive_consumer is not None else None,
@@ -126,7 +126,7 @@ def vhost_running(vh: Any, store: Any) -> bool:
     if store is None:
         return True
     for q in vh.queues.values():
-        if q.durable and q.owner is None and not _log_open(q.log, store):
+        if q.durable and q.owner is None and not _log_open(q.store_log, store):
             return False
     return True
 

@@ -169,6 +169,10 @@ class Queue(abc.ABC):
     def dispatch(self) -> None:
         """Hand ready messages to subscribers that have credit."""
 
+    def check_consume(self, no_ack: bool, prefetch: int, global_prefetch: int, arguments: dict) -> None:
+        """Refuse (raise a ChannelError or ConnectionError) a Basic.Consume this queue cannot
+        serve, before Consume-Ok goes out; every consumer is welcome by default."""
+
     @abc.abstractmethod
     def get(self) -> Message | None:
         """Basic.Get: take one message, or None."""
@@ -224,6 +228,11 @@ class Queue(abc.ABC):
 
     def open_store(self, store: LogStore) -> None:
         """A durable queue of a broker with a data directory opens its log (raises OSError)."""
+
+    @property
+    def store_log(self) -> Any:
+        """The log this queue keeps in the store (its ``dir`` is checked), if any."""
+        return self.log
 
     def recover(self) -> Recovered | None:
         """Rebuild from the store at start-up; None if this queue keeps nothing there."""

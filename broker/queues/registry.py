@@ -12,10 +12,11 @@ from protocol.errors import ChannelError
 
 from .base import Queue
 from .classic import ClassicQueue
+from .stream import StreamQueue
 
 DEFAULT_TYPE = "classic"
-QUEUE_TYPES: dict[str, type[Queue]] = {ClassicQueue.type_name: ClassicQueue}
-NOT_YET = ("quorum", "stream")  # RabbitMQ's types that BurrowMQ does not have yet
+QUEUE_TYPES: dict[str, type[Queue]] = {ClassicQueue.type_name: ClassicQueue, StreamQueue.type_name: StreamQueue}
+NOT_YET = ("quorum",)  # RabbitMQ's types that BurrowMQ does not have yet
 
 
 def queue_class(arguments: dict, what: str) -> type[Queue]:
