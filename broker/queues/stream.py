@@ -212,7 +212,7 @@ class StreamQueue(Queue):
     def check_consume(self, no_ack: bool, prefetch: int, global_prefetch: int, arguments: dict) -> None:
         parse_offset(arguments, self.what)
         parse_filter(arguments, self.what)
-        check_consume(self.what, no_ack, prefetch, global_prefetch)
+        check_consume(self.what, no_ack, prefetch, global_prefetch, arguments)
 
     def _start_offset(self, spec: OffsetSpec) -> int:
         s = self.stream
@@ -317,7 +317,9 @@ class StreamQueue(Queue):
         return self.stream.messages if self.stream is not None else 0
 
     def purge(self) -> int:
-        raise ChannelError(errors.NOT_IMPLEMENTED, f"purge not supported by {self.what}", 50, 30)
+        raise ConnectionError(
+            errors.NOT_IMPLEMENTED, f"queue.purge not supported by stream queues {self.what}", 50, 30
+        )
 
     def delete(self) -> int:
         self.deleted = True

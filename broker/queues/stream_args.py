@@ -174,9 +174,19 @@ def parse_filter(arguments: dict, what: str) -> FilterSpec | None:
     return FilterSpec(values, arguments.get("x-stream-match-unfiltered") is True)
 
 
-def check_consume(what: str, no_ack: bool, prefetch: int, global_prefetch: int) -> None:
-    """RabbitMQ's refusals of a stream consumer: it needs a prefetch count (406) and manual
-    acknowledgements (540); channel-wide (global) QoS is not supported (540)."""
+# consumer arguments of other queue types, which RabbitMQ refuses for a stream
+OTHER_TYPES_CONSUMER_ARGUMENTS = frozenset(("x-priority", "x-cancel-on-ha-failover"))
+
+
+def check_consume(what: str, no_ack: bool, prefetch: int, global_prefetch: int, arguments: dict) -> None:
+    """RabbitMQ's refusals of a stream consumer: other types' consumer arguments (406); it
+    needs a prefetch count (406) and manual acknowledgements (540); channel-wide (global)
+    QoS is not supported (540)."""
+    for key in arguments:
+        if key in OTHER_TYPES_CONSUMER_ARGUMENTS:
+            raise ChannelError(
+                errors.PRECONDITION_FAILED, f"invalid arg '{key}' for {what} of queue type rabbit_stream_queue"
+            )
     if not prefetch:
         raise ChannelError(errors.PRECONDITION_FAILED, f"consumer prefetch count is not set for stream {what}")
     if no_ack:
