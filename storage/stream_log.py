@@ -33,8 +33,11 @@ while the stream is over ``max_bytes``, or while its oldest segment's newest
 record is older than ``max_age_ms`` (:meth:`StreamLog.apply_retention`, run on
 every segment roll and by the owning queue's timer).
 
-Recovery scans each segment, checks every CRC and cuts a torn or corrupt tail;
-the offsets come back from the records, so they are the same after a restart.
+A segment that is closed gets an index file ``NNN.idx`` (its count, size,
+timestamps and sparse index), so recovery reads that instead of the segment; a
+segment without a matching index file (the one being written at a crash) is
+scanned, every CRC checked and a torn or corrupt tail cut.  The offsets come back
+from the records, so they are the same after a restart.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ log = logging.getLogger("storage")
 
 REC_STREAM = 3
 STREAM_META = struct.Struct(">QQ")  # offset, timestamp (ms since the epoch)
+# a closed segment's index file: magic, count, size, first and last timestamps, index length
+INDEX_HEAD = struct.Struct(">8sQQQQQ")
+INDEX_MAGIC = b"BMQSIDX1"
 U32 = struct.Struct(">I")
 INDEX_EVERY = 512  # one sparse index entry per this many records
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
@@ -197,6 +203,7 @@ class StreamLog:
         if seg is None or (seg.size + n > self.max_segment_bytes and seg.count > 0):
             if seg is not None:
                 self.flush()
+                self._write_index(seg)
             seg = self._open_segment(offset)
             if len(self.segments) > 1:
                 self.apply_retention(ts)
@@ -270,10 +277,48 @@ class StreamLog:
         seg = self.segments.pop(0)
         self.firsts.pop(0)
         self._close(seg)
+        for path in (seg.path, seg.path[:-4] + ".idx"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _write_index(self, seg: StreamSegment) -> None:
+        """Save a closed segment's index beside it (no fsync: a missing or stale index
+        file only means a scan at recovery)."""
+        if seg.flushed != seg.size:
+            return  # its last write failed: recovery scans it
+        raw = b"".join((INDEX_HEAD.pack(INDEX_MAGIC, seg.count, seg.size, seg.first_ts, seg.last_ts,
+                                        len(seg.positions)), seg.positions.tobytes(), seg.stamps.tobytes()))
+        path = seg.path[:-4] + ".idx"
         try:
-            os.unlink(seg.path)
-        except FileNotFoundError:
-            pass
+            fd = open_private(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                write_all(fd, raw)
+            finally:
+                os.close(fd)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.warning("cannot write the index of %s: %s (recovery will scan it)", seg.path, exc)
+
+    def _read_index(self, seg: StreamSegment) -> bool:
+        """Load a closed segment's index file if it matches the segment file."""
+        try:
+            with open(seg.path[:-4] + ".idx", "rb") as f:
+                raw = f.read()
+            magic, count, size, first_ts, last_ts, n = INDEX_HEAD.unpack_from(raw, 0)
+        except (OSError, struct.error):
+            return False
+        if magic != INDEX_MAGIC or size != os.path.getsize(seg.path) or len(raw) != INDEX_HEAD.size + 16 * n \
+                or n != (count + INDEX_EVERY - 1) // INDEX_EVERY:
+            return False
+        seg.positions.frombytes(raw[INDEX_HEAD.size : INDEX_HEAD.size + 8 * n])
+        seg.stamps.frombytes(raw[INDEX_HEAD.size + 8 * n :])
+        if n and seg.positions[0] != 0:  # written on a machine of the other byte order
+            del seg.positions[:], seg.stamps[:]
+            return False
+        seg.count, seg.first_ts, seg.last_ts = count, first_ts, last_ts
+        return True
 
     def _close(self, seg: StreamSegment) -> None:
         if seg.fd >= 0:
@@ -406,8 +451,8 @@ class StreamLog:
                 problems.append(f"{path}: overlaps the segment before it; ignored")
                 continue
             seg = StreamSegment(first, path)
-            valid_end = self._scan(seg, problems)
             size = os.path.getsize(path)
+            valid_end = size if self._read_index(seg) else self._scan(seg, problems)
             if valid_end < size:
                 problems.append(f"{path}: torn or corrupt tail cut at byte {valid_end} of {size}")
                 with open(path, "r+b") as f:

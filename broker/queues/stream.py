@@ -80,9 +80,37 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_HEADERS_FLAG = 0x2000  # the headers property's bit in the property flags
+_OFFSET_ENTRY = b"\x0fx-stream-offset" + b"l"  # key and type of the entry stamped into headers
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
 def stamp_header(header: bytes, offset: int) -> tuple[bytes, bytes]:
     """``header`` with the ``x-stream-offset`` header (long) set to ``offset``, and the
-    publisher's ``x-stream-filter-value`` (b"" if none)."""
+    publisher's ``x-stream-filter-value`` (b"" if none).  Properties are spliced at the
+    byte level; the common cases (no headers, or headers without any ``x-stream-`` entry)
+    take a short path that decodes nothing."""
+    if b"x-stream-" not in header and len(header) >= 14:
+        flags = _U16.unpack_from(header, 12)[0]
+        if not flags & 0x0001:  # no continuation flag word
+            off = 14
+            if flags & 0x8000:  # content_type
+                off += 1 + header[off]
+            if flags & 0x4000:  # content_encoding
+                off += 1 + header[off]
+            entry = _OFFSET_ENTRY + _LONG.pack(offset)
+            if not flags & _HEADERS_FLAG:
+                return (b"".join((header[:12], _U16.pack(flags | _HEADERS_FLAG), header[14:off],
+                                  _U32.pack(len(entry)), entry, header[off:])), b"")
+            n = _U32.unpack_from(header, off)[0]
+            end = off + 4 + n
+            return b"".join((header[:off], _U32.pack(n + len(entry)), header[off + 4 : end], entry, header[end:])), b""
+    return _stamp_slow(header, offset)
+
+
+def _stamp_slow(header: bytes, offset: int) -> tuple[bytes, bytes]:
+    """:func:`stamp_header` for headers that already carry ``x-stream-`` entries."""
     prefix, props = fields.split_properties(header)
     entries = fields.table_entries(props["headers"]) if "headers" in props else []
     filter_value = b""
