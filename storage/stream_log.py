@@ -369,10 +369,13 @@ class StreamLog:
         cur.seg, cur.pos = seg, seg.positions[(cur.offset - seg.first) // INDEX_EVERY]
         return True
 
-    def read(self, cur: Cursor, max_records: int, max_bytes: int) -> list[StreamRecord]:
-        """Up to ``max_records`` records (about ``max_bytes`` of bodies) from ``cur`` on,
-        advancing it; only records already written to their file.  A cursor whose segment
-        was dropped by retention moves on to the oldest record kept."""
+    def read(
+        self, cur: Cursor, max_records: int, max_bytes: int, raw: list[bytes] | None = None
+    ) -> list[StreamRecord]:
+        """Up to ``max_records`` records (about ``max_bytes`` of headers and bodies) from
+        ``cur`` on, advancing it; only records already written to their file.  A cursor
+        whose segment was dropped by retention moves on to the oldest record kept.  With
+        ``raw``, each record's bytes as stored are appended to it too."""
         seg = cur.seg
         if seg is None or not self.firsts or seg.first < self.firsts[0]:
             if not self._locate(cur):
@@ -407,12 +410,22 @@ class StreamLog:
                     rec = decode_payload(mv[off + 9 : end])
                     out.append(rec)
                     nbytes += len(rec[6]) + len(rec[5])
+                    if raw is not None:
+                        raw.append(data[off:end])
                     cur.offset = rec[0] + 1
                 off = end  # records before the offset asked for are skipped (seeking from an index point)
             if off == 0:
                 break  # a short read: the rest is not written yet
             cur.pos += off
         return out
+
+    def read_raw(self, cur: Cursor, max_bytes: int) -> bytes:
+        """Whole records from ``cur`` on, byte for byte as stored (about ``max_bytes``),
+        advancing ``cur``: what a follower replicating this stream from an offset is sent.
+        Each record carries its offset and CRC, so the follower can check what it got."""
+        parts: list[bytes] = []
+        self.read(cur, 1 << 30, max_bytes, parts)
+        return b"".join(parts)
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:

@@ -14,7 +14,7 @@ small buffer of records read from the file but not yet delivered.  A consumer
 takes messages while it has credit (prefetch; acks only give credit back, a nack
 or reject with or without requeue does too and nothing is redelivered, as in
 RabbitMQ).  :meth:`StreamQueue.dispatch` delivers at most
-:data:`DISPATCH_BUDGET` messages per consumer per call and reads the file in
+:data:`DISPATCH_BUDGET` messages per call (shared by its consumers) and reads the file in
 batches of :data:`READ_BATCH` records, then yields the loop (``call_soon``) if
 there is more, so a consumer far behind never holds the loop for long.
 
@@ -66,7 +66,7 @@ from .stream_args import (
     parse_offset,
 )
 
-DISPATCH_BUDGET = 1024  # deliveries per consumer per dispatch call
+DISPATCH_BUDGET = 2048  # deliveries per dispatch call, shared by the consumers (at least 64 each)
 READ_BATCH = 256  # records read from the file at a time
 READ_BYTES = 512 * 1024
 SCAN_BUDGET = 16 * READ_BATCH  # records a filtering reader may skip per dispatch call
@@ -281,9 +281,10 @@ class StreamQueue(Queue):
         if s is None or not self.consumers or self.deleted:
             return
         more = False
+        budget = max(64, DISPATCH_BUDGET // len(self.consumers))
         for c in list(self.consumers):
             r = self.readers.get(c)
-            if r is not None and self._feed(s, c, r):
+            if r is not None and self._feed(s, c, r, budget):
                 more = True
         if more and self._resume is None and self.vhost.loop is not None:
             self._resume = self.vhost.loop.call_soon(self._resumed)
@@ -292,9 +293,9 @@ class StreamQueue(Queue):
         self._resume = None
         self.dispatch()
 
-    def _feed(self, s: StreamLog, c: Subscriber, r: StreamReader) -> bool:
-        """Deliver to one consumer; True if it stopped on its budget with more to read."""
-        budget = DISPATCH_BUDGET
+    def _feed(self, s: StreamLog, c: Subscriber, r: StreamReader, budget: int) -> bool:
+        """Deliver up to ``budget`` messages to one consumer; True if it stopped on its
+        budget with more to read."""
         scanned = 0
         pending = r.pending
         while c.can_take():
