@@ -390,6 +390,9 @@ class StreamLog:
                 i = bisect.bisect_right(self.firsts, seg.first)
                 if seg is self.wseg or i >= len(self.segments):
                     break  # the end of what is written
+                if seg.fd >= 0 and seg.fd not in self.store.sync_fds:
+                    os.close(seg.fd)  # read through: a long stream must not hold a descriptor per segment
+                    seg.fd = -1
                 seg = self.segments[i]
                 cur.seg, cur.pos = seg, 0
                 continue
