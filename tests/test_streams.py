@@ -302,6 +302,8 @@ def test_management_api_cli_columns_and_metrics(broker, uid):
     req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
     text = urllib.request.urlopen(req, timeout=5).read().decode()
     assert f'rabbitmq_queue_messages_ready{{queue="{name}",vhost="/"}} 12' in text
+    assert f'burrowmq_stream_last_offset{{queue="{name}",vhost="/"}} 11.0' in text
+    assert f'burrowmq_stream_segments{{queue="{name}",vhost="/"}} 1.0' in text
     # the CLI lists the same columns
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root), BROKER_URL=MGMT_LINE.findall(broker.log_text())[-1])

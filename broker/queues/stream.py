@@ -71,7 +71,6 @@ READ_BATCH = 256  # records read from the file at a time
 READ_BYTES = 512 * 1024
 SCAN_BUDGET = 16 * READ_BATCH  # records a filtering reader may skip per dispatch call
 RETENTION_EVERY = 5.0  # seconds between x-max-age checks
-_OFFSET_KEY = b"x-stream-offset"
 _FILTER_KEY = "x-stream-filter-value"
 _LONG = struct.Struct(">q")
 
@@ -375,6 +374,7 @@ class StreamQueue(Queue):
                 last_offset=last,
                 committed_offset=last,
                 segments=len(s.segments),
+                message_bytes=s.size_bytes,
                 messages_ready=s.messages,
                 messages=s.messages,
             )
