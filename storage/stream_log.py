@@ -83,6 +83,12 @@ def encode_record(
     return [REC_HEAD.pack(1 + len(meta) + len(body), crc, REC_STREAM), meta, body]
 
 
+def record_size(filter_value: bytes, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> int:
+    """Bytes one stream record takes in its segment file."""
+    return REC_HEAD.size + STREAM_META.size + 1 + len(filter_value) + len(ex_raw) + len(rk_raw) + U32.size \
+        + len(header) + len(body)
+
+
 def decode_payload(p: bytes | memoryview) -> StreamRecord:
     """The fields of a stream record's payload (after the 9-byte record head)."""
     offset, ts = STREAM_META.unpack_from(p, 0)
@@ -196,17 +202,17 @@ class StreamLog:
 
     def append(self, ts: int, filter_value: bytes, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes) -> int:
         """Buffer one record at :attr:`next_offset`; return that offset."""
-        offset = self.next_offset
-        parts = encode_record(offset, ts, filter_value, ex_raw, rk_raw, header, body)
-        n = 8 + REC_HEAD.unpack_from(parts[0])[0]
+        n = record_size(filter_value, ex_raw, rk_raw, header, body)
         seg = self.wseg
         if seg is None or (seg.size + n > self.max_segment_bytes and seg.count > 0):
             if seg is not None:
-                self.flush()
+                self.flush()  # may fail and give offsets back: the next offset is read after it
                 self._write_index(seg)
-            seg = self._open_segment(offset)
+            seg = self._open_segment(self.next_offset)
             if len(self.segments) > 1:
                 self.apply_retention(ts)
+        offset = self.next_offset
+        parts = encode_record(offset, ts, filter_value, ex_raw, rk_raw, header, body)
         seg.note(seg.size, ts)
         seg.size += n
         self.next_offset = offset + 1

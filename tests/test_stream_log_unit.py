@@ -205,3 +205,21 @@ def test_a_follower_can_stream_the_log_from_an_offset(store, tmp_path):
     assert f.recover() == []
     assert (f.first_offset, f.next_offset) == (700, 1200)
     assert read_all(f, 0) == read_all(s, 700)
+
+
+def test_a_failed_write_gives_its_offsets_back(store):
+    """A batch that cannot be written is forgotten (its publishers are nacked through the
+    store) and the next records take its offsets: no gap, no record at two offsets."""
+    s = open_stream_log(store, "/", "s")
+    fill(s, 10)
+    seg = s.wseg
+    assert seg is not None
+    good_fd = seg.fd
+    seg.fd = os.open(seg.path, os.O_RDONLY)  # writes to it fail with EBADF
+    s.append(1, b"", b"\x00", b"\x00", b"h", b"lost")
+    s.flush()
+    os.close(seg.fd)
+    seg.fd = good_fd
+    assert s.next_offset == 10 and store.write_errors == 1
+    fill(s, 2)
+    assert [(r[0], r[6]) for r in read_all(s, 8)] == [(8, b"m8"), (9, b"m9"), (10, b"m10"), (11, b"m11")]
