@@ -33,10 +33,10 @@ while the stream is over ``max_bytes``, or while its oldest segment's newest
 record is older than ``max_age_ms`` (:meth:`StreamLog.apply_retention`, run on
 every segment roll and by the owning queue's timer).
 
-A segment that is closed gets an index file ``NNN.idx`` (its count, size,
-timestamps and sparse index), so recovery reads that instead of the segment; a
-segment without a matching index file (the one being written at a crash) is
-scanned, every CRC checked and a torn or corrupt tail cut.  The offsets come back
+A segment that is closed, and the one being written at a clean stop, get an
+index file ``NNN.idx`` (count, size, timestamps and sparse index), so recovery
+reads that instead of the segment; a segment without a matching index file (the
+one being written at a crash) is scanned, every CRC checked and a torn or corrupt tail cut.  The offsets come back
 from the records, so they are the same after a restart.
 """
 
@@ -438,11 +438,15 @@ class StreamLog:
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
+        """Write what is buffered and, on a clean stop, the write segment's index file too
+        (the next start then reads no segment; after a crash it scans the last one)."""
         if not self.deleted:
             try:
                 self.flush()
             except OSError as exc:
                 log.error("flushing %s at close failed: %s", self.dir, exc)
+            if self.wseg is not None and self.wseg.count:
+                self._write_index(self.wseg)
         for seg in self.segments:
             self._close(seg)
 

@@ -223,3 +223,14 @@ def test_a_failed_write_gives_its_offsets_back(store):
     assert s.next_offset == 10 and store.write_errors == 1
     fill(s, 2)
     assert [(r[0], r[6]) for r in read_all(s, 8)] == [(8, b"m8"), (9, b"m9"), (10, b"m10"), (11, b"m11")]
+
+
+def test_a_clean_stop_leaves_every_segment_indexed(store, tmp_path):
+    s = open_stream_log(store, "/", "s")
+    fill(s, 700)  # one segment, still being written
+    st, s2, problems = reopen(store, tmp_path)
+    try:
+        assert problems == [] and os.path.exists(s.segments[0].path[:-4] + ".idx")
+        assert (s2.first_offset, s2.next_offset) == (0, 700) and len(s2.segments[0].positions) == 2
+    finally:
+        st.close()
