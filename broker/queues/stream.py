@@ -16,7 +16,10 @@ or reject with or without requeue does too and nothing is redelivered, as in
 RabbitMQ).  :meth:`StreamQueue.dispatch` delivers at most
 :data:`DISPATCH_BUDGET` messages per call (shared by its consumers) and reads the file in
 batches of :data:`READ_BATCH` records, then yields the loop (``call_soon``) if
-there is more, so a consumer far behind never holds the loop for long.
+there is more, so a consumer far behind never holds the loop for long.  An ack
+gives credit to one reader only, so the dispatch that follows acks feeds just the
+readers they credited (with 16 readers, a full pass per ack would cost more than
+the deliveries).
 
 Where a consumer starts (``x-stream-offset``): ``first`` is the oldest message
 kept; ``last`` is the newest message already in the stream (it is delivered, then
@@ -128,12 +131,14 @@ def _stamp_slow(header: bytes, offset: int) -> tuple[bytes, bytes]:
 class StreamReader:
     """One consumer's place in the stream and what it has read but not yet delivered."""
 
-    __slots__ = ("cursor", "filter", "pending")
+    __slots__ = ("consumer", "cursor", "filter", "pending", "live")
 
-    def __init__(self, cursor: Cursor, filter_spec: FilterSpec | None) -> None:
+    def __init__(self, consumer: Subscriber, cursor: Cursor, filter_spec: FilterSpec | None) -> None:
+        self.consumer = consumer
         self.cursor = cursor
         self.filter = filter_spec
         self.pending: deque[StreamRecord] = deque()
+        self.live = True  # False once its consumer is gone
 
 
 class StreamQueue(Queue):
@@ -157,6 +162,8 @@ class StreamQueue(Queue):
         self.what = what
         self.stream: StreamLog | None = None
         self.readers: dict[Subscriber, StreamReader] = {}
+        # readers given credit back by acks since the last dispatch: only they can take more
+        self._credited: set[StreamReader] = set()
         self._resume: asyncio.Handle | None = None
         self._retention_timer: asyncio.TimerHandle | None = None
         self.configure()
@@ -231,9 +238,10 @@ class StreamQueue(Queue):
         return PUSH_SYNC
 
     def _written(self) -> None:
-        """New records reached the file: readers at the end may go on."""
+        """New records reached the file: every reader may go on."""
         if self.consumers:
-            self.dispatch()
+            self._credited.clear()
+            self._feed_all(None)
 
     # -- consumers ------------------------------------------------------------------------------
     def check_consume(self, no_ack: bool, prefetch: int, global_prefetch: int, arguments: dict) -> None:
@@ -260,7 +268,7 @@ class StreamQueue(Queue):
             raise ChannelError(errors.INTERNAL_ERROR, f"{self.what} has no log")
         args = c.arguments or {}
         start = self._start_offset(parse_offset(args, self.what))
-        self.readers[c] = StreamReader(Cursor(start), parse_filter(args, self.what))
+        self.readers[c] = StreamReader(c, Cursor(start), parse_filter(args, self.what))
         self.consumers.append(c)
         self.had_consumers = True
         self.last_used = time.monotonic()
@@ -268,29 +276,45 @@ class StreamQueue(Queue):
             self.exclusive_consumer = c
 
     def remove_consumer(self, c: Subscriber) -> None:
-        if self.readers.pop(c, None) is None:
+        r = self.readers.pop(c, None)
+        if r is None:
             return
+        r.live = False
+        self._credited.discard(r)
         self.consumers.remove(c)
         if self.exclusive_consumer is c:
             self.exclusive_consumer = None
 
     def dispatch(self) -> None:
-        """Deliver to every consumer with credit from its own place in the log."""
+        """Deliver to consumers with credit, each from its own place in the log.  Right after
+        acks (the common call) only the readers those acks gave credit to are fed; any other
+        call (new records, a new consumer, a socket that drained) feeds every reader."""
+        if self._credited:
+            targets = list(self._credited)
+            self._credited.clear()
+            self._feed_all(targets)
+        else:
+            self._feed_all(None)
+
+    def _feed_all(self, targets: list[StreamReader] | None) -> None:
+        """Feed ``targets`` (every reader if None); come back next loop turn if a reader
+        stopped on its budget."""
         s = self.stream
         if s is None or not self.consumers or self.deleted:
             return
-        more = False
+        if targets is None:
+            targets = [self.readers[c] for c in self.consumers]
         budget = max(64, DISPATCH_BUDGET // len(self.consumers))
-        for c in list(self.consumers):
-            r = self.readers.get(c)
-            if r is not None and self._feed(s, c, r, budget):
+        more = False
+        for r in targets:
+            if r.live and self._feed(s, r.consumer, r, budget):
                 more = True
         if more and self._resume is None and self.vhost.loop is not None:
             self._resume = self.vhost.loop.call_soon(self._resumed)
 
     def _resumed(self) -> None:
         self._resume = None
-        self.dispatch()
+        self._feed_all(None)
 
     def _feed(self, s: StreamLog, c: Subscriber, r: StreamReader, budget: int) -> bool:
         """Deliver up to ``budget`` messages to one consumer; True if it stopped on its
@@ -308,17 +332,18 @@ class StreamQueue(Queue):
                 f = r.filter
                 pending.extend(recs if f is None else (x for x in recs if f.matches(x[2])))
                 continue
-            if c not in self.readers:
+            if not r.live:
                 return False  # cancelled by a delivery (its channel closed)
-            c.deliver(self, self._message(pending.popleft()))
+            c.deliver(self, self._message(pending.popleft(), r))
             budget -= 1
         return False
 
-    def _message(self, rec: StreamRecord) -> Message:
+    def _message(self, rec: StreamRecord, reader: StreamReader) -> Message:
         offset, _ts, _f, ex_raw, rk_raw, header, body = rec
         m = Message(ex_raw[1:].decode("utf-8", "replace"), rk_raw[1:].decode("utf-8", "replace"), ex_raw, rk_raw,
                     header, body)
-        m.ref = m.seq = offset
+        m.seq = offset
+        m.ref = reader  # settling it gives credit back to this reader
         self.unacked += 1
         self.delivered += 1
         return m
@@ -330,14 +355,22 @@ class StreamQueue(Queue):
     def settle(self, msg: Message) -> None:
         self.unacked -= 1
         self.acked += 1
+        self._credit(msg)
 
     def requeue(self, msgs: Iterable[Message]) -> None:
         """Nothing goes back: a stream's messages stay where they are (RabbitMQ)."""
-        for _m in msgs:
+        for m in msgs:
             self.unacked -= 1
+            self._credit(m)
 
     def reject(self, msg: Message) -> None:
         self.unacked -= 1
+        self._credit(msg)
+
+    def _credit(self, msg: Message) -> None:
+        r = msg.ref
+        if isinstance(r, StreamReader) and r.live:
+            self._credited.add(r)
 
     # -- the stream as a whole ----------------------------------------------------------------------
     @property
@@ -358,6 +391,7 @@ class StreamQueue(Queue):
         n = self.ready
         s, self.stream = self.stream, None
         self.readers.clear()
+        self._credited.clear()
         if s is not None:
             s.store.drop_queue_log(s)
         return n
