@@ -11,7 +11,9 @@ one publisher read by 1, 4 and 16 consumers from ``first``.
     python benchmarks/streams.py readers --amqpload PATH --count 200000 \\
         --rabbitmq 25911:BEAM_PID --repeat 2
 
-Every run uses a fresh stream.  The tables print medians over ``--repeat`` runs; the
+Every run uses a fresh stream; each reader reads all of it (``--consume-limit`` is the
+count times the readers: the amqpload build must let that limit stand above the queue
+depth it sees at the start).  The tables print medians over ``--repeat`` runs; the
 raw amqpload JSON lines go to stderr.
 """
 
@@ -173,13 +175,17 @@ def cmd_readers(a: argparse.Namespace) -> None:
                     results.setdefault((name, f"{n} readers deliveries/s"), []).append(r["cons_rate"])
                     results.setdefault((name, f"{n} readers RSS MiB"), []).append(r["broker_rss_kb_max"] / 1024)
                     results.setdefault((name, f"{n} readers broker cores"), []).append(r["broker_cores"])
+                    results.setdefault((name, f"{n} readers deliveries per broker CPU-second"), []).append(
+                        r["deliv_per_broker_cpu_s"])
+                    results.setdefault((name, f"{n} readers delivered"), []).append(r["consumed"])
     finally:
         if ours is not None:
             ours.stop()
         shutil.rmtree(data, ignore_errors=True)
     names = [t[0] for t in targets]
     rows = ["publish msg/s"] + [f"{n} readers {k}" for n in counts
-                                for k in ("deliveries/s", "RSS MiB", "broker cores")]
+                                for k in ("delivered", "deliveries/s", "deliveries per broker CPU-second",
+                                          "RSS MiB", "broker cores")]
     print(f"stream of {a.count:,} x {a.size} B; medians of {a.repeat} alternating runs")
     print("| | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
