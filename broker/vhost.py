@@ -54,6 +54,8 @@ QUEUE_EQUIV_ARGS = (
     "x-queue-type",
     "x-single-active-consumer",
     "x-queue-version",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
 )
 EXCHANGE_EQUIV_ARGS = ("alternate-exchange",)
 

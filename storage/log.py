@@ -84,6 +84,23 @@ class SyncWaiter(Protocol):
     def sync_failed(self, epoch: int, exc: Exception) -> bool: ...
 
 
+class OwnedLog(Protocol):
+    """A log the store flushes and fsyncs: a queue's :class:`QueueLog`, or a stream's log."""
+
+    dir: str
+    wbuf_size: int
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def destroy(self) -> None: ...
+
+    def roll_if_idle(self, now: float, idle: float) -> None: ...
+
+    def records_lost(self, lost_from: int) -> None: ...
+
+
 class DataDirError(Exception):
     """The data directory cannot be used: the broker does not start."""
 
@@ -100,7 +117,7 @@ class WriteFailed(StorageError):
     """Buffered records of one queue could not be written; refs from ``lost_from``
     up to the end of that segment are gone."""
 
-    def __init__(self, qlog: "QueueLog", lost_from: int, cause: OSError) -> None:
+    def __init__(self, qlog: OwnedLog, lost_from: int, cause: OSError) -> None:
         super().__init__(f"write to {qlog.dir} failed: {cause}")
         self.qlog = qlog
         self.lost_from = lost_from
@@ -404,8 +421,8 @@ class LogStore:
     def __init__(self, data_dir: str) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.msg_dir = os.path.join(self.data_dir, "queues")
-        self.logs: dict[str, QueueLog] = {}
-        self.dirty_logs: set[QueueLog] = set()
+        self.logs: dict[str, OwnedLog] = {}
+        self.dirty_logs: set[OwnedLog] = set()
         self.sync_fds: set[int] = set()
         self.new_files: set[str] = set()
         self.flush_scheduled = False
@@ -503,7 +520,7 @@ class LogStore:
     def queue_log(self, vhost: str, name: str) -> QueueLog:
         d = self.queue_dir(vhost, name)
         qlog = self.logs.get(d)
-        if qlog is None:
+        if not isinstance(qlog, QueueLog):
             make_private_dir(d)
             try:
                 write_identity(d, vhost, name)
@@ -530,7 +547,11 @@ class LogStore:
             fsync_dir(d)
         return dest
 
-    def drop_queue_log(self, qlog: QueueLog) -> None:
+    def add_log(self, olog: OwnedLog) -> None:
+        """Register a log of another kind (a stream's) made in :meth:`queue_dir`."""
+        self.logs[olog.dir] = olog
+
+    def drop_queue_log(self, qlog: OwnedLog) -> None:
         self.logs.pop(qlog.dir, None)
         self.dirty_logs.discard(qlog)
         qlog.destroy()
@@ -542,7 +563,7 @@ class LogStore:
             return set()
 
     # -- flushing and group commit ---------------------------------------------------
-    def dirty(self, qlog: QueueLog) -> None:
+    def dirty(self, qlog: OwnedLog) -> None:
         self.dirty_logs.add(qlog)
         if not self.flush_scheduled and self.loop is not None:
             self.flush_scheduled = True
@@ -568,7 +589,7 @@ class LogStore:
         exc.qlog.records_lost(exc.lost_from)
         self._failed = exc.cause
 
-    def append_failed(self, qlog: QueueLog, exc: OSError) -> None:
+    def append_failed(self, qlog: OwnedLog, exc: OSError) -> None:
         """A record could not even be buffered (its segment file could not be made)."""
         log.error("cannot append to %s: %s; the publish is refused", qlog.dir, exc)
         self.write_errors += 1

@@ -137,7 +137,7 @@ def vhost_running(vh: Any, store: Any) -> bool:
     if store is None:
         return True
     for q in vh.queues.values():
-        if q.durable and q.owner is None and not _log_open(q.log, store):
+        if q.durable and q.owner is None and not _log_open(q.store_log, store):
             return False
     return True
 

@@ -187,6 +187,10 @@ class Queue(abc.ABC):
     def dispatch(self) -> None:
         """Hand ready messages to subscribers that have credit."""
 
+    def check_consume(self, no_ack: bool, prefetch: int, global_prefetch: int, arguments: dict) -> None:
+        """Refuse (raise a ChannelError or ConnectionError) a Basic.Consume this queue cannot
+        serve, before Consume-Ok goes out; every consumer is welcome by default."""
+
     @abc.abstractmethod
     def get(self) -> Message | None:
         """Basic.Get: take one message, or None."""
@@ -252,6 +256,11 @@ class Queue(abc.ABC):
     def use_scratch(self, store: LogStore) -> None:
         """Where a queue without a log of its own may page a backlog of transient messages
         (its files are removed at start); a type that keeps no such backlog ignores it."""
+
+    @property
+    def store_log(self) -> Any:
+        """The log this queue keeps in the store (its ``dir`` is checked), if any."""
+        return self.log
 
     def recover(self) -> Recovered | None:
         """Rebuild from the store at start-up; None if this queue keeps nothing there."""
