@@ -23,6 +23,7 @@ from typing import Any
 
 from protocol import errors
 from storage import meta
+from storage.fileio import OS, FileIO
 from storage.log import LogStore
 from storage.records import read_identity
 
@@ -101,6 +102,7 @@ class Broker:
         disk_free_limit: str | int = "50MB",
         alarm_interval: float = 0.5,
         definitions_file: str | None = None,
+        file_io: FileIO = OS,
     ) -> None:
         self.host = host
         self.port = port
@@ -126,8 +128,8 @@ class Broker:
         self.monitor = ResourceMonitor(
             self, parse_watermark(memory_high_watermark), parse_size(disk_free_limit), alarm_interval
         )
-        self.store: LogStore | None = LogStore(data_dir) if data_dir else None
-        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions)
+        self.store: LogStore | None = LogStore(data_dir, file_io) if data_dir else None
+        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions, file_io)
         self._housekeeper: asyncio.TimerHandle | None = None
         self.services = Services(
             users=self.users,
@@ -182,7 +184,7 @@ class Broker:
         """Rebuild users, vhosts, exchanges, queues, bindings and messages from the data dir."""
         assert self.store is not None
         t0 = time.monotonic()
-        defs = meta.load(self.store.data_dir)
+        defs = meta.load(self.store.data_dir, self.store.io)
         report = self.apply_definitions(defs, source="the metadata file")
         counts = report.counts
         nq = nmsg = nredel = 0
@@ -212,7 +214,7 @@ class Broker:
 
     def _quarantine(self, directory: str) -> None:
         assert self.store is not None
-        vhost, queue = read_identity(directory)
+        vhost, queue = read_identity(directory, self.store.io)
         what = f"queue '{printable(queue)}' in vhost '{printable(vhost or '')}'" if queue is not None \
             else "an unnamed queue"
         try:

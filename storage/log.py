@@ -38,17 +38,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import fcntl
 import hashlib
 import logging
 import os
-import shutil
 import time
 from array import array
 from collections.abc import Callable
 from typing import Protocol
 
-from .files import fsync_all, fsync_dir, make_private_dir, open_private, tighten_dir, unlink_if_present, write_all
+from .fileio import OS, FileIO, fsync_all
 from .records import (  # noqa: F401  (REC_HEAD, REC_MSG, decode_message are part of this module's interface)
     LOST_FOUND,
     REC_HEAD,
@@ -127,6 +125,7 @@ class QueueLog:
 
     def __init__(self, store: "LogStore", directory: str) -> None:
         self.store = store
+        self.io = store.io
         self.dir = directory
         self.segments: dict[int, Segment] = {}
         self.wseg: Segment | None = None
@@ -147,7 +146,7 @@ class QueueLog:
         sid = self.next_sid
         self.next_sid += 1
         seg = Segment(sid, os.path.join(self.dir, f"{sid:08d}.seg"))
-        seg.fd = open_private(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        seg.fd = self.io.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self.segments[sid] = seg
         self.wseg = seg
         self.store.new_files.add(self.dir)
@@ -188,11 +187,11 @@ class QueueLog:
         self.wbuf_count = 0
         seg = self.wseg
         try:
-            write_all(seg.fd, data)
+            self.io.write_all(seg.fd, data)
         except OSError as exc:
             # cut what may have been half written, and forget the records of this batch
             try:
-                os.ftruncate(seg.fd, seg.flushed)
+                self.io.truncate(seg.fd, seg.flushed)
             except OSError:
                 pass
             lost_from = (seg.sid << 32) | seg.flushed
@@ -234,7 +233,7 @@ class QueueLog:
             if fd >= 0:
                 self.store.sync_fds.discard(fd)
                 try:
-                    os.close(fd)
+                    self.io.close(fd)
                 except OSError:
                     pass
         seg.fd = seg.ack_fd = -1
@@ -243,10 +242,7 @@ class QueueLog:
         self.segments.pop(seg.sid, None)
         self._close_files(seg)
         for p in (seg.path, seg.ack_path):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+            self.io.unlink(p)
 
     def flush(self) -> None:
         """Write buffered records, acks and the delivery watermark (no fsync)."""
@@ -257,16 +253,16 @@ class QueueLog:
         for seg in self.segments.values():
             if seg.ack_buf:
                 if seg.ack_fd < 0:
-                    seg.ack_fd = open_private(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-                write_all(seg.ack_fd, bytes(seg.ack_buf))
+                    seg.ack_fd = self.io.open(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                self.io.write_all(seg.ack_fd, bytes(seg.ack_buf))
                 seg.ack_buf.clear()
         if self.delivered_upto != self.delivered_written:
             p = os.path.join(self.dir, "delivered")
-            fd = open_private(p, os.O_WRONLY | os.O_CREAT)
+            fd = self.io.open(p, os.O_WRONLY | os.O_CREAT)
             try:
-                os.pwrite(fd, U64.pack(self.delivered_upto), 0)
+                self.io.pwrite(fd, U64.pack(self.delivered_upto), 0)
             finally:
-                os.close(fd)
+                self.io.close(fd)
             self.delivered_written = self.delivered_upto
 
     def roll_if_idle(self, now: float, idle: float) -> None:
@@ -290,10 +286,10 @@ class QueueLog:
         if seg is self.wseg and self.wbuf:
             self._flush_writes()
         if seg.fd < 0:
-            seg.fd = os.open(seg.path, os.O_RDONLY)
-        head = os.pread(seg.fd, 9, off)
+            seg.fd = self.io.open(seg.path, os.O_RDONLY)
+        head = self.io.pread(seg.fd, 9, off)
         length, crc, _t = REC_HEAD.unpack(head)
-        payload = os.pread(seg.fd, length - 1, off + 9)
+        payload = self.io.pread(seg.fd, length - 1, off + 9)
         return decode_message_full(payload)
 
     def close(self) -> None:
@@ -312,7 +308,7 @@ class QueueLog:
         self.close()
         self.segments.clear()
         self.wseg = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.io.rmtree(self.dir)
 
     # -- recovery --------------------------------------------------------------
     def recover(self) -> tuple[array, int, list[str]]:
@@ -321,30 +317,32 @@ class QueueLog:
         problems: list[str] = []
         refs = array("Q")
         total_bytes = 0
+        io = self.io
         try:
-            with open(os.path.join(self.dir, "delivered"), "rb") as f:
-                raw = f.read(8)
-                if len(raw) == 8:
-                    self.delivered_upto = self.delivered_written = U64.unpack(raw)[0]
+            raw = io.read_file(os.path.join(self.dir, "delivered"))[:8]
+            if len(raw) == 8:
+                self.delivered_upto = self.delivered_written = U64.unpack(raw)[0]
         except FileNotFoundError:
             pass
-        names = sorted(n for n in os.listdir(self.dir) if n.endswith(".seg"))
+        names = sorted(n for n in io.listdir(self.dir) if n.endswith(".seg"))
         for _i, name in enumerate(names):
             sid = int(name[:-4])
             path = os.path.join(self.dir, name)
             seg = Segment(sid, path)
-            with open(path, "rb") as f:
-                data = f.read()
-            acked = read_acks(seg.ack_path)
+            data = io.read_file(path)
+            acked = read_acks(io, seg.ack_path)
             valid_end, live_refs, bad, nbytes = scan_segment(data, sid, acked)
             total_bytes += nbytes
             for b in bad:
                 problems.append(f"{path}: {b}")
             if valid_end < len(data):
                 problems.append(f"{path}: torn or corrupt tail cut at byte {valid_end} of {len(data)}")
-                with open(path, "r+b") as f:
-                    f.truncate(valid_end)
-                    os.fsync(f.fileno())
+                fd = io.open(path, os.O_RDWR)
+                try:
+                    io.truncate(fd, valid_end)
+                    io.fdatasync(fd)
+                finally:
+                    io.close(fd)
             seg.size = seg.flushed = valid_end
             seg.live = len(live_refs)
             refs.extend(live_refs)
@@ -363,7 +361,8 @@ class QueueLog:
 class LogStore:
     """All queue logs under one data directory, with the group-commit fsync."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, io: FileIO = OS) -> None:
+        self.io = io
         self.data_dir = os.path.abspath(data_dir)
         self.msg_dir = os.path.join(self.data_dir, "queues")
         self.logs: dict[str, QueueLog] = {}
@@ -391,7 +390,7 @@ class LogStore:
         self._prepare_dir()
         path = os.path.join(self.data_dir, "broker.lock")
         try:
-            fd = open_private(path, os.O_RDWR | os.O_CREAT)
+            fd = self.io.open(path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise DataDirError(
@@ -400,19 +399,19 @@ class LogStore:
                 ) from None
             raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.io.lock(fd)
         except OSError:
             try:
-                other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                other = self.io.pread(fd, 32, 0).decode(errors="replace").strip()
             except OSError:
                 other = "?"
-            os.close(fd)
+            self.io.close(fd)
             raise DataDirLocked(
                 f"data directory {self.data_dir} is in use by another broker (pid {other or '?'}); "
                 "stop that broker or start this one with another --data-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.io.truncate(fd, 0)
+        self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
     def _prepare_dir(self) -> None:
@@ -420,16 +419,17 @@ class LogStore:
         created there, and make an existing data directory that others can read
         private."""
         try:
-            make_private_dir(self.data_dir)
-            make_private_dir(self.msg_dir)
+            io = self.io
+            io.makedirs(self.data_dir)
+            io.makedirs(self.msg_dir)
             probe = os.path.join(self.data_dir, f".write-test.{os.getpid()}")
-            unlink_if_present(probe)  # left by a crash at this very point
-            os.close(open_private(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-            os.unlink(probe)
+            io.unlink(probe)  # left by a crash at this very point
+            io.close(io.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            io.unlink(probe)
         except OSError as exc:
             raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
         try:
-            old = tighten_dir(self.data_dir)
+            old = self.io.tighten_dir(self.data_dir)
         except OSError as exc:
             log.warning("data directory %s is open to other users and cannot be made private: %s",
                         self.data_dir, exc.strerror)
@@ -449,12 +449,12 @@ class LogStore:
         fds = list(self.sync_fds)
         self.sync_fds.clear()
         try:
-            fsync_all(fds, list(self.new_files))
+            fsync_all(self.io, fds, list(self.new_files))
         except OSError as exc:
             log.error("final fsync failed: %s", exc)
         self._executor.shutdown(wait=True)
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            self.io.close(self._lock_fd)
             self._lock_fd = -1
 
     # -- queue logs --------------------------------------------------------------
@@ -466,11 +466,11 @@ class LogStore:
         d = self.queue_dir(vhost, name)
         qlog = self.logs.get(d)
         if qlog is None:
-            make_private_dir(d)
+            self.io.makedirs(d)
             try:
-                write_identity(d, vhost, name)
+                write_identity(self.io, d, vhost, name)
             except OSError:
-                shutil.rmtree(d, ignore_errors=True)
+                self.io.rmtree(d)
                 raise
             qlog = QueueLog(self, d)
             self.logs[d] = qlog
@@ -480,16 +480,16 @@ class LogStore:
         """Move a queue directory that no declared queue owns into ``lost+found``
         (never delete message data we cannot match); return its new path."""
         lf = os.path.join(self.data_dir, LOST_FOUND)
-        make_private_dir(lf)
+        self.io.makedirs(lf)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         dest = os.path.join(lf, f"{os.path.basename(directory)}-{stamp}")
         n = 1
-        while os.path.exists(dest):
+        while self.io.exists(dest):
             n += 1
             dest = os.path.join(lf, f"{os.path.basename(directory)}-{stamp}-{n}")
-        os.rename(directory, dest)
+        self.io.replace(directory, dest)
         for d in (lf, self.msg_dir):
-            fsync_dir(d)
+            self.io.fsync_dir(d)
         return dest
 
     def drop_queue_log(self, qlog: QueueLog) -> None:
@@ -499,7 +499,7 @@ class LogStore:
 
     def existing_queue_dirs(self) -> set[str]:
         try:
-            return {os.path.join(self.msg_dir, n) for n in os.listdir(self.msg_dir)}
+            return {os.path.join(self.msg_dir, n) for n in self.io.listdir(self.msg_dir)}
         except FileNotFoundError:
             return set()
 
@@ -564,7 +564,7 @@ class LogStore:
         self.sync_fds.clear()
         dirs = list(self.new_files)
         self.new_files.clear()
-        fut = self.loop.run_in_executor(self._executor, fsync_all, fds, dirs)
+        fut = self.loop.run_in_executor(self._executor, fsync_all, self.io, fds, dirs)
         fut.add_done_callback(lambda f: self._sync_done(f, epoch))
 
     def _sync_done(self, fut: "asyncio.Future[None]", epoch: int) -> None:
@@ -599,11 +599,4 @@ class LogStore:
             qlog.roll_if_idle(now, idle)
 
     def disk_usage(self) -> int:
-        total = 0
-        for root, _dirs, files in os.walk(self.msg_dir):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
-        return total
+        return self.io.tree_size(self.msg_dir)

@@ -20,7 +20,7 @@ import zlib
 from array import array
 from collections.abc import Iterator
 
-from .files import open_private, write_all
+from .fileio import OS, FileIO
 
 REC_MSG = 1
 REC_HEAD = struct.Struct(">IIB")  # length, crc, type
@@ -108,10 +108,9 @@ def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, byt
 
 
 
-def read_acks(path: str) -> set[int]:
+def read_acks(io: FileIO, path: str) -> set[int]:
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = io.read_file(path)
     except FileNotFoundError:
         return set()
     n = len(raw) // 4
@@ -169,41 +168,41 @@ def _next_record_ok(data: bytes, off: int) -> bool:
 
 
 
-def write_identity(directory: str, vhost: str, name: str) -> None:
+def write_identity(io: FileIO, directory: str, vhost: str, name: str) -> None:
     """Name the queue a log directory belongs to (directories are named by a
     hash), so that data found without metadata can still be identified."""
     path = os.path.join(directory, IDENTITY_FILE)
-    if os.path.exists(path):
+    if io.exists(path):
         return
     raw = json.dumps({"vhost": vhost, "queue": name}, ensure_ascii=False).encode("utf-8")
-    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fd = io.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        write_all(fd, raw)
-        os.fsync(fd)
+        io.write_all(fd, raw)
+        io.fdatasync(fd)
     finally:
-        os.close(fd)
+        io.close(fd)
 
 
-def read_identity(directory: str) -> tuple[str | None, str | None]:
+def read_identity(directory: str, io: FileIO = OS) -> tuple[str | None, str | None]:
     """(vhost, queue name) a log directory was made for, or (None, None)."""
     try:
-        with open(os.path.join(directory, IDENTITY_FILE), "rb") as f:
-            d = json.loads(f.read())
+        d = json.loads(io.read_file(os.path.join(directory, IDENTITY_FILE)))
         return str(d["vhost"]), str(d["queue"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
 
 
-def read_live_records(directory: str) -> Iterator[tuple[bool, int, bytes, bytes, bytes, bytes]]:
+def read_live_records(
+    directory: str, io: FileIO = OS
+) -> Iterator[tuple[bool, int, bytes, bytes, bytes, bytes]]:
     """The unsettled persistent messages of a log directory, in order, read without
     changing anything: (persistent, deadline, ex_raw, rk_raw, header, body)."""
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".seg"))
+    names = sorted(n for n in io.listdir(directory) if n.endswith(".seg"))
     for name in names:
         path = os.path.join(directory, name)
-        with open(path, "rb") as f:
-            data = f.read()
+        data = io.read_file(path)
         sid = int(name[:-4])
-        _end, live, _bad, _nbytes = scan_segment(data, sid, read_acks(path[:-4] + ".ack"))
+        _end, live, _bad, _nbytes = scan_segment(data, sid, read_acks(io, path[:-4] + ".ack"))
         for ref in live:
             off = ref & 0xFFFFFFFF
             length = REC_HEAD.unpack_from(data, off)[0]
