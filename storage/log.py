@@ -426,6 +426,9 @@ class LogStore:
             io.unlink(probe)  # left by a crash at this very point
             io.close(io.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
             io.unlink(probe)
+            # new directories survive a power loss only once their parents are synced
+            io.fsync_dir(os.path.dirname(self.data_dir))
+            io.fsync_dir(self.data_dir)
         except OSError as exc:
             raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
         try:
@@ -469,6 +472,10 @@ class LogStore:
             self.io.makedirs(d)
             try:
                 write_identity(self.io, d, vhost, name)
+                # the directory's entry, and queue.json's in it, must survive a power
+                # loss before any record confirmed in it does
+                self.io.fsync_dir(d)
+                self.io.fsync_dir(self.msg_dir)
             except OSError:
                 self.io.rmtree(d)
                 raise
