@@ -14,6 +14,9 @@ queue's sequence numbers.  Acks are never written in place: the offset of each
 settled record is appended to the segment's ``NNNNNNNN.ack`` file.  A segment
 whose records are all settled is deleted with its ack file; a quiet queue's
 fully settled write segment is rolled and deleted by :meth:`LogStore.housekeep`.
+Acks and deletions wait for no fsync, but the next group commit covers them
+(ack files and directories included): once a later publish is confirmed, a
+settled message cannot come back after a power loss.
 
 Writes are buffered and written with one ``os.write`` per file per loop turn
 (:meth:`LogStore.flush`).  Durability is group commit: a publisher confirm that
@@ -243,6 +246,7 @@ class QueueLog:
         self._close_files(seg)
         for p in (seg.path, seg.ack_path):
             self.io.unlink(p)
+        self.store.new_files.add(self.dir)  # the next group commit makes the removal durable
 
     def flush(self) -> None:
         """Write buffered records, acks and the delivery watermark (no fsync)."""
@@ -254,8 +258,12 @@ class QueueLog:
             if seg.ack_buf:
                 if seg.ack_fd < 0:
                     seg.ack_fd = self.io.open(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                    self.store.new_files.add(self.dir)
                 self.io.write_all(seg.ack_fd, bytes(seg.ack_buf))
                 seg.ack_buf.clear()
+                # acks need no fsync of their own, but the next group commit covers them:
+                # once a later publish is confirmed, an acked message never comes back
+                self.store.sync_fds.add(seg.ack_fd)
         if self.delivered_upto != self.delivered_written:
             p = os.path.join(self.dir, "delivered")
             fd = self.io.open(p, os.O_WRONLY | os.O_CREAT)

@@ -47,9 +47,9 @@ def recovered_bodies(fs: CrashFS, queue: str = "q") -> list[bytes]:
         store.close()
 
 
-async def confirmed_append(store: LogStore, qlog, body: bytes) -> None:
-    """Append a persistent record and wait for the group commit that covers it."""
-    qlog.append(True, b"\x00", b"\x01q", b"", body)
+async def confirmed_append(store: LogStore, qlog, body: bytes) -> int:
+    """Append a persistent record, wait for the group commit that covers it; its ref."""
+    ref = qlog.append(True, b"\x00", b"\x01q", b"", body)
     epoch = store.want_sync()
     done = asyncio.get_running_loop().create_future()
 
@@ -66,6 +66,7 @@ async def confirmed_append(store: LogStore, qlog, body: bytes) -> None:
 
     store.sync_waiters.add(Waiter())
     await done
+    return ref
 
 
 def new_store(fs: CrashFS) -> LogStore:
@@ -109,3 +110,32 @@ async def test_a_new_queue_directory_survives_power_loss():
     store.close()
     assert recovered_bodies(image) == [b"confirmed"]
 
+
+
+async def test_acks_are_durable_once_a_later_publish_is_confirmed():
+    """Found by the power-loss test: ack files were never fsync'd, and a segment
+    deleted because all of it was acked was not removed durably, so after a power
+    loss acked messages came back even though later publishes had been confirmed."""
+    import storage.log as slog
+
+    fs = durable_root()
+    store = new_store(fs)
+    qlog = store.queue_log("/", "q")
+    saved = slog.SEGMENT_SIZE
+    slog.SEGMENT_SIZE = 200  # two records per segment
+    try:
+        a = await confirmed_append(store, qlog, b"a" * 60)
+        b = await confirmed_append(store, qlog, b"b" * 60)
+        await confirmed_append(store, qlog, b"c" * 60)  # rolls to a second segment
+        first_seg = a >> 32
+        assert len(qlog.segments) == 2 and b >> 32 == first_seg
+        qlog.settle(a)  # an ack written to the first segment's ack file
+        await confirmed_append(store, qlog, b"d" * 60)
+        assert recovered_bodies(fs.crash()) == [b"b" * 60, b"c" * 60, b"d" * 60]
+        qlog.settle(b)  # the first segment is all settled: deleted
+        assert first_seg not in qlog.segments
+        await confirmed_append(store, qlog, b"e" * 60)
+        assert recovered_bodies(fs.crash()) == [b"c" * 60, b"d" * 60, b"e" * 60]
+    finally:
+        slog.SEGMENT_SIZE = saved
+        store.close()
