@@ -19,6 +19,8 @@ import pytest
 from storage.crashfs import CrashFS
 from storage.log import LogStore
 
+from powerloss import exercise
+
 DATA = "/data"
 
 
@@ -139,3 +141,11 @@ async def test_acks_are_durable_once_a_later_publish_is_confirmed():
     finally:
         slog.SEGMENT_SIZE = saved
         store.close()
+
+
+@pytest.mark.slow
+def test_power_loss_at_random_points():
+    """A real broker, crashed before more than 1,000 random file operations, recovered each time."""
+    report = exercise(range(1, 5), crash_every=0.35, steps=50)
+    assert report.crash_points > 1000, report
+    assert not report.failures, "\n".join(report.failures)
