@@ -16,10 +16,9 @@ import random
 
 import pytest
 
+from powerloss import exercise
 from storage.crashfs import CrashFS
 from storage.log import LogStore
-
-from powerloss import exercise
 
 DATA = "/data"
 
