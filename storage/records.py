@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from .fileio import OS, FileIO
 
 REC_MSG = 1
+REC_MSG_BYTE = bytes((REC_MSG,))
 REC_HEAD = struct.Struct(">IIB")  # length, crc, type
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
@@ -123,7 +124,13 @@ def read_acks(io: FileIO, path: str) -> set[int]:
 
 def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[str], int]:
     """Walk the records of one segment: (valid end, live persistent refs, problems,
-    body bytes of the live records)."""
+    body bytes of the live records).
+
+    A record whose length or CRC is wrong is not the end of the segment if a valid
+    record follows somewhere after it: the scan resynchronises on the next offset
+    where a record with a valid CRC starts (:func:`_resync`), reports the bytes it
+    skipped, and goes on.  Only when no valid record follows is the rest a torn or
+    corrupt tail, and the valid end is where it starts."""
     off = 0
     n = len(data)
     live: list[int] = []
@@ -136,15 +143,13 @@ def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int]
     while off + 9 <= n:
         length, crc, rtype = unpack(data, off)
         end = off + 8 + length
-        if length < 1 or length > MAX_RECORD or end > n:
-            break
-        if crc32(mv[off + 8 : end]) != crc:
-            # a bad record followed by a good one is skipped; otherwise it is the tail
-            if _next_record_ok(data, end):
-                bad.append(f"corrupt record at byte {off} skipped")
-                off = end
-                continue
-            break
+        if length < 1 or length > MAX_RECORD or end > n or crc32(mv[off + 8 : end]) != crc:
+            nxt = _resync(data, off + 1)
+            if nxt < 0:
+                break  # nothing valid follows: the tail
+            bad.append(f"corrupt record at byte {off} skipped ({nxt - off} bytes)")
+            off = nxt
+            continue
         if rtype == REC_MSG and off not in acked and data[off + 9] & 1:
             live.append(base | off)
             # body bytes, for x-max-length-bytes accounting
@@ -157,15 +162,23 @@ def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int]
     return off, live, bad, live_bytes
 
 
-def _next_record_ok(data: bytes, off: int) -> bool:
-    if off + 9 > len(data):
-        return False
-    length, crc, _t = REC_HEAD.unpack_from(data, off)
-    end = off + 8 + length
-    if length < 1 or end > len(data):
-        return False
-    return zlib.crc32(memoryview(data)[off + 8 : end]) == crc
-
+def _resync(data: bytes, start: int) -> int:
+    """The first offset at or after ``start`` where a whole message record with a
+    valid CRC starts, or -1.  Candidates are found by their type byte, so the scan
+    costs one ``find`` per candidate rather than Python work per byte."""
+    n = len(data)
+    mv = memoryview(data)
+    pos = start + 8
+    while True:
+        pos = data.find(REC_MSG_BYTE, pos)
+        if pos < 0:
+            return -1
+        off = pos - 8
+        length, crc, _t = REC_HEAD.unpack_from(data, off)
+        end = off + 8 + length
+        if 1 <= length <= MAX_RECORD and end <= n and zlib.crc32(mv[off + 8 : end]) == crc:
+            return off
+        pos += 1
 
 
 def write_identity(io: FileIO, directory: str, vhost: str, name: str) -> None:
