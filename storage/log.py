@@ -30,8 +30,9 @@ write that fails loses the records from the failed batch to the end of their
 segment: the queue that owns the log hears it through ``QueueLog.on_lost``.
 
 Recovery (:meth:`QueueLog.recover`) reads each queue's segments in order, checks
-every record's CRC, cuts a torn or corrupt tail of the last segment, skips (and
-reports) a corrupt record elsewhere, drops acked and transient records, and
+every record's CRC, skips (and reports) a damaged record or a damaged length
+field by resynchronising on the next record with a valid CRC, cuts a torn or
+corrupt tail with no valid record after it, drops acked and transient records, and
 reports the delivery watermark (``delivered`` file): messages at or below it
 were delivered before and go out redelivered.
 """
@@ -272,6 +273,14 @@ class QueueLog:
             finally:
                 self.io.close(fd)
             self.delivered_written = self.delivered_upto
+
+    def roll_now(self) -> None:
+        """Write what is buffered to the write segment, and start a new one for the next record."""
+        try:
+            self._flush_writes()
+        except WriteFailed as exc:
+            self.store.write_failed(exc)
+        self.wseg = None
 
     def roll_if_idle(self, now: float, idle: float) -> None:
         """Delete a fully settled write segment of a quiet queue."""
@@ -580,19 +589,42 @@ class LogStore:
         dirs = list(self.new_files)
         self.new_files.clear()
         fut = self.loop.run_in_executor(self._executor, fsync_all, self.io, fds, dirs)
-        fut.add_done_callback(lambda f: self._sync_done(f, epoch))
+        fut.add_done_callback(lambda f: self._sync_done(f, epoch, fds, dirs))
 
-    def _sync_done(self, fut: "asyncio.Future[None]", epoch: int) -> None:
+    def _sync_done(self, fut: "asyncio.Future[None]", epoch: int, fds: list[int], dirs: list[str]) -> None:
         self.syncing = False
         self.fsyncs += 1
         exc = fut.exception()
         if exc is not None:
-            log.error("fsync failed: %s; publishes waiting for it are nacked", exc)
-            self._wake_failed(epoch, exc if isinstance(exc, Exception) else StorageError(str(exc)))
+            log.error("fsync failed: %s; publishes waiting for it are nacked and the segments it covered "
+                      "are rolled", exc)
+            self.write_errors += 1
+            cause = exc if isinstance(exc, Exception) else StorageError(str(exc))
+            self._wake_failed(epoch, cause)
+            self._sync_failed(fds, dirs, cause)
         else:
             self._wake_synced(epoch)
         if self.sync_wanted:
             self.flush()
+
+    def _sync_failed(self, fds: list[int], dirs: list[str], cause: Exception) -> None:
+        """An fsync failed.  After a failed fsync the kernel may have dropped the
+        dirty pages it covered, so a later fsync of the same file that succeeds
+        proves nothing about them: the file is never synced again.  Every write
+        segment in the failed batch is rolled (new records go to a new file), and
+        whatever was written since the batch started is failed as well (its
+        publishes are nacked now) instead of riding on that file."""
+        failed = set(fds)
+        for qlog in self.logs.values():
+            seg = qlog.wseg
+            if seg is not None and seg.fd in failed:
+                qlog.roll_now()
+        self.sync_fds.difference_update(failed)
+        self.new_files.update(dirs)  # a directory's entries are re-synced with the next batch
+        epoch = self.write_epoch
+        self.write_epoch += 1
+        self.sync_wanted = False
+        self._wake_failed(epoch, cause)
 
     def _wake_synced(self, epoch: int) -> None:
         """Tell every waiter that ``epoch`` is on disk; drop those done waiting."""
