@@ -25,6 +25,7 @@ from pamqp import frame as pframe
 from pamqp.header import ContentHeader
 
 from amqp_raw import RawClient
+from broker.amqp.content import MAX_MESSAGE_SIZE
 from protocol import framing
 from protocol.errors import AMQPError, FrameError
 
@@ -391,3 +392,53 @@ def test_end_to_end_mutated_frames(fresh_broker):
     log = fresh_broker.log_text()
     assert "Traceback" not in log and "internal error" not in log, (outcomes, log[-6000:])
     assert "INTERNAL_ERROR" not in log, outcomes
+
+
+def _cut_short(port: int, heartbeat: int, trickle: float) -> float:
+    """Handshake, then a frame cut short (or trickled a byte at a time): seconds until
+    the broker closes the socket (-1 if it is still open after 15 s)."""
+    with RawClient(port, timeout=20) as c:
+        c.handshake(heartbeat=heartbeat)
+        c.open_channel(1)
+        frame = _frame(1, 1, payload_of(C.Basic.Qos(prefetch_count=1)) + bytes(60))
+        t0 = time.monotonic()
+        if trickle:
+            for b in frame[:-1]:
+                try:
+                    c.send(bytes([b]))
+                except OSError:  # closed by the broker: what this waits for
+                    return time.monotonic() - t0
+                time.sleep(trickle)
+                if time.monotonic() - t0 > 15:
+                    return -1.0
+        else:
+            c.send(frame[:30])
+        while time.monotonic() - t0 < 15:
+            try:
+                f = c.read_frame(15)
+            except (TimeoutError, OSError):
+                break
+            if f is None:
+                return time.monotonic() - t0
+        return -1.0
+
+
+async def test_a_frame_cut_short_is_closed_by_the_timeout():
+    """A frame that never completes holds no connection forever: with heartbeats off the
+    handshake timeout bounds it (1 s here), with heartbeats on the heartbeat timeout;
+    trickling the frame a byte at a time does not extend it."""
+    import asyncio
+
+    from broker.server import Broker
+
+    b = Broker(host="127.0.0.1", port=0, handshake_timeout=1.0, heartbeat=60)
+    await b.start()
+    try:
+        cut_no_hb = await asyncio.to_thread(_cut_short, b.port, 0, 0.0)
+        cut_hb = await asyncio.to_thread(_cut_short, b.port, 1, 0.0)
+        trickled = await asyncio.to_thread(_cut_short, b.port, 0, 0.1)
+    finally:
+        await b.stop()
+    assert 0.9 <= cut_no_hb < 4.0, cut_no_hb
+    assert 1.5 <= cut_hb < 5.0, cut_hb
+    assert 0.9 <= trickled < 4.0, trickled

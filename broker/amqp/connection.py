@@ -133,6 +133,8 @@ class Connection(Handshake):
         self.block_pending = False
         self.name = self.peer
         self._timeout_handle = self.loop.call_later(limits.handshake_timeout, self._handshake_timeout)
+        self._frame_timer: Any = None  # armed while a frame is incomplete (see _frame_overdue)
+        self.frames_in = 0
         self.recv_bytes = 0
         self.sent_bytes = 0
         log.info("accepting AMQP connection %s", self.peer)
@@ -214,6 +216,9 @@ class Connection(Handshake):
             self.connection_error(e)
             self._after_input()
             return
+        self.frames_in += len(frames)
+        if self._frame_timer is None and self.reader.buffered:
+            self._arm_frame_timer()
         if self._frames:
             self._frames.extend(frames)
         else:
@@ -388,6 +393,10 @@ class Connection(Handshake):
                 raise ConnectionError(
                     errors.UNEXPECTED_FRAME, f"heartbeat frame on channel {chn}; heartbeats use channel 0"
                 )
+            if payload:
+                raise ConnectionError(
+                    errors.FRAME_ERROR, f"heartbeat frame with a payload of {len(payload)} bytes; heartbeats are empty"
+                )
         else:
             raise ConnectionError(errors.FRAME_ERROR, f"unknown frame type {ftype} on channel {chn}")
 
@@ -455,6 +464,31 @@ class Connection(Handshake):
         if now - self.last_send >= hb / 2:
             self.write(framing.HEARTBEAT_FRAME)
         self._hb_handle = self.loop.call_later(hb / 2, self._heartbeat_tick)
+
+    def _frame_timeout(self) -> float:
+        """How long one frame may take to arrive whole: the heartbeat timeout, or the
+        handshake timeout when heartbeats are off."""
+        return 2 * self.heartbeat if self.heartbeat else self.services.limits.handshake_timeout
+
+    def _arm_frame_timer(self) -> None:
+        self._frame_timer = self.loop.call_later(self._frame_timeout(), self._frame_overdue, self.frames_in)
+
+    def _frame_overdue(self, frames_then: int) -> None:
+        """A frame was incomplete when the timer was armed.  If no frame has been
+        completed since and one is still incomplete (a frame cut short, or trickled
+        slower than the timeout allows), the connection is closed: nothing holds a
+        connection forever, heartbeats or not.  Time spent not reading (alarm,
+        back-pressure) does not count."""
+        self._frame_timer = None
+        if self.state is CLOSED or not self.reader.buffered:
+            return
+        if self.frames_in == frames_then and not self.reading_paused:
+            log.warning("connection %s: a frame was not completed within %ss (%d bytes of it received); closing",
+                        printable(self.name), self._frame_timeout(), self.reader.buffered)
+            self.teardown()
+            self.close_transport(abort=True)
+            return
+        self._arm_frame_timer()
 
     def drain(self) -> None:
         """The broker is stopping: take no more input from this client."""
@@ -567,7 +601,7 @@ class Connection(Handshake):
         if self.state is CLOSED:
             return
         self.transition(CLOSED)
-        for h in (self._hb_handle, self._close_handle, self._timeout_handle):
+        for h in (self._hb_handle, self._close_handle, self._timeout_handle, self._frame_timer):
             if h is not None:
                 h.cancel()
         if abort:
@@ -580,7 +614,7 @@ class Connection(Handshake):
             if self.state is OPENED:
                 log.info("connection %s lost: %s", printable(self.name), exc or "client closed the socket")
             self.transition(CLOSED)
-        for h in (self._hb_handle, self._close_handle, self._timeout_handle):
+        for h in (self._hb_handle, self._close_handle, self._timeout_handle, self._frame_timer):
             if h is not None:
                 h.cancel()
         self._release_refusal()
