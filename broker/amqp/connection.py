@@ -16,7 +16,9 @@ already received are ignored, the handshake timeout still runs), then to
 Frames: method frames on channel 0 drive the handshake and close; on another
 channel Basic.Publish and Basic.Ack go straight to the channel's hand-parsed
 hot path, other methods to its dispatcher; content header and body frames go
-to the channel's content assembly.
+to the channel's content assembly.  A frame must arrive whole within the
+heartbeat timeout (the handshake timeout when heartbeats are off): one cut
+short or trickled in closes the connection (:meth:`Connection._frame_overdue`).
 
 Errors: a :class:`ChannelError` with a soft reply code closes its channel
 (Channel.Close, then frames on that channel are discarded until CloseOk); any
