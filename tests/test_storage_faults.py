@@ -73,7 +73,7 @@ def test_two_damaged_records_in_a_row_and_a_torn_tail():
     assert end == offs[5], "a tail with no valid record after it is still cut"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_random_damage_never_yields_a_corrupt_record(d):
     data, offs = segment(8, 40)
