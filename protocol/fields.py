@@ -118,6 +118,8 @@ def _skip_value(buf: bytes, off: int) -> int:
 
 
 _KIND_OF_BIT = tuple((_BIT[name], t) for name, t in PROPERTIES)
+_OCTET_BITS = _BIT["delivery_mode"] | _BIT["priority"]
+_VARIABLE_BITS = sum(bit for bit, t in _KIND_OF_BIT if t in ("s", "F"))
 FLAG_CONTINUATION = 0x0001
 BAD_PROPERTIES = "cannot decode content header properties"
 
@@ -135,6 +137,11 @@ def check_properties(header: bytes) -> None:
         return
     if flags & FLAG_CONTINUATION:
         raise FrameError(f"{BAD_PROPERTIES}: continuation flag words are not defined for class basic")
+    if not flags & _VARIABLE_BITS:  # the common case (delivery mode, priority, timestamp): sizes fixed
+        need = 14 + (flags & _OCTET_BITS).bit_count() + (8 if flags & _BIT["timestamp"] else 0)
+        if need > len(header):
+            raise FrameError(BAD_PROPERTIES)
+        return
     off = 14
     try:
         for bit, kind in _KIND_OF_BIT:
