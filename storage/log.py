@@ -21,9 +21,10 @@ settled message cannot come back after a power loss.
 Writes are buffered and written with one ``os.write`` per file per loop turn
 (:meth:`LogStore.flush`).  Durability is group commit: a publisher confirm that
 needs the disk waits for the epoch its record was written in
-(:meth:`LogStore.want_sync`); one fsync (in a worker thread, so the event loop
-never blocks on the disk) covers every file written since the previous one, and
-while it runs new work accumulates for the next.  No confirmable work pending:
+(:meth:`LogStore.want_sync`); one batch of fsyncs (in worker threads, so the
+event loop never blocks on the disk; the files of a batch in parallel) covers
+every file written since the previous one, and while it runs new work
+accumulates for the next.  No confirmable work pending:
 no fsync.  Whoever waits registers a :class:`SyncWaiter` in
 ``LogStore.sync_waiters`` and is told when its epoch is safe, or failed.  A
 write that fails loses the records from the failed batch to the end of their
@@ -72,6 +73,7 @@ from .records import (  # noqa: F401  (REC_HEAD, REC_MSG, decode_message are par
 log = logging.getLogger("storage")
 
 SEGMENT_SIZE = 8 * 1024 * 1024
+SYNC_THREADS = 4
 
 
 class SyncWaiter(Protocol):
@@ -398,6 +400,8 @@ class LogStore:
         self.write_errors = 0
         self.appended_bytes = 0  # message record bytes ever appended (the disk alarm's estimate)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        # the files and directories of one batch are synced in parallel (see fsync_all)
+        self._sync_pool = concurrent.futures.ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync-file")
         self._lock_fd = -1
         self.fsyncs = 0
 
@@ -473,6 +477,7 @@ class LogStore:
         except OSError as exc:
             log.error("final fsync failed: %s", exc)
         self._executor.shutdown(wait=True)
+        self._sync_pool.shutdown(wait=True)
         if self._lock_fd >= 0:
             self.io.close(self._lock_fd)
             self._lock_fd = -1
@@ -588,7 +593,7 @@ class LogStore:
         self.sync_fds.clear()
         dirs = list(self.new_files)
         self.new_files.clear()
-        fut = self.loop.run_in_executor(self._executor, fsync_all, self.io, fds, dirs)
+        fut = self.loop.run_in_executor(self._executor, fsync_all, self.io, fds, dirs, self._sync_pool)
         fut.add_done_callback(lambda f: self._sync_done(f, epoch, fds, dirs))
 
     def _sync_done(self, fut: "asyncio.Future[None]", epoch: int, fds: list[int], dirs: list[str]) -> None:
