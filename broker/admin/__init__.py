@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import click
 
-from . import access, node, topology
+from . import access, node, policies, topology, tracing
 
-COMMANDS: tuple[click.Command, ...] = (*access.COMMANDS, *topology.COMMANDS, *node.COMMANDS)
+COMMANDS: tuple[click.Command, ...] = (
+    *access.COMMANDS, *topology.COMMANDS, *node.COMMANDS, *tracing.COMMANDS, *policies.COMMANDS
+)
 
 __all__ = ["COMMANDS"]
