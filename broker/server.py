@@ -24,6 +24,7 @@ from typing import Any
 
 from protocol import errors
 from storage import meta
+from storage.fileio import OS, FileIO
 from storage.log import DataDirError, LogStore
 from storage.records import read_identity
 
@@ -114,6 +115,7 @@ class Broker:
         tls_login_from: str = "common_name",
         plain: bool = True,
         max_connections: int = 0,
+        file_io: FileIO = OS,
     ) -> None:
         if not plain and tls is None:
             raise ValueError("no AMQP listener: the plain one is off and no TLS certificate is given")
@@ -147,10 +149,10 @@ class Broker:
         self.monitor = ResourceMonitor(
             self, parse_watermark(memory_high_watermark), parse_size(disk_free_limit), alarm_interval
         )
-        self.store: LogStore | None = LogStore(data_dir) if data_dir else None
+        self.store: LogStore | None = LogStore(data_dir, file_io) if data_dir else None
         # transient queues page a backlog here; nothing in it outlives the process
-        self.scratch: LogStore | None = LogStore(os.path.join(data_dir, SCRATCH_DIR)) if data_dir else None
-        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions)
+        self.scratch: LogStore | None = LogStore(os.path.join(data_dir, SCRATCH_DIR), file_io) if data_dir else None
+        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions, file_io)
         self._housekeeper: asyncio.TimerHandle | None = None
         self.services = Services(
             users=self.users,
@@ -230,7 +232,7 @@ class Broker:
         """Rebuild users, vhosts, exchanges, queues, bindings and messages from the data dir."""
         assert self.store is not None
         t0 = time.monotonic()
-        defs = meta.load(self.store.data_dir)
+        defs = meta.load(self.store.data_dir, self.store.io)
         report = self.apply_definitions(defs, source="the metadata file")
         counts = report.counts
         nq = nmsg = nredel = 0
@@ -281,7 +283,7 @@ class Broker:
 
     def _quarantine(self, directory: str) -> None:
         assert self.store is not None
-        vhost, queue = read_identity(directory)
+        vhost, queue = read_identity(directory, self.store.io)
         what = f"queue '{printable(queue)}' in vhost '{printable(vhost or '')}'" if queue is not None \
             else "an unnamed queue"
         try:

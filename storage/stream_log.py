@@ -51,7 +51,7 @@ import zlib
 from array import array
 from collections.abc import Callable
 
-from .files import make_private_dir, open_private, write_all
+from .files import open_private, write_all
 from .log import LogStore, WriteFailed
 from .records import MAX_RECORD, REC_HEAD, write_identity
 
@@ -256,6 +256,14 @@ class StreamLog:
         del seg.stamps[keep:]
         self.next_offset = lost_from
         self.store.write_failed(WriteFailed(self, lost_from, exc))
+
+    def sync_failed(self, fds: set[int]) -> None:
+        """An fsync of the write segment failed: the next record starts a new segment."""
+        seg = self.wseg
+        if seg is not None and seg.fd in fds:
+            self.flush()
+            self._write_index(seg)
+            self.wseg = None
 
     def records_lost(self, lost_from: int) -> None:
         """The store's report of a failed write: already handled by :meth:`_write_failed`."""
@@ -541,11 +549,14 @@ def open_stream_log(store: LogStore, vhost: str, name: str) -> StreamLog:
     existing = store.logs.get(d)
     if isinstance(existing, StreamLog):
         return existing
-    make_private_dir(d)
+    store.io.makedirs(d)
     try:
-        write_identity(d, vhost, name)
+        write_identity(store.io, d, vhost, name)
+        # the directory's entry must survive a power loss before any record confirmed in it does
+        store.io.fsync_dir(d)
+        store.io.fsync_dir(store.msg_dir)
     except OSError:
-        shutil.rmtree(d, ignore_errors=True)
+        store.io.rmtree(d)
         raise
     slog = StreamLog(store, d)
     store.add_log(slog)

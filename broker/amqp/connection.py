@@ -16,7 +16,9 @@ already received are ignored, the handshake timeout still runs), then to
 Frames: method frames on channel 0 drive the handshake and close; on another
 channel Basic.Publish and Basic.Ack go straight to the channel's hand-parsed
 hot path, other methods to its dispatcher; content header and body frames go
-to the channel's content assembly.
+to the channel's content assembly.  A frame must arrive whole within the
+heartbeat timeout (the handshake timeout when heartbeats are off): one cut
+short or trickled in closes the connection (:meth:`Connection._frame_overdue`).
 
 Errors: a :class:`ChannelError` with a soft reply code closes its channel
 (Channel.Close, then frames on that channel are discarded until CloseOk); any
@@ -149,6 +151,8 @@ class Connection(Handshake):
         # an AMQPS connection is made after its TLS handshake, which counts in the timeout too
         started = self.loop.time() if accepted is None else accepted
         self._timeout_handle = self.loop.call_at(started + limits.handshake_timeout, self._handshake_timeout)
+        self._frame_timer: Any = None  # armed while a frame is incomplete (see _frame_overdue)
+        self.frames_in = 0
         self.recv_bytes = 0
         self.sent_bytes = 0
         if self.tls is None:
@@ -235,6 +239,9 @@ class Connection(Handshake):
             self.connection_error(e)
             self._after_input()
             return
+        self.frames_in += len(frames)
+        if self._frame_timer is None and self.reader.buffered:
+            self._arm_frame_timer()
         if self._frames:
             self._frames.extend(frames)
         else:
@@ -406,6 +413,10 @@ class Connection(Handshake):
                 raise ConnectionError(
                     errors.UNEXPECTED_FRAME, f"heartbeat frame on channel {chn}; heartbeats use channel 0"
                 )
+            if payload:
+                raise ConnectionError(
+                    errors.FRAME_ERROR, f"heartbeat frame with a payload of {len(payload)} bytes; heartbeats are empty"
+                )
         else:
             raise ConnectionError(errors.FRAME_ERROR, f"unknown frame type {ftype} on channel {chn}")
 
@@ -473,6 +484,31 @@ class Connection(Handshake):
         if now - self.last_send >= hb / 2:
             self.write(framing.HEARTBEAT_FRAME)
         self._hb_handle = self.loop.call_later(hb / 2, self._heartbeat_tick)
+
+    def _frame_timeout(self) -> float:
+        """How long one frame may take to arrive whole: the heartbeat timeout, or the
+        handshake timeout when heartbeats are off."""
+        return 2 * self.heartbeat if self.heartbeat else self.services.limits.handshake_timeout
+
+    def _arm_frame_timer(self) -> None:
+        self._frame_timer = self.loop.call_later(self._frame_timeout(), self._frame_overdue, self.frames_in)
+
+    def _frame_overdue(self, frames_then: int) -> None:
+        """A frame was incomplete when the timer was armed.  If no frame has been
+        completed since and one is still incomplete (a frame cut short, or trickled
+        slower than the timeout allows), the connection is closed: nothing holds a
+        connection forever, heartbeats or not.  Time spent not reading (alarm,
+        back-pressure) does not count."""
+        self._frame_timer = None
+        if self.state is CLOSED or not self.reader.buffered:
+            return
+        if self.frames_in == frames_then and not self.reading_paused:
+            log.warning("connection %s: a frame was not completed within %ss (%d bytes of it received); closing",
+                        printable(self.name), self._frame_timeout(), self.reader.buffered)
+            self.teardown()
+            self.close_transport(abort=True)
+            return
+        self._arm_frame_timer()
 
     def drain(self) -> None:
         """The broker is stopping: take no more input from this client."""
@@ -612,7 +648,7 @@ class Connection(Handshake):
         if self.state is CLOSED:
             return
         self.transition(CLOSED)
-        for h in (self._hb_handle, self._close_handle, self._timeout_handle):
+        for h in (self._hb_handle, self._close_handle, self._timeout_handle, self._frame_timer):
             if h is not None:
                 h.cancel()
         if abort:
@@ -625,7 +661,7 @@ class Connection(Handshake):
             if self.state is OPENED:
                 log.info("connection %s lost: %s", printable(self.name), exc or "client closed the socket")
             self.transition(CLOSED)
-        for h in (self._hb_handle, self._close_handle, self._timeout_handle):
+        for h in (self._hb_handle, self._close_handle, self._timeout_handle, self._frame_timer):
             if h is not None:
                 h.cancel()
         self._release_refusal()
