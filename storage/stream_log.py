@@ -54,6 +54,7 @@ from collections.abc import Callable
 from .files import make_private_dir, open_private, write_all
 from .log import LogStore, WriteFailed
 from .records import MAX_RECORD, REC_HEAD, write_identity
+from .stream_peek import PeekPlan, SegmentSpan
 
 log = logging.getLogger("storage")
 
@@ -427,6 +428,22 @@ class StreamLog:
                 break  # a short read: the rest is not written yet
             cur.pos += off
         return out
+
+    def peek_plan(self, offset: int, max_segments: int) -> PeekPlan:
+        """Where the records from ``offset`` on are (clamped to what is kept), in at
+        most ``max_segments`` segments, for :func:`storage.stream_peek.read_plan` to
+        read off the loop.  Only records already written to their file are in it."""
+        offset = max(offset, self.first_offset)
+        if offset >= self.readable_end():
+            return PeekPlan(offset, ())
+        i = bisect.bisect_right(self.firsts, offset) - 1
+        seg = self.segments[i]
+        spans = []
+        start = seg.positions[(offset - seg.first) // INDEX_EVERY]
+        for seg in self.segments[i : i + max_segments]:
+            spans.append(SegmentSpan(seg.path, start, seg.flushed if seg is self.wseg else seg.size))
+            start = 0
+        return PeekPlan(offset, tuple(spans))
 
     def read_raw(self, cur: Cursor, max_bytes: int) -> bytes:
         """Whole records from ``cur`` on, byte for byte as stored (about ``max_bytes``),
