@@ -438,12 +438,26 @@ class StreamLog:
             return PeekPlan(offset, ())
         i = bisect.bisect_right(self.firsts, offset) - 1
         seg = self.segments[i]
+        return PeekPlan(offset, self._spans(i, seg.positions[(offset - seg.first) // INDEX_EVERY], max_segments))
+
+    def peek_plan_since(self, ts_ms: int, max_segments: int) -> PeekPlan:
+        """:meth:`peek_plan` for the records appended at or after ``ts_ms``: it starts
+        at the index point before that time and the reader skips older records, so
+        finding the place reads no record here."""
+        end = self.readable_end()
+        for i, seg in enumerate(self.segments):
+            if seg.count and seg.last_ts >= ts_ms and seg.first < end:
+                k = max(bisect.bisect_left(seg.stamps, ts_ms) - 1, 0)
+                return PeekPlan(seg.first + k * INDEX_EVERY, self._spans(i, seg.positions[k], max_segments), ts_ms)
+        return PeekPlan(self.next_offset, ())
+
+    def _spans(self, i: int, start: int, max_segments: int) -> tuple[SegmentSpan, ...]:
+        """Segments ``i``, ``i + 1``... (at most ``max_segments``), the first from byte ``start``."""
         spans = []
-        start = seg.positions[(offset - seg.first) // INDEX_EVERY]
         for seg in self.segments[i : i + max_segments]:
             spans.append(SegmentSpan(seg.path, start, seg.flushed if seg is self.wseg else seg.size))
             start = 0
-        return PeekPlan(offset, tuple(spans))
+        return tuple(spans)
 
     def read_raw(self, cur: Cursor, max_bytes: int) -> bytes:
         """Whole records from ``cur`` on, byte for byte as stored (about ``max_bytes``),

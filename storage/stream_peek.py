@@ -7,19 +7,19 @@ table changes as records are appended and retention drops segments, and its
 readers share its file descriptors.  A peek must not stall the loop on a big
 stream, so it is done in two steps:
 
-1. On the loop, :meth:`StreamLog.peek_plan` takes a :class:`PeekPlan`: the
-   offset asked for and, for the segment holding it and the ones after it (at
-   most one per record wanted), the file path, the byte position to start at
-   (the sparse index point at or before that offset) and the byte limit written
-   so far.  That is a few numbers per segment, copied, so nothing the plan holds
-   changes afterwards.
+1. On the loop, :meth:`StreamLog.peek_plan` (or :meth:`StreamLog.peek_plan_since`
+   for a time) takes a :class:`PeekPlan`: the offset asked for and, for the
+   segment holding it and the ones after it (at most one per record wanted), the
+   file path, the byte position to start at (the sparse index point at or before
+   that offset, or before that time) and the byte limit written so far.  That is
+   a few numbers per segment, copied, so nothing the plan holds changes afterwards.
 2. In a worker thread, :func:`read_plan` opens those files with descriptors of
-   its own and reads records in order: records before the offset are skipped by
-   their length (only their heads are read), and of each wanted record only the
-   metadata, the header and the first ``body_budget`` bytes of the body are
-   read.  It stops at ``max_records``, at the end of the plan, or at a segment
-   whose file retention removed in the meantime (what was read stays valid:
-   offsets are never reused).
+   its own and reads records in order: records before the offset (or older than
+   the time) are skipped by their length, only their heads read (which hold the
+   offset and the timestamp), and of each wanted record only the metadata, the
+   header and the first ``body_budget`` bytes of the body are read.  It stops at
+   ``max_records`` or at the end of the plan; if retention removed the first
+   segment in the meantime, the caller takes a new plan.
 
 So a peek costs at most ``INDEX_EVERY`` record heads to seek, ``max_records``
 records' metadata, and the payload bytes it returns, whatever the size of the
@@ -29,12 +29,14 @@ stream or of its messages.  Checksums are not verified here: recovery does that.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 
 from .records import REC_HEAD
 
 # record head (length, crc, type) then the offset and timestamp of a stream record
-_HEAD_AND_META = REC_HEAD.size + 16
+_META = struct.Struct(">QQ")
+_HEAD_AND_META = REC_HEAD.size + _META.size
 _FIRST_READ = 4096  # bytes read first from each wanted record (metadata, header, start of the body)
 
 
@@ -49,10 +51,12 @@ class SegmentSpan:
 
 @dataclass(frozen=True)
 class PeekPlan:
-    """The records from ``offset`` on, as the segment files held them when planned."""
+    """The records from ``offset`` on (appended at or after ``since_ms``), as the
+    segment files held them when planned."""
 
     offset: int
     spans: tuple[SegmentSpan, ...]
+    since_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,17 @@ class PeekedRecord:
 def read_plan(plan: PeekPlan, max_records: int, body_budget: int, body_cut: int | None) -> list[PeekedRecord]:
     """Up to ``max_records`` records from ``plan.offset`` on (run in a worker thread).
     Bodies are cut to ``body_cut`` bytes each (no cut if None) and to ``body_budget``
-    bytes in all; a record past the budget comes with an empty body."""
+    bytes in all; a record past the budget comes with an empty body.  FileNotFoundError
+    if the first segment is gone (retention removed it after the plan was taken)."""
     out: list[PeekedRecord] = []
-    for span in plan.spans:
+    since = plan.since_ms  # once a record is taken, every later one is (clocks may step back)
+    for n, span in enumerate(plan.spans):
         try:
             fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            break  # retention dropped it: what follows is newer, but we stop at the gap
+            if n == 0:
+                raise  # retention dropped it since the plan: the caller plans again
+            break  # a later one cannot go before the first: the stream was deleted meanwhile
         try:
             pos = span.start
             while pos + _HEAD_AND_META <= span.limit and len(out) < max_records:
@@ -89,8 +97,9 @@ def read_plan(plan: PeekPlan, max_records: int, body_budget: int, body_cut: int 
                 end = pos + 8 + length
                 if end > span.limit:
                     break
-                offset = int.from_bytes(head[REC_HEAD.size : REC_HEAD.size + 8], "big")
-                if offset >= plan.offset:
+                offset, ts = _META.unpack_from(head, REC_HEAD.size)
+                if offset >= plan.offset and ts >= since:
+                    since = 0
                     want = body_budget if body_cut is None else min(body_cut, body_budget)
                     out.append(_read_record(fd, pos, end, max(want, 0)))
                     body_budget -= len(out[-1].body)
@@ -106,9 +115,8 @@ def _read_record(fd: int, pos: int, end: int, body_wanted: int) -> PeekedRecord:
     """The record at byte ``pos`` (ending at ``end``) with at most ``body_wanted`` bytes of body."""
     data = os.pread(fd, min(end - pos, _FIRST_READ + body_wanted), pos)
     p = REC_HEAD.size
-    offset = int.from_bytes(data[p : p + 8], "big")
-    ts = int.from_bytes(data[p + 8 : p + 16], "big")
-    o = p + 16
+    offset, ts = _META.unpack_from(data, p)
+    o = p + _META.size
     o += 1 + data[o]  # the filter value
     ex_raw = bytes(data[o : o + 1 + data[o]])
     o += 1 + data[o]

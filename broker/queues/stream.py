@@ -378,13 +378,19 @@ class StreamQueue(Queue):
             s = self.stream
             if s is None:
                 return StreamPeek(0, [], 0)
-            start = self._start_offset(spec)
-            plan = s.peek_plan(start, count)
-            records = await asyncio.to_thread(read_plan, plan, count, body_budget, body_cut) if plan.spans else []
-            if records or not plan.spans:
-                return StreamPeek(plan.offset, records, records[-1].offset + 1 if records else plan.offset)
-            # its first segment went (retention) between the plan and the read: plan again
-        return StreamPeek(start, [], start)
+            kind, value = spec
+            plan = s.peek_plan_since(value, count) if kind == "time" else s.peek_plan(self._start_offset(spec), count)
+            if not plan.spans:
+                return StreamPeek(plan.offset, [], plan.offset)
+            try:
+                records = await asyncio.to_thread(read_plan, plan, count, body_budget, body_cut)
+            except FileNotFoundError:
+                continue  # retention removed its first segment between the plan and the read: plan again
+            if records:
+                return StreamPeek(records[0].offset, records, records[-1].offset + 1)
+            end = plan.offset if kind != "time" or self.stream is None else self.stream.readable_end()
+            return StreamPeek(end, [], end)
+        return StreamPeek(0, [], 0)
 
     def get(self) -> Message | None:
         raise ConnectionError(errors.NOT_IMPLEMENTED, f"basic.get not supported by stream queues {self.what}", 60, 70)
