@@ -54,6 +54,7 @@ from collections.abc import Callable
 from .files import open_private, write_all
 from .log import LogStore, WriteFailed
 from .records import MAX_RECORD, REC_HEAD, write_identity
+from .stream_peek import PeekPlan, SegmentSpan
 
 log = logging.getLogger("storage")
 
@@ -435,6 +436,36 @@ class StreamLog:
                 break  # a short read: the rest is not written yet
             cur.pos += off
         return out
+
+    def peek_plan(self, offset: int, max_segments: int) -> PeekPlan:
+        """Where the records from ``offset`` on are (clamped to what is kept), in at
+        most ``max_segments`` segments, for :func:`storage.stream_peek.read_plan` to
+        read off the loop.  Only records already written to their file are in it."""
+        offset = max(offset, self.first_offset)
+        if offset >= self.readable_end():
+            return PeekPlan(offset, ())
+        i = bisect.bisect_right(self.firsts, offset) - 1
+        seg = self.segments[i]
+        return PeekPlan(offset, self._spans(i, seg.positions[(offset - seg.first) // INDEX_EVERY], max_segments))
+
+    def peek_plan_since(self, ts_ms: int, max_segments: int) -> PeekPlan:
+        """:meth:`peek_plan` for the records appended at or after ``ts_ms``: it starts
+        at the index point before that time and the reader skips older records, so
+        finding the place reads no record here."""
+        end = self.readable_end()
+        for i, seg in enumerate(self.segments):
+            if seg.count and seg.last_ts >= ts_ms and seg.first < end:
+                k = max(bisect.bisect_left(seg.stamps, ts_ms) - 1, 0)
+                return PeekPlan(seg.first + k * INDEX_EVERY, self._spans(i, seg.positions[k], max_segments), ts_ms)
+        return PeekPlan(self.next_offset, ())
+
+    def _spans(self, i: int, start: int, max_segments: int) -> tuple[SegmentSpan, ...]:
+        """Segments ``i``, ``i + 1``... (at most ``max_segments``), the first from byte ``start``."""
+        spans = []
+        for seg in self.segments[i : i + max_segments]:
+            spans.append(SegmentSpan(seg.path, start, seg.flushed if seg is self.wseg else seg.size))
+            start = 0
+        return tuple(spans)
 
     def read_raw(self, cur: Cursor, max_bytes: int) -> bytes:
         """Whole records from ``cur`` on, byte for byte as stored (about ``max_bytes``),

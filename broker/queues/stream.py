@@ -33,6 +33,11 @@ is stored with each record and compared exactly, per message (RabbitMQ filters p
 chunk with a Bloom filter, so its consumers may also see other messages and must
 filter again; ours see only what matches).
 
+Peeking (:meth:`StreamQueue.peek_records`, the management API's message browser)
+reads from an offset spec like a consumer's, without a consumer: the segment spans
+are taken on the loop and read in a worker thread (:mod:`storage.stream_peek`),
+bounded in records and payload bytes; nothing about the stream changes.
+
 Retention (``x-max-length-bytes``, ``x-max-age``, ``x-stream-max-segment-size-bytes``,
 as arguments or policy keys, read from :attr:`Queue.effective`) drops whole
 segments from the head when a segment rolls, when the settings change, and every
@@ -46,12 +51,14 @@ import struct
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from protocol import errors, fields
 from protocol.errors import ChannelError, ConnectionError
 from storage.log import LogStore
 from storage.stream_log import DEFAULT_SEGMENT_BYTES, Cursor, StreamLog, StreamRecord, open_stream_log
+from storage.stream_peek import PeekedRecord, read_plan
 
 from ..message import Message
 from .arguments import int_arg, str_arg
@@ -126,6 +133,19 @@ def _stamp_slow(header: bytes, offset: int) -> tuple[bytes, bytes]:
     kept.append(("x-stream-offset", b"l" + _LONG.pack(offset)))
     props["headers"] = fields.encode_table_entries(kept)
     return fields.join_properties(prefix, props), filter_value
+
+
+@dataclass(frozen=True)
+class StreamPeek:
+    """What a peek found: the offset it started at, the records, and the offset to
+    continue from (just past the last record, or ``start`` if there was none)."""
+
+    start: int
+    records: list[PeekedRecord]
+    next_offset: int
+
+
+PEEK_RETRIES = 3  # plans taken again when retention removed a segment before it was read
 
 
 class StreamReader:
@@ -347,6 +367,30 @@ class StreamQueue(Queue):
         self.unacked += 1
         self.delivered += 1
         return m
+
+    async def peek_records(
+        self, spec: OffsetSpec, count: int, body_budget: int, body_cut: int | None
+    ) -> StreamPeek:
+        """Up to ``count`` records from where a consumer with ``x-stream-offset`` ``spec``
+        would start, read in a worker thread; bodies cut to ``body_cut`` bytes each and
+        ``body_budget`` bytes in all.  No consumer, no counter, no state changes."""
+        for _ in range(PEEK_RETRIES):
+            s = self.stream
+            if s is None:
+                return StreamPeek(0, [], 0)
+            kind, value = spec
+            plan = s.peek_plan_since(value, count) if kind == "time" else s.peek_plan(self._start_offset(spec), count)
+            if not plan.spans:
+                return StreamPeek(plan.offset, [], plan.offset)
+            try:
+                records = await asyncio.to_thread(read_plan, plan, count, body_budget, body_cut)
+            except FileNotFoundError:
+                continue  # retention removed its first segment between the plan and the read: plan again
+            if records:
+                return StreamPeek(records[0].offset, records, records[-1].offset + 1)
+            end = plan.offset if kind != "time" or self.stream is None else self.stream.readable_end()
+            return StreamPeek(end, [], end)
+        return StreamPeek(0, [], 0)
 
     def get(self) -> Message | None:
         raise ConnectionError(errors.NOT_IMPLEMENTED, f"basic.get not supported by stream queues {self.what}", 60, 70)

@@ -1,12 +1,14 @@
 // Queues: the list (filter, regex, sort, pages) with "Add a new queue", and a queue's page:
 // details, consumers, bindings, Publish message, Get messages, the message browser (peek,
-// which leaves messages in place), Purge and Delete.
+// which leaves messages in place; a stream's pages by offset: streambrowser.js), Purge and Delete.
 
 import { bytes, checkbox, clear, emptyState, errorBox, field, form, h, json, kv, link, loading, num, parseTable, rate, select, table } from "./dom.js";
 import { bindingsTable } from "./exchanges.js";
 import { listPage, vpath } from "./lists.js";
+import { messageView } from "./messages.js";
 import { policyPairs } from "./policies.js";
 import { publishForm } from "./publish.js";
+import { streamBrowser } from "./streambrowser.js";
 
 const e = encodeURIComponent;
 
@@ -56,17 +58,6 @@ export function queuesPage(app) {
   });
 }
 
-function messageView(m, i, heading) {
-  return h("article", { class: "message" },
-    h("h4", { text: heading || `Message ${i + 1}` }),
-    kv([
-      ["Exchange", m.exchange === "" ? "(AMQP default)" : m.exchange], ["Routing key", m.routing_key],
-      ["Redelivered", String(m.redelivered)], ["Properties", json(m.properties) || "none"],
-      ["Payload", `${bytes(m.payload_bytes)}, encoding: ${m.payload_encoding}${m.payload_truncated ? " (cut short)" : ""}`],
-    ]),
-    h("pre", { class: "payload", tabindex: 0, "aria-label": "Payload" }, m.payload));
-}
-
 function getForm(app, base) {
   const out = h("div", { class: "messages", "aria-live": "polite" });
   const f = form("Get messages", [
@@ -81,7 +72,7 @@ function getForm(app, base) {
     const msgs = await app.api.post(`${base}/get`, {
       count: Number(d.get("count")), ackmode: d.get("ackmode"), encoding: d.get("encoding"), truncate: 50000,
     });
-    clear(out, msgs.length ? msgs.map((m, i) => messageView(m, i)) : emptyState("Queue is empty", "There was no message to get."));
+    clear(out, msgs.length ? msgs.map((m, i) => messageView(m, `Message ${i + 1}`)) : emptyState("Queue is empty", "There was no message to get."));
     if (msgs.length) out.prepend(h("p", { text: `The server reported ${num(msgs[msgs.length - 1].message_count)} messages remaining.` }));
     app.rewatch();
     return null;
@@ -99,7 +90,7 @@ function browser(app, base) {
     try {
       const msgs = await app.api.post(`${base}/peek`, { offset, count: PAGE, truncate: 2000 });
       pos.textContent = msgs.length ? `Messages ${offset + 1}–${offset + msgs.length}` : "";
-      clear(out, msgs.length ? msgs.map((m) => messageView(m, m.position, `Position ${m.position + 1}`))
+      clear(out, msgs.length ? msgs.map((m) => messageView(m, `Position ${m.position + 1}`))
         : emptyState(offset ? "No messages past this point" : "No ready messages", offset ? "Go back to the first page." : "Messages published to this queue appear here."));
       prev.disabled = offset === 0;
       next.disabled = msgs.length < PAGE;
@@ -181,10 +172,12 @@ export function queuePage(app, vhost, name) {
     app.rewatch();
     return "Binding added.";
   });
+  // the classic browser until the queue's JSON says it is a stream, which pages by offset
+  let messages = browser(app, base);
   const root = h("section", { "aria-labelledby": "page-title" },
     h("p", { class: "crumbs" }, link("#/queues", "Queues"), " › ", vhost),
     h("h2", { id: "page-title", text: `Queue: ${name}` }),
-    info, consumers, bindings, bind, publishForm(app, vhost, "", name), getForm(app, base), browser(app, base),
+    info, consumers, bindings, bind, publishForm(app, vhost, "", name), getForm(app, base), messages,
     dangerZone(app, base, name));
   return {
     title: `Queue ${name}`,
@@ -200,6 +193,11 @@ export function queuePage(app, vhost, name) {
       if (path === base) {
         const q = body;
         const ms = q.message_stats || {};
+        if (q.type === "stream" && !messages.classList.contains("stream")) {
+          const sb = streamBrowser(app, base);
+          messages.replaceWith(sb);
+          messages = sb;
+        }
         clear(info, h("h3", { text: heading }), kv([
           ["Virtual host", q.vhost], ["Type", q.type], ["State", q.state], ["Features", features(q) || "none"],
           ["Ready", num(q.messages_ready)], ["Unacked", num(q.messages_unacknowledged)], ["Total", num(q.messages)],
