@@ -133,6 +133,9 @@ class AmqpBroker:
         self.embedded.restart()
 
     def management(self) -> ManagementApi:
+        """The management API client (the in-process broker's API may still be starting: wait)."""
+        if self.embedded is not None:
+            self.embedded.wait_management()
         if self.api is None:
             if self.management_url is None:
                 raise RuntimeError("this broker has no management API")
@@ -169,7 +172,7 @@ def amqp_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     data_dir = config.getoption("amqp_broker_data_dir") or str(tmp_path_factory.mktemp("amqp-broker"))
     embedded = EmbeddedBroker(data_dir, port=config.getoption("amqp_broker_port"))
     try:
-        embedded.start()
+        embedded.start(wait_for_management=False)  # it comes up in the background: management() waits
     except EmbeddedBrokerError as exc:
         pytest.fail(str(exc), pytrace=False)
     b = AmqpBroker(embedded.host, embedded.port, embedded.user, embedded.password, embedded.management_url,
