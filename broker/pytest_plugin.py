@@ -16,7 +16,9 @@ with the URL's credentials).  ``--amqp-broker-port`` and ``--amqp-broker-data-di
 in-process broker takes; if it cannot have them, its tests error with one line naming which.
 
 The engine is imported only when a test asks for ``amqp_broker``, so the plugin costs
-nothing in test runs that do not use it.
+nothing in test runs that do not use it.  ``amqp_broker`` is returned as soon as AMQP answers;
+the in-process management API comes up in the background (its socket already accepts, and
+``AmqpBroker.management()``, hence ``amqp_url``, waits until it answers).
 """
 
 from __future__ import annotations
