@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # cryptography is imported when certificate files are checked, not at start
     from cryptography import x509
 
-from .certinfo import rfc4514
 
 log = logging.getLogger("broker.tls")
 
@@ -195,6 +194,8 @@ class ReloadableContext:
 
     def describe(self) -> dict[str, str]:
         """The certificate file in use and its subject and expiry, for the reload's answer."""
+        from .certinfo import rfc4514
+
         return {
             "listener": self.name,
             "certificate": self.files.cert,

@@ -33,14 +33,13 @@ read what we send, we stop reading what it sends.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
 from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
-from ..certinfo import TLSInfo
 from ..limits import reached
 from ..logsafe import printable
 from ..metadata import MetadataSaveError
@@ -49,6 +48,9 @@ from .channel import Channel
 from .connection_state import DISCARDING, ConnState, check_transition
 from .content import EXPECTED_METHOD
 from .handshake import Handshake, server_properties
+
+if TYPE_CHECKING:  # certinfo is imported for the first TLS connection, not at start
+    from ..certinfo import TLSInfo
 
 log = logging.getLogger("broker.amqp.connection")
 
@@ -99,7 +101,11 @@ class Connection(Handshake):
         self.peer_host = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
         sslobj = transport.get_extra_info("ssl_object")
-        self.tls = TLSInfo.of(sslobj) if sslobj is not None else None
+        self.tls: TLSInfo | None = None
+        if sslobj is not None:
+            from ..certinfo import TLSInfo
+
+            self.tls = TLSInfo.of(sslobj)
         self.auth_mechanism = ""
         self.reader = framing.FrameReader(limits.frame_max)
         self.state = ConnState.HEADER
