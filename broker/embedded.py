@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`EmbeddedBroker` owns one thread that runs its own event loop (uvloop where installed),
-so blocking clients (pika's BlockingConnection, kombu) can talk to it from the calling thread
+:class:`EmbeddedBroker` owns one thread that runs its own event loop (asyncio's own, which starts
+faster; uvloop with ``uvloop=True``, for throughput), so blocking clients (pika's
+BlockingConnection, kombu) can talk to it from the calling thread
 and asyncio clients from their own loops.  :meth:`EmbeddedBroker.start` creates the loop and
 the thread, then runs the start-up of ``broker serve`` on it (engine prepared and recovered,
 management socket bound, AMQP accepting) and waits for it; a failure there (port taken, data dir
@@ -54,18 +55,23 @@ class EmbeddedBrokerError(RuntimeError):
     """The broker could not start: one line naming the port or data dir that could not be had."""
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
+def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    """uvloop's loop when asked for and installed, else asyncio's (no import of uvloop, and an IP
+    address as host needs no name lookup: a faster start)."""
+    if use_uvloop:
+        try:
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+            return asyncio.new_event_loop()
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()
 
 
 class EmbeddedBroker:
     """A broker (AMQP and, unless ``management=False``, the management API) running in a
-    background thread; ``url``, ``host``, ``port`` and ``management_url`` say where."""
+    background thread; ``url``, ``host``, ``port`` and ``management_url`` say where.
+    ``uvloop=True`` runs it on uvloop (as ``broker serve``), which starts slower."""
 
     def __init__(
         self,
@@ -76,6 +82,7 @@ class EmbeddedBroker:
         management: bool = True,
         user: str = "guest",
         password: str = "guest",
+        uvloop: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.host = host
@@ -84,6 +91,7 @@ class EmbeddedBroker:
         self.management = management
         self.user = user
         self.password = password
+        self.uvloop = uvloop
         self.broker: Broker | None = None
         self._http: ManagementServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,7 +122,7 @@ class EmbeddedBroker:
         ``wait_for_management`` is false, until the management API answers."""
         if self._thread is not None:
             raise RuntimeError("the embedded broker is already running")
-        loop = _new_loop()
+        loop = _new_loop(self.uvloop)
         thread = threading.Thread(target=self._run, args=(loop,), name="burrowmq-broker", daemon=True)
         self._loop, self._thread = loop, thread
         thread.start()

@@ -1,7 +1,8 @@
 """The in-process broker's start-up: AMQP first, the management API in the background.
 
 What only some features need (the HTTP side with aiohttp, cryptography for TLS, prometheus_client
-for metrics, pika for `broker trace`) is not imported before the embedded broker answers AMQP.
+for metrics, pika for `broker trace`, uvloop unless asked for) is not imported before the embedded
+broker answers AMQP.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from broker.embedded import EmbeddedBroker, EmbeddedBrokerError
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONAL = ("aiohttp", "cryptography", "prometheus_client", "pika")
+OPTIONAL = ("aiohttp", "cryptography", "prometheus_client", "pika", "uvloop")
 
 COLD = r"""
 import json, socket, sys, tempfile
@@ -130,3 +131,24 @@ def test_without_management_there_is_nothing_to_wait_for(tmp_path: Path) -> None
         assert b.management_url is None
     finally:
         b.stop()
+
+
+def test_on_uvloop_when_asked(tmp_path: Path) -> None:
+    b = EmbeddedBroker(str(tmp_path / "data"), uvloop=True).start()
+    try:
+        assert type(b.call(_running_loop())).__module__.startswith("uvloop")
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port))
+        ch = conn.channel()
+        ch.queue_declare("on-uvloop")
+        ch.basic_publish("", "on-uvloop", b"m")
+        assert ch.basic_get("on-uvloop", auto_ack=True)[2] == b"m"
+        conn.close()
+        assert _overview(b.management_port)["product_name"]
+    finally:
+        b.stop()
+
+
+async def _running_loop() -> object:
+    import asyncio
+
+    return asyncio.get_running_loop()
