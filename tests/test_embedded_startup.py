@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pika
@@ -103,13 +102,29 @@ def test_wait_management_then_restart_on_the_same_ports(tmp_path: Path) -> None:
         b.stop()
 
 
-def test_stop_while_the_management_api_is_starting(tmp_path: Path) -> None:
-    b = EmbeddedBroker(str(tmp_path / "data")).start(wait_for_management=False)
-    mgmt = b.management_port
-    b.stop()  # lets the management start finish, then stops it with the rest
-    assert not [t for t in threading.enumerate() if t.name.startswith("burrowmq-")]
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", mgmt), timeout=5)
+STOP_EARLY = r"""
+import json, socket, sys, tempfile, threading
+from broker.embedded import EmbeddedBroker
+
+b = EmbeddedBroker(tempfile.mkdtemp()).start(wait_for_management=False)
+starting = "broker.management.server" not in sys.modules  # a fresh process: still importing
+mgmt = b.management_port
+b.stop()  # lets the management start finish, then stops it with the rest
+threads = [t.name for t in threading.enumerate() if t.name.startswith("burrowmq-")]
+try:
+    socket.create_connection(("127.0.0.1", mgmt), timeout=5).close()
+    closed = False
+except OSError:
+    closed = True
+print(json.dumps({"starting": starting, "threads": threads, "closed": closed}))
+"""
+
+
+def test_stop_while_the_management_api_is_starting() -> None:
+    out = _fresh(STOP_EARLY)
+    assert out["starting"] is True  # stop() came while the management thread was importing
+    assert out["threads"] == []
+    assert out["closed"] is True
 
 
 def test_management_port_taken_is_one_clear_error(tmp_path: Path) -> None:
