@@ -31,8 +31,6 @@ the disk never fills with messages.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -90,7 +88,10 @@ def _trim() -> None:
     global _libc
     gc.collect()
     try:
-        if _libc is None:
+        if _libc is None:  # ctypes is imported the first time memory is trimmed, not at start
+            import ctypes
+            import ctypes.util
+
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         _libc.malloc_trim(0)
     except (OSError, AttributeError):

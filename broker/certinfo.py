@@ -12,24 +12,13 @@ or the whole subject string with ``distinguished_name``, as RabbitMQ's ``ssl_cer
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
-# RabbitMQ's short names for the attributes cryptography would print as dotted OIDs
-_ATTRIBUTE_NAMES = {
-    NameOID.SURNAME: "SN",
-    NameOID.GIVEN_NAME: "GIVENNAME",
-    NameOID.INITIALS: "INITIALS",
-    NameOID.GENERATION_QUALIFIER: "GENERATIONQUALIFIER",
-    NameOID.TITLE: "TITLE",
-    NameOID.SERIAL_NUMBER: "SERIALNUMBER",
-    NameOID.PSEUDONYM: "PSEUDONYM",
-    NameOID.EMAIL_ADDRESS: "EMAILADDRESS",
-}
+if TYPE_CHECKING:  # cryptography is imported when a certificate is read, not at start
+    from cryptography import x509
 _CIPHER_NAMES: dict[str, dict[str, Any]] = {}  # OpenSSL's cipher name -> its details
 _NO_TLS: dict[str, Any] = {
     "ssl": False, "ssl_protocol": None, "ssl_key_exchange": None, "ssl_cipher": None, "ssl_hash": None,
@@ -37,9 +26,26 @@ _NO_TLS: dict[str, Any] = {
 }
 
 
+@functools.cache
+def _attribute_names() -> dict[Any, str]:
+    """RabbitMQ's short names for the attributes cryptography would print as dotted OIDs."""
+    from cryptography.x509.oid import NameOID
+
+    return {
+        NameOID.SURNAME: "SN",
+        NameOID.GIVEN_NAME: "GIVENNAME",
+        NameOID.INITIALS: "INITIALS",
+        NameOID.GENERATION_QUALIFIER: "GENERATIONQUALIFIER",
+        NameOID.TITLE: "TITLE",
+        NameOID.SERIAL_NUMBER: "SERIALNUMBER",
+        NameOID.PSEUDONYM: "PSEUDONYM",
+        NameOID.EMAIL_ADDRESS: "EMAILADDRESS",
+    }
+
+
 def rfc4514(name: x509.Name) -> str:
     """A subject or issuer as RabbitMQ prints it (RFC 4514, last RDN first)."""
-    return name.rfc4514_string(_ATTRIBUTE_NAMES)
+    return name.rfc4514_string(_attribute_names())
 
 
 def _stamp(t: Any) -> str:
@@ -57,6 +63,9 @@ class PeerCertificate:
 
     @classmethod
     def from_der(cls, der: bytes) -> "PeerCertificate":
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
         cert = x509.load_der_x509_certificate(der)
         cns = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
         return cls(

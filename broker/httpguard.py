@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import resource
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -185,9 +186,11 @@ class HttpListener:
         )
         self._server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    sock: socket.socket | None = None) -> int:
         """Listen (``runner.setup()`` done here), over TLS with ``ssl_context``; return the bound port.
-        A TLS handshake may take as long as a request head (``header_timeout``)."""
+        A TLS handshake may take as long as a request head (``header_timeout``).  With ``sock`` (a
+        socket already bound and listening), serve that instead of binding ``host:port``."""
         fd_limit = _fd_limit()
         if fd_limit > 0 and self.max_connections > fd_limit // 4:
             self.max_connections = max(fd_limit // 4, 1)
@@ -202,11 +205,17 @@ class HttpListener:
         server = self.runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        options: dict[str, Any] = {
+            "backlog": 128, "ssl": ssl_context,
+            "ssl_handshake_timeout": self.limits.header_timeout if ssl_context else None,
+        }
         try:
-            self._server = await loop.create_server(
-                lambda: GuardedRequestHandler(self, server, loop), host, port, reuse_address=True, backlog=128,
-                ssl=ssl_context, ssl_handshake_timeout=self.limits.header_timeout if ssl_context else None,
-            )
+            if sock is None:
+                self._server = await loop.create_server(
+                    lambda: GuardedRequestHandler(self, server, loop), host, port, reuse_address=True, **options)
+            else:
+                self._server = await loop.create_server(
+                    lambda: GuardedRequestHandler(self, server, loop), sock=sock, **options)
         except BaseException:
             await self.runner.cleanup()
             raise

@@ -16,7 +16,9 @@ with the URL's credentials).  ``--amqp-broker-port`` and ``--amqp-broker-data-di
 in-process broker takes; if it cannot have them, its tests error with one line naming which.
 
 The engine is imported only when a test asks for ``amqp_broker``, so the plugin costs
-nothing in test runs that do not use it.
+nothing in test runs that do not use it.  ``amqp_broker`` is returned as soon as AMQP answers;
+the in-process management API comes up in the background (its socket already accepts, and
+``AmqpBroker.management()``, hence ``amqp_url``, waits until it answers).
 """
 
 from __future__ import annotations
@@ -133,6 +135,9 @@ class AmqpBroker:
         self.embedded.restart()
 
     def management(self) -> ManagementApi:
+        """The management API client (the in-process broker's API may still be starting: wait)."""
+        if self.embedded is not None:
+            self.embedded.wait_management()
         if self.api is None:
             if self.management_url is None:
                 raise RuntimeError("this broker has no management API")
@@ -169,7 +174,7 @@ def amqp_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     data_dir = config.getoption("amqp_broker_data_dir") or str(tmp_path_factory.mktemp("amqp-broker"))
     embedded = EmbeddedBroker(data_dir, port=config.getoption("amqp_broker_port"))
     try:
-        embedded.start()
+        embedded.start(wait_for_management=False)  # it comes up in the background: management() waits
     except EmbeddedBrokerError as exc:
         pytest.fail(str(exc), pytrace=False)
     b = AmqpBroker(embedded.host, embedded.port, embedded.user, embedded.password, embedded.management_url,

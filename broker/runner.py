@@ -36,7 +36,6 @@ from .config import ServeSettings
 from .httpguard import HttpLimits
 from .management import ManagementServer
 from .metadata import MetadataSaveError
-from .metrics import MetricsServer
 from .server import Broker, DefinitionsError
 from .tls import DEFAULT_TLS_PORT, CertFiles, ClientVerification, ReloadableContext, TLSConfigError
 
@@ -213,6 +212,8 @@ async def _start_http(broker: Broker, settings: ServeSettings) -> list[HttpServi
         if kind == "management":
             service = ManagementServer(broker, host, port, limits=limits, ssl_context=ssl_context)
         else:
+            from .metrics import MetricsServer  # prometheus_client only when the metrics listener is on
+
             service = MetricsServer(broker, host, port, limits=limits, ssl_context=ssl_context)
         try:
             await service.start()

@@ -33,12 +33,11 @@ import datetime
 import logging
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+if TYPE_CHECKING:  # cryptography is imported when certificate files are checked, not at start
+    from cryptography import x509
 
-from .certinfo import rfc4514
 
 log = logging.getLogger("broker.tls")
 
@@ -85,6 +84,9 @@ def _read(path: str, what: str, option: str) -> bytes:
 
 def check_cert_files(files: CertFiles, now: datetime.datetime | None = None) -> x509.Certificate:
     """The leaf certificate of ``files`` once every check passed; else :class:`TLSConfigError`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     cert_pem = _read(files.cert, "TLS certificate", files.cert_option)
     key_pem = _read(files.key, "TLS key", files.key_option)
     try:
@@ -192,6 +194,8 @@ class ReloadableContext:
 
     def describe(self) -> dict[str, str]:
         """The certificate file in use and its subject and expiry, for the reload's answer."""
+        from .certinfo import rfc4514
+
         return {
             "listener": self.name,
             "certificate": self.files.cert,

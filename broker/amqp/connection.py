@@ -40,14 +40,13 @@ connection neither reads its socket nor handles frames already read (RabbitMQ's
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
 from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
-from ..certinfo import TLSInfo
 from ..flow import PublisherFlow
 from ..limits import reached
 from ..logsafe import printable
@@ -57,6 +56,9 @@ from .channel import Channel
 from .connection_state import DISCARDING, ConnState, check_transition
 from .content import EXPECTED_METHOD
 from .handshake import Handshake, start_frame
+
+if TYPE_CHECKING:  # certinfo is imported for the first TLS connection, not at start
+    from ..certinfo import TLSInfo
 
 log = logging.getLogger("broker.amqp.connection")
 
@@ -107,7 +109,11 @@ class Connection(Handshake):
         self.peer_host = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
         sslobj = transport.get_extra_info("ssl_object")
-        self.tls = TLSInfo.of(sslobj) if sslobj is not None else None
+        self.tls: TLSInfo | None = None
+        if sslobj is not None:
+            from ..certinfo import TLSInfo
+
+            self.tls = TLSInfo.of(sslobj)
         self.auth_mechanism = ""
         # until Tune-Ok, frames are held to RabbitMQ's pre-authentication limit
         self.reader = framing.FrameReader(min(framing.FRAME_MIN_SIZE, limits.frame_max))

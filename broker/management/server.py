@@ -11,6 +11,7 @@ never the broker's end.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -96,11 +97,12 @@ class ManagementServer:
         self.app = web.Application(client_max_size=self.limits.max_body_size)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port``, or serve ``sock`` when given (a socket bound and listening)."""
         runner = web.AppRunner(self.app, handle_signals=False)
         self.listener = HttpListener("management API", runner, self.limits, log)
         try:
-            self.port = await self.listener.start(self.host, self.port, self.ssl_context)
+            self.port = await self.listener.start(self.host, self.port, self.ssl_context, sock)
         except BaseException:
             self.listener = None
             raise
