@@ -70,6 +70,8 @@ def make_broker(settings: ServeSettings) -> Broker:
         memory_high_watermark=settings.memory_high_watermark,
         disk_free_limit=settings.disk_free_limit,
         definitions_file=settings.definitions,
+        consumer_timeout=settings.consumer_timeout,
+        consumer_timeout_response=settings.consumer_timeout_response,
     )
 
 

@@ -101,6 +101,8 @@ class Broker:
         disk_free_limit: str | int = "50MB",
         alarm_interval: float = 0.5,
         definitions_file: str | None = None,
+        consumer_timeout: int = 1_800_000,
+        consumer_timeout_response: str = "notify-consumer",
     ) -> None:
         self.host = host
         self.port = port
@@ -139,6 +141,8 @@ class Broker:
             stats=self.stats,
             limits=ConnectionLimits(frame_max, channel_max, heartbeat, handshake_timeout),
             vhosts=self.vhosts,
+            consumer_timeout_ms=consumer_timeout,
+            consumer_timeout_response=consumer_timeout_response,
         )
         self.connections: set[Connection] = self.services.connections.all
         self.open_connections: set[Connection] = self.services.connections.open
