@@ -10,7 +10,7 @@ import, and nothing is dropped silently: everything left out becomes a
 entry is *failed* when an item itself was not created (or only in part: a
 user whose password hash cannot be used): RabbitMQ refuses such a document,
 so the HTTP import answers 400.  The other entries name what this broker has
-no equivalent for (policies, parameters, topic permissions, limits, vhost
+no equivalent for (policies, parameters, limits, vhost
 descriptions) or does not know (an unknown section or field): the rest of the
 document is applied and the import says what it left out.  Empty sections and
 fields (``"policies": []``, ``"limits": {}``) leave nothing out.
@@ -26,12 +26,13 @@ from protocol.names import name_problem
 
 from .auth import Permission
 from .patterns import PatternError
+from .topic_permissions import make_permission
 from .vhost import VHost
 
 log = logging.getLogger("broker.definitions")
 
 # sections this broker applies, in the order they depend on each other
-APPLIED_SECTIONS = ("vhosts", "users", "permissions", "exchanges", "queues", "bindings")
+APPLIED_SECTIONS = ("vhosts", "users", "permissions", "topic_permissions", "exchanges", "queues", "bindings")
 # top-level keys that describe the document, not the broker
 INFO_KEYS = frozenset(
     ("rabbit_version", "rabbitmq_version", "product_name", "product_version", "product", "burrowmq_version")
@@ -40,13 +41,13 @@ UNSUPPORTED_SECTIONS = {
     "policies": "policies are not supported",
     "parameters": "runtime parameters (vhost limits, federation, shovels) are not supported",
     "global_parameters": "global parameters are not supported",
-    "topic_permissions": "topic permissions are not supported; the user's permissions apply to topics",
 }
 # per section: fields applied, and fields known but not applied (with why)
 ITEM_FIELDS: dict[str, frozenset[str]] = {
     "vhosts": frozenset(("name",)),
     "users": frozenset(("name", "password", "password_hash", "hashing_algorithm", "tags")),
     "permissions": frozenset(("user", "vhost", "configure", "write", "read")),
+    "topic_permissions": frozenset(("user", "vhost", "exchange", "write", "read")),
     "exchanges": frozenset(("name", "vhost", "type", "durable", "auto_delete", "internal", "arguments")),
     "queues": frozenset(("name", "vhost", "durable", "auto_delete", "arguments")),
     "bindings": frozenset(("source", "vhost", "destination", "destination_type", "routing_key", "arguments")),
@@ -242,6 +243,21 @@ class _Import:
                 return
             self.broker.users.set_permissions(user, vhost, perm)
             self.report.counts["permissions"] += 1
+
+    def _topic_permissions(self, tp: dict) -> None:
+        user, vhost = tp.get("user"), tp.get("vhost")
+        if user not in self.broker.users.users:
+            self.left_out("topic_permissions", str(user), f"no user '{user}'", vhost=str(vhost), failed=True)
+        elif vhost not in self.broker.vhosts:
+            self.left_out("topic_permissions", str(user), f"no vhost '{vhost}'", vhost=str(vhost), failed=True)
+        else:
+            try:
+                perm = make_permission(tp.get("exchange"), tp.get("write", ""), tp.get("read", ""))
+            except PatternError as exc:
+                self.left_out("topic_permissions", str(user), str(exc), vhost=str(vhost), failed=True)
+                return
+            self.broker.users.topics.set(user, vhost, perm)
+            self.report.counts["topic_permissions"] += 1
 
     def _exchanges(self, x: dict) -> None:
         vh = self._vhost_of(x)

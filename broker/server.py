@@ -259,6 +259,7 @@ class Broker:
             "permissions": [
                 dict(user=user, vhost=vhost, **perm.as_dict()) for (user, vhost), perm in self.users.permissions.items()
             ],
+            "topic_permissions": self.users.topics.listing(),
             "exchanges": [],
             "queues": [],
             "bindings": [],

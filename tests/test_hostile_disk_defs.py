@@ -206,7 +206,7 @@ def expected_not_applied(uid: str, broken: bool = True) -> set[tuple[str, str, s
     out = {
         ("vhosts", vh, "description"), ("vhosts", vh, "tags"), ("vhosts", vh, "metadata"), ("vhosts", vh, "limits"),
         ("users", user, "limits"),
-        ("topic_permissions", user, ""), ("policies", "ttl-all", ""), ("parameters", "limits", ""),
+        ("policies", "ttl-all", ""), ("parameters", "limits", ""),
         ("global_parameters", "cluster_name", ""), ("federation_upstreams", "", ""),
         ("exchanges", "hx", "colour"), ("queues", "hq", "shiny"),
     }

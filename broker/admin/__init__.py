@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import click
 
-from . import access, node, topology
+from . import access, node, topics, topology
 
-COMMANDS: tuple[click.Command, ...] = (*access.COMMANDS, *topology.COMMANDS, *node.COMMANDS)
+COMMANDS: tuple[click.Command, ...] = (*access.COMMANDS, *topology.COMMANDS, *node.COMMANDS, *topics.COMMANDS)
 
 __all__ = ["COMMANDS"]

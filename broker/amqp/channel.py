@@ -51,6 +51,7 @@ from ..message import Message
 from ..publishing import CHECKED_FLAGS, check_properties
 from ..queues import PUSH_REJECTED, PUSH_SYNC, Queue
 from ..services import Services
+from ..topic_permissions import WRITE
 from . import basic_methods, topology_methods
 from .ack_timeout import NOTIFY_CONSUMER, AckTimer, timed_out_text
 from .confirms import ACK, COMMIT_OK, NACK, Confirms, Signal
@@ -116,6 +117,7 @@ class Channel:
         self.vhost = conn.vhost
         self.services = conn.services
         self.stats = conn.services.stats
+        self.topics = services.users.topics
         self.closing = False
         self.flow = True
         self.active = True  # flow on and not closing
@@ -225,6 +227,8 @@ class Channel:
             x = self.vhost.exchange_for_publish(exchange)  # raises 404 / 403
         if bits & 2:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        if self.topics.rules and x.type_name == "topic":
+            self.topics.check(WRITE, self.conn.username, self.vhost.name, exchange, rk)
         msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
         if framing.property_flags(header) & CHECKED_FLAGS:  # the common publish skips the call
             check_properties(msg, self.conn.username, None if self.reply_consumer is None else self.reply_token)

@@ -41,6 +41,7 @@ from .lost_found import routes as lost_found_routes
 from .overview import routes as overview_routes
 from .queues import routes as queue_routes
 from .stats import Stats
+from .topic_permissions import routes as topic_permission_routes
 from .users import routes as user_routes
 from .vhosts import routes as vhost_routes
 
@@ -49,7 +50,7 @@ log = logging.getLogger("broker.management")
 # every endpoint, in the order patterns are tried (the first that matches a path wins)
 ROUTES = Router()
 for _routes in (overview_routes, health_routes, connection_routes, exchange_routes, queue_routes, binding_routes,
-                vhost_routes, user_routes, definition_routes, lost_found_routes):
+                vhost_routes, user_routes, definition_routes, lost_found_routes, topic_permission_routes):
     ROUTES.include(_routes)
 
 
