@@ -31,6 +31,7 @@ from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .amqp.connection import Connection
 from .auth import Permission, UserStore
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
+from .delayed import remove_orphans
 from .login_throttle import LoginThrottle
 from .logsafe import printable
 from .metadata import MetadataJournal
@@ -203,6 +204,8 @@ class Broker:
         # logs that no declared queue owns: kept aside, never deleted
         for d in sorted(self.store.existing_queue_dirs() - set(self.store.logs)):
             self._quarantine(d)
+        remove_orphans(self.store, {h.log.dir for vh in self.vhosts.values()
+                                    for h in vh.delayed.held.values() if h.log is not None})
         for p in problems:
             log.error("recovery: %s", p)
         self.journal.dirty = False
@@ -288,6 +291,7 @@ class Broker:
                 conn.close(errors.CONNECTION_FORCED, f"CONNECTION_FORCED - vhost '{name}' is deleted")
         for q in list(vh.queues.values()):
             vh.delete_queue(q)
+        vh.delayed.drop_all()
         self.users.drop_vhost(name)
         self.journal.changed()
         log.info("vhost '%s' deleted", printable(name))
@@ -405,5 +409,7 @@ class Broker:
             self._housekeeper.cancel()
         if self.store is not None:
             self.journal.close()
+            for vh in self.vhosts.values():
+                vh.delayed.close()
             self.store.close()
         log.info("broker stopped")
