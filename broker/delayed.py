@@ -33,12 +33,13 @@ import heapq
 import itertools
 import logging
 import shutil
+import struct
 import time
 from array import array
 from collections.abc import Collection
 from typing import Any, Protocol
 
-from protocol import errors, framing
+from protocol import errors, fields, framing
 from protocol.errors import ChannelError
 from storage.delay_log import DelayBucket, DelayLog, bucket_width, existing_exchange_dirs
 from storage.log import LogStore, StorageError
@@ -69,14 +70,25 @@ def remove_orphans(store: LogStore, claimed: set[str]) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# the integer field types of AMQP tables, as struct formats
+_INT_FIELDS = {b"b": ">b", b"B": ">B", b"s": ">h", b"u": ">H", b"I": ">i", b"i": ">I", b"l": ">q", b"L": ">Q"}
+
+
 def delay_of(msg: Message) -> int | None:
-    """The message's ``x-delay`` (ms) if it asks for a delay, else None (route now)."""
-    if not framing.property_flags(msg.header) & framing.FLAG_HEADERS or b"x-delay" not in msg.header:
+    """The message's ``x-delay`` (ms) if it asks for a delay, else None (route now).
+    Read from the header bytes (no decoding of the other properties)."""
+    h = msg.header
+    if not framing.property_flags(h) & framing.FLAG_HEADERS or b"\x07x-delay" not in h:
         return None
-    v = (msg.properties.headers or {}).get("x-delay")
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_DELAY:
-        return None
-    return v
+    _prefix, props = fields.split_properties(h)
+    for key, raw in fields.table_entries(props["headers"]):
+        if key == "x-delay":
+            fmt = _INT_FIELDS.get(raw[:1])
+            if fmt is None:
+                return None
+            v = struct.unpack_from(fmt, raw, 1)[0]
+            return v if 0 < v <= MAX_DELAY else None
+    return None
 
 
 class DelayedExchange(Exchange):
