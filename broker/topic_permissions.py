@@ -13,7 +13,11 @@ is searched for, not anchored, as in RabbitMQ.
 Before matching, ``{username}`` and ``{vhost}`` in a regex are replaced by the
 user's name and the vhost's (the variables RabbitMQ offers AMQP 0-9-1
 clients), escaped so that they match literally.  The expanded regex is
-compiled once per (regex, user, vhost) and kept in a bounded cache.
+compiled once per (regex, user, vhost) and kept in a bounded cache, and each
+decision is remembered per (write/read, user, vhost, exchange, routing key) in
+another (a regex search through RE2's Python binding costs microseconds; the
+same keys come back all the time).  Both caches are emptied by every change and
+when full, so that ever new routing keys cannot grow them without bound.
 
 The store is ``rules[(user, vhost)][exchange] -> TopicPermission``.  The
 publish path first asks ``bool(rules)`` (no topic permissions at all: no more
@@ -35,6 +39,7 @@ WRITE = "write"
 READ = "read"
 MAX_EXCHANGE_BYTES = 255
 EXPANDED_CACHE_MAX = 1024
+DECISION_CACHE_MAX = 8192
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class TopicPermissions:
     def __init__(self) -> None:
         self.rules: dict[tuple[str, str], dict[str, TopicPermission]] = {}
         self._compiled: dict[tuple[str, str, str], Regex] = {}
+        self._decisions: dict[tuple[str, str, str, str, str], bool] = {}
 
     # -- changes -------------------------------------------------------------------
     def set(self, user: str, vhost: str, perm: TopicPermission) -> bool:
@@ -89,6 +95,7 @@ class TopicPermissions:
         per = self.rules.setdefault((user, vhost), {})
         new = perm.exchange not in per
         per[perm.exchange] = perm
+        self._decisions.clear()
         return new
 
     def clear(self, user: str, vhost: str, exchange: str | None = None) -> bool:
@@ -96,6 +103,7 @@ class TopicPermissions:
         per = self.rules.get((user, vhost))
         if per is None:
             return False
+        self._decisions.clear()
         if exchange is None:
             del self.rules[(user, vhost)]
             return True
@@ -106,10 +114,12 @@ class TopicPermissions:
         return True
 
     def drop_user(self, user: str) -> None:
+        self._decisions.clear()
         for key in [k for k in self.rules if k[0] == user]:
             del self.rules[key]
 
     def drop_vhost(self, vhost: str) -> None:
+        self._decisions.clear()
         for key in [k for k in self.rules if k[1] == vhost]:
             del self.rules[key]
 
@@ -133,6 +143,17 @@ class TopicPermissions:
         perm = per.get(exchange)
         if perm is None:
             return
+        decision = (what, user, vhost, exchange, routing_key)
+        ok = self._decisions.get(decision)
+        if ok is None:
+            ok = self._allows(perm, what, user, vhost, routing_key)
+            if len(self._decisions) >= DECISION_CACHE_MAX:
+                self._decisions.clear()
+            self._decisions[decision] = ok
+        if not ok:
+            raise refused(what, routing_key, exchange, vhost, user)
+
+    def _allows(self, perm: TopicPermission, what: str, user: str, vhost: str, routing_key: str) -> bool:
         pattern = (perm.write if what == WRITE else perm.read) or "^$"
         key = (pattern, user, vhost)
         rx = self._compiled.get(key)
@@ -140,9 +161,8 @@ class TopicPermissions:
             try:
                 rx = compile_pattern(_expand(pattern, user, vhost), what)
             except PatternError:  # the names made it too long: nothing can match
-                raise refused(what, routing_key, exchange, vhost, user) from None
+                return False
             if len(self._compiled) >= EXPANDED_CACHE_MAX:
                 self._compiled.clear()
             self._compiled[key] = rx
-        if rx.search(routing_key) is None:
-            raise refused(what, routing_key, exchange, vhost, user)
+        return rx.search(routing_key) is not None
