@@ -86,9 +86,11 @@ class DelayLog:
         self.vhost = vhost
         self.exchange = exchange
         self.buckets: dict[str, DelayBucket] = {}
-        make_private_dir(os.path.join(store.data_dir, DELAYED_DIR))
+        root = os.path.join(store.data_dir, DELAYED_DIR)
+        make_private_dir(root)
         make_private_dir(self.dir)
         write_identity(self.dir, vhost, exchange)
+        store.new_files.update((store.data_dir, root))  # the new directories' entries, at the next fsync
 
     def bucket_for(self, due: int, delay: int) -> DelayBucket:
         """The bucket a record due at ``due`` (delayed by ``delay``) is appended to."""
