@@ -21,8 +21,12 @@ Without a data directory messages are kept in memory.
 The scheduler (:class:`DelayedMessages`, one per vhost) keeps a heap of the
 start times of the buckets not loaded yet, and a heap of *runs*: a loaded
 bucket's records in due order, or one record added to an already loaded bucket.
-One timer wakes up at the next due time (or bucket start), delivers what is due
-(at most :data:`BATCH` per loop turn) and re-arms.  A delivered record is
+A bucket one second wide is loaded (its records sorted by due time) just before
+it starts; a wider one is first split, :data:`SPLIT_CHUNK` records per loop turn
+from :data:`SPLIT_AHEAD_MS` before it starts, into one group per second, each
+loaded like a narrow bucket, so that a million messages due in the same hour
+never hold the loop.  One timer wakes up at the next due time (or load), delivers
+what is due (at most :data:`BATCH` per loop turn) and re-arms.  A delivered record is
 settled once whatever it was routed to has it safely: at once, or after the
 fsync of the queues' records when it went to a durable queue as persistent.
 """
@@ -41,7 +45,7 @@ from typing import Any, Protocol
 
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError
-from storage.delay_log import DelayBucket, DelayLog, bucket_width, existing_exchange_dirs
+from storage.delay_log import SECOND, DelayBucket, DelayLog, bucket_width, existing_exchange_dirs
 from storage.log import LogStore, StorageError
 from storage.records import RECORD_OVERHEAD_MAX
 
@@ -57,7 +61,9 @@ log = logging.getLogger("broker.delayed")
 TYPE_NAME = "x-delayed-message"
 MAX_DELAY = 2**32 - 1  # ms, the plugin's limit (Erlang's longest timer)
 BATCH = 2000  # deliveries per loop turn
-LOOKAHEAD_MS = 200  # a bucket is loaded this long before it starts
+LOOKAHEAD_MS = 200  # a one-second bucket (or group) is loaded this long before it starts
+SPLIT_AHEAD_MS = 10_000  # a wider bucket is split into seconds this long before it starts
+SPLIT_CHUNK = 20_000  # records split per loop turn
 
 
 def remove_orphans(store: LogStore, claimed: set[str]) -> None:
@@ -188,13 +194,32 @@ class _Held:
         self.buckets: dict[str, DelayBucket] = dlog.buckets if dlog is not None else {}
 
 
+class _Split:
+    """A wide bucket being cut into one group of record indexes per second."""
+
+    __slots__ = ("held", "bucket", "pos", "groups")
+
+    def __init__(self, held: _Held, bucket: DelayBucket) -> None:
+        self.held = held
+        self.bucket = bucket
+        self.pos = 0
+        self.groups: dict[int, array] = {}
+
+
+def _act_at(bucket: DelayBucket) -> int:
+    """When (ms since the epoch) a bucket not loaded yet needs the scheduler."""
+    return bucket.start - (SPLIT_AHEAD_MS if bucket.width > SECOND else LOOKAHEAD_MS)
+
+
 class DelayedMessages:
     """The held messages of one vhost's delayed exchanges, and the timer that releases them."""
 
     def __init__(self, host: DelayHost) -> None:
         self.host = host
         self.held: dict[str, _Held] = {}  # exchange name -> its messages
-        self.starts: list[tuple[int, int, _Held, DelayBucket]] = []  # buckets not loaded, by start
+        # buckets (group None) and per-second groups of split buckets not loaded, by when to act
+        self.starts: list[tuple[int, int, _Held, DelayBucket, array | None]] = []
+        self.splits: list[_Split] = []
         self.runs: list[tuple[int, int, _Run]] = []  # loaded records, by due time
         self.seq = itertools.count()
         self.timer: Any = None
@@ -212,7 +237,7 @@ class DelayedMessages:
         problems = dlog.recover() if dlog is not None else []
         for b in held.buckets.values():
             x.waiting += b.live
-            heapq.heappush(self.starts, (b.start, next(self.seq), held, b))
+            heapq.heappush(self.starts, (_act_at(b), next(self.seq), held, b, None))
         if held.buckets:
             self._arm()
         return problems
@@ -247,14 +272,18 @@ class DelayedMessages:
         delay = delay_of(msg)
         if delay is None:
             return None
+        return self.hold_until(x, msg, int(time.time() * 1000) + delay, delay)
+
+    def hold_until(self, x: DelayedExchange, msg: Message, due: int, delay: int) -> PublishOutcome:
+        """Keep ``msg`` until ``due`` (ms since the epoch) in the bucket a ``delay`` chooses."""
         held = self.held[x.name]
-        due = int(time.time() * 1000) + delay
         status = PUSH_OK
         if held.log is None:
-            bucket = held.buckets.get(str(due - due % bucket_width(delay)))
+            width = bucket_width(delay)
+            start = due - due % width
+            bucket = held.buckets.get(f"{width}-{start}")
             if bucket is None:
-                start = due - due % bucket_width(delay)
-                bucket = held.buckets[str(start)] = DelayBucket(str(start), start, None)
+                bucket = held.buckets[f"{width}-{start}"] = DelayBucket(f"{width}-{start}", start, width, None)
             ref = next(self.memory_refs)
             held.memory[ref] = msg
             bucket.live += 1
@@ -279,7 +308,7 @@ class DelayedMessages:
             heapq.heappush(self.runs, (due, next(self.seq), _Run(held, bucket, None, ref, due)))
         else:
             if not bucket.dues:
-                heapq.heappush(self.starts, (bucket.start, next(self.seq), held, bucket))
+                heapq.heappush(self.starts, (_act_at(bucket), next(self.seq), held, bucket, None))
             bucket.dues.append(due)
             bucket.refs.append(ref)
         self._arm()
@@ -288,11 +317,13 @@ class DelayedMessages:
     # -- the timer ---------------------------------------------------------------------
     def _next_wake(self) -> int | None:
         """When (ms since the epoch) there is work next."""
+        if self.splits:
+            return 0
         at = None
         if self.runs:
             at = self.runs[0][0]
         if self.starts:
-            s = self.starts[0][0] - LOOKAHEAD_MS
+            s = self.starts[0][0]
             at = s if at is None else min(at, s)
         return at
 
@@ -315,9 +346,16 @@ class DelayedMessages:
         self.timer = None
         now = int(time.time() * 1000)
         starts = self.starts
-        while starts and starts[0][0] - LOOKAHEAD_MS <= now:
-            _s, _n, held, bucket = heapq.heappop(starts)
-            self._load(held, bucket)
+        while starts and starts[0][0] <= now:
+            _s, _n, held, bucket, group = heapq.heappop(starts)
+            if group is not None:
+                self._load_group(held, bucket, group)
+            elif bucket.width > SECOND:
+                self.splits.append(_Split(held, bucket))
+            else:
+                self._load(held, bucket)
+        if self.splits:
+            self._split_step()
         runs = self.runs
         n = 0
         while runs and runs[0][0] <= now and n < BATCH:
@@ -329,13 +367,44 @@ class DelayedMessages:
                 heapq.heappop(runs)
             self._release(run.held, run.bucket, ref)
             n += 1
-        if n >= BATCH and runs and runs[0][0] <= now:
+        if self.splits or (n >= BATCH and runs and runs[0][0] <= now):
             services = self.host.services
             if services is not None and services.loop is not None:
                 self.timer_at = now
                 self.timer = services.loop.call_soon(self._tick)
                 return
         self._arm()
+
+    def _split_step(self) -> None:
+        """Cut the next chunk of the first bucket being split; when done, queue its groups."""
+        sp = self.splits[0]
+        bucket = sp.bucket
+        if sp.held.buckets.get(bucket.key) is not bucket or self.held.get(sp.held.exchange.name) is not sp.held:
+            self.splits.pop(0)  # deleted meanwhile
+            return
+        dues, groups = bucket.dues, sp.groups
+        end = min(len(dues), sp.pos + SPLIT_CHUNK)
+        for i in range(sp.pos, end):
+            sec = dues[i] // SECOND
+            g = groups.get(sec)
+            if g is None:
+                g = groups[sec] = array("I")
+            g.append(i)
+        sp.pos = end
+        if end < len(dues):
+            return
+        bucket.loaded = True  # from now on, records added to it are single runs
+        self.splits.pop(0)
+        for sec, group in groups.items():
+            heapq.heappush(self.starts, (sec * SECOND - LOOKAHEAD_MS, next(self.seq), sp.held, bucket, group))
+
+    def _load_group(self, held: _Held, bucket: DelayBucket, group: array) -> None:
+        """One second of a split bucket: its records join the runs, in due order."""
+        if held.buckets.get(bucket.key) is not bucket or self.held.get(held.exchange.name) is not held:
+            return
+        dues = bucket.dues
+        run = _Run(held, bucket, array("I", sorted(group, key=dues.__getitem__)))
+        heapq.heappush(self.runs, (run.current()[0], next(self.seq), run))
 
     def _load(self, held: _Held, bucket: DelayBucket) -> None:
         """A bucket's time is near: its records join the runs, in due order."""

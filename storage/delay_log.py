@@ -53,11 +53,12 @@ def bucket_width(delay_ms: int) -> int:
 class DelayBucket:
     """The records of one exchange due within one time window."""
 
-    __slots__ = ("key", "start", "qlog", "dues", "refs", "live", "loaded")
+    __slots__ = ("key", "start", "width", "qlog", "dues", "refs", "live", "loaded")
 
-    def __init__(self, key: str, start: int, qlog: QueueLog | None) -> None:
+    def __init__(self, key: str, start: int, width: int, qlog: QueueLog | None) -> None:
         self.key = key
         self.start = start  # ms since the epoch
+        self.width = width  # ms
         self.qlog = qlog
         self.dues = array("q")  # due time of each record, in append order (ms since the epoch)
         self.refs = array("Q")  # its ref in qlog
@@ -102,7 +103,7 @@ class DelayLog:
             path = os.path.join(self.dir, key)
             make_private_dir(path)
             self.store.new_files.add(self.dir)  # the new directory's entry
-            b = self.buckets[key] = DelayBucket(key, start, QueueLog(self.store, path))
+            b = self.buckets[key] = DelayBucket(key, start, width, QueueLog(self.store, path))
         return b
 
     def append(self, bucket: DelayBucket, due: int, persistent: bool, ex_raw: bytes, rk_raw: bytes,
@@ -139,7 +140,7 @@ class DelayLog:
             if not os.path.isdir(path):
                 continue
             try:
-                _width, start = (int(x) for x in name.split("-"))
+                width, start = (int(x) for x in name.split("-"))
             except ValueError:
                 problems.append(f"{path}: not a delay bucket; left alone")
                 continue
@@ -149,7 +150,7 @@ class DelayLog:
             if not refs:
                 qlog.destroy()
                 continue
-            b = DelayBucket(name, start, qlog)
+            b = DelayBucket(name, start, width, qlog)
             b.refs = refs
             b.dues = _due_times(qlog, refs)
             b.live = len(refs)
