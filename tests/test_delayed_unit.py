@@ -93,3 +93,27 @@ def test_wide_buckets_are_split_and_released_in_order_and_survive_restart(tmp_pa
     got2 = asyncio.run(run(False))
     assert sorted(body for _t, body in got2) == [b"later0", b"later1", b"later2"]
     assert not list((tmp_path / "d" / "delayed").glob("*/*-*")), "empty buckets are removed"
+
+
+def test_without_a_data_directory_messages_are_held_in_memory():
+    async def run() -> list[tuple[float, bytes]]:
+        b = Broker(port=0)  # no data dir: nothing on disk
+        await b.prepare()
+        vh = b.vhosts["/"]
+        x, _ = vh.declare_exchange("dx", "x-delayed-message", False, False, False, {"x-delayed-type": "fanout"})
+        q, _ = vh.declare_queue("q", False, False, False, {}, None)
+        vh.bind(x, q, "", {})
+        rec = Recorder()
+        q.add_consumer(rec)
+        t0 = time.time() * 1000
+        for d in (400, 200):
+            out = vh.publish(x, _msg("k", str(d).encode(), {"x-delay": d}))
+            assert out.routed and not out.queues
+        assert x.waiting == 2 and not rec.got
+        while len(rec.got) < 2 and time.time() * 1000 - t0 < 5000:
+            await asyncio.sleep(0.02)
+        await b.stop()
+        assert all(t - t0 >= int(body) for t, body in rec.got)  # never early
+        return rec.got
+
+    assert [body for _t, body in asyncio.run(run())] == [b"200", b"400"]
