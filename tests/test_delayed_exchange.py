@@ -223,3 +223,19 @@ def test_transient_held_messages_do_not_survive_a_restart(fresh_broker):
         assert conn.channel().queue_declare("dq", passive=True).method.message_count == 0
     finally:
         conn.close()
+
+
+def test_http_declare_and_publish(broker, uid):
+    api = Http(mgmt_url(broker))
+    x = f"dx-http-{uid}"
+    r = api.put(f"/api/exchanges/%2F/{x}", {"type": "x-delayed-message"})
+    assert r.status == 400 and "'x-delayed-type' must be an existing exchange type" in r.json["reason"]
+    api.ok("PUT", f"/api/exchanges/%2F/{x}", {"type": "x-delayed-message", "arguments": {"x-delayed-type": "direct"}})
+    api.ok("PUT", f"/api/queues/%2F/dq-http-{uid}", {})
+    api.ok("POST", f"/api/bindings/%2F/e/{x}/q/dq-http-{uid}", {"routing_key": "k"})
+    r = api.post(f"/api/exchanges/%2F/{x}/publish", {"routing_key": "k", "payload": "hi", "payload_encoding": "string",
+                                                     "properties": {"headers": {"x-delay": 400}}})
+    assert r.json == {"routed": True}
+    assert api.get(f"/api/queues/%2F/dq-http-{uid}").json["messages"] == 0
+    time.sleep(1.0)
+    assert api.get(f"/api/queues/%2F/dq-http-{uid}").json["messages"] == 1

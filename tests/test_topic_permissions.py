@@ -218,3 +218,20 @@ def test_no_topic_permissions_costs_nothing_on_publish(tb, api, user, uid):
         assert ch.is_open
     finally:
         conn.close()
+
+
+def test_http_publish_and_binding_are_checked_for_non_administrators(api, user, uid):
+    x = f"logs-{uid}"
+    api.ok("PUT", f"/api/users/{user}", {"password": "pw", "tags": "management"})
+    api.ok("PUT", f"/api/topic-permissions/%2F/{user}", {"exchange": x, "write": "^ok\\.", "read": "^ok\\."})
+    api.ok("PUT", f"/api/queues/%2F/tq-{uid}", {})
+    as_user = api.as_user(user, "pw")
+    r = as_user.post(f"/api/exchanges/%2F/{x}/publish", {"routing_key": "ok.1", "payload": "p",
+                                                         "payload_encoding": "string", "properties": {}})
+    assert r.status == 200, r
+    r = as_user.post(f"/api/exchanges/%2F/{x}/publish", {"routing_key": "no.1", "payload": "p",
+                                                         "payload_encoding": "string", "properties": {}})
+    assert r.status == 403 and refused("write", "no.1", x, user) in r.json["reason"]
+    assert as_user.post(f"/api/bindings/%2F/e/{x}/q/tq-{uid}", {"routing_key": "ok.#"}).status == 201
+    r = as_user.post(f"/api/bindings/%2F/e/{x}/q/tq-{uid}", {"routing_key": "no.#"})
+    assert r.status == 403 and refused("read", "no.#", x, user) in r.json["reason"]
