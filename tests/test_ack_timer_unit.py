@@ -100,7 +100,7 @@ def test_policy_timeout_fires_never_early_and_at_most_a_tick_late(queue):
         await asyncio.sleep(0.25)
         assert len(t.cancelled) == 1
         _c, limit, at = t.cancelled[0]
-        assert limit == 300 and 0.3 <= at - t0 < 0.3 + 0.2  # tick: 30 ms, plus a loaded machine
+        assert limit == 300 and 0.3 <= at - t0 < 0.3 + 0.5  # tick: 30 ms, plus a loaded machine
         # the consumer's deliveries all went back; the second's late ack is ignored
         assert t.unacked_deliveries.take(second, False, 60, 80) == []
         await asyncio.sleep(0.1)

@@ -118,13 +118,13 @@ def test_a_consumer_that_acks_in_time_is_never_cancelled(tb, uid):
 
         def on_msg(c, m, p, body):
             seen.append(body)
-            conn.call_later(0.5, lambda: c.basic_ack(m.delivery_tag))
+            conn.call_later(0.3, lambda: c.basic_ack(m.delivery_tag))
 
         ch.basic_qos(prefetch_count=1)
         ch.basic_consume(q, on_msg)
-        for i in range(5):
+        for i in range(6):
             ch.basic_publish("", q, str(i).encode())
-        drain(conn, lambda: len(seen) == 5, timeout=10)  # 5 x 0.5 s: longer than the 1 s timeout
+        drain(conn, lambda: len(seen) == 6, timeout=10)  # 6 x 0.3 s: longer than the 1 s timeout
         conn.process_data_events(time_limit=1.2)
         assert not cancels and ch.is_open
     finally:
@@ -164,11 +164,15 @@ def test_aio_pika_answers_cancel_ok_and_the_consumer_is_gone_at_once(tb, uid):
                 if not first.done():
                     first.set_result(msg)
 
+            underlay = await ch.get_underlay_channel()
+            cancelled = asyncio.Event()
+            underlay.on_consumer_cancel_callbacks.add(lambda frame: cancelled.set())
             tag = await q.consume(hold, consumer_tag="worker-1")
             await asyncio.wait_for(first, 5)
-            # 1 s timeout (+ a tick): the server cancelled, aio-pika answered Basic.Cancel-Ok,
-            # so the tag is free again long before the server would give up waiting (5 s)
-            await asyncio.sleep(1.8)
+            # after 1 s the server cancels; aiormq answers Basic.Cancel-Ok before it runs the
+            # callbacks, so the tag is free again at once, long before the server's 5 s wait
+            await asyncio.wait_for(cancelled.wait(), 10)
+            cancelled_at = time.monotonic()
             again: asyncio.Future = asyncio.get_running_loop().create_future()
 
             async def take(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
@@ -176,6 +180,7 @@ def test_aio_pika_answers_cancel_ok_and_the_consumer_is_gone_at_once(tb, uid):
                     again.set_result(msg)
 
             assert await q.consume(take, consumer_tag=tag, no_ack=True) == tag
+            assert time.monotonic() - cancelled_at < 2
             msg = await asyncio.wait_for(again, 5)
             assert msg.redelivered and msg.body == b"hello"
             assert not ch.is_closed

@@ -76,7 +76,7 @@ def test_delayed_direct_messages_arrive_on_time_and_others_at_once(broker, uid):
         assert bodies[:5] == [b"now", b"now 0", b"now -5", b"now soon", f"now {2**32}".encode()]
         assert bodies[5] == b"later"
         late = got[5][0] - (sent + 0.7)
-        assert -0.005 <= late < 0.5, late  # never early; within 50 ms when the machine is not loaded
+        assert -0.005 <= late < 1.0, late  # never early; within 50 ms when the machine is not loaded
     finally:
         conn.close()
 
@@ -138,7 +138,9 @@ def test_management_api_shows_messages_delayed(broker, uid):
         j = api.get(f"/api/exchanges/%2F/{x}").json
         assert j["type"] == "x-delayed-message" and j["arguments"] == {"x-delayed-type": "topic"}
         assert j["messages_delayed"] == 3
-        time.sleep(2.0)
+        deadline = time.monotonic() + 10
+        while api.get(f"/api/exchanges/%2F/{x}").json["messages_delayed"] and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert api.get(f"/api/exchanges/%2F/{x}").json["messages_delayed"] == 0  # released (to nowhere)
         types = [t["name"] for t in api.get("/api/overview").json["exchange_types"]]
         assert "x-delayed-message" in types
