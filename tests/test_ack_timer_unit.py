@@ -166,3 +166,33 @@ def test_unacked_remembers_timed_out_tags():
         led.take(99, False, 60, 80)
     assert timed_out_text(3, 1000).startswith("delivery acknowledgement on channel 3 timed out. Timeout value used: "
                                               "1000 ms.")
+
+
+def test_deliveries_made_while_handling_a_timeout_keep_the_older_marks(queue):
+    """A's timeout requeues to B on the same channel: B's older delivery keeps its age."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        t = Target()
+        a, b = Sub(queue, 300), Sub(queue, 1000)
+        t.consumers.update(a=a, b=b)
+        timer = AckTimer(t, loop, 60_000, True)
+        handler = t.consumer_timed_out
+
+        def timed_out(consumer, limit):
+            handler(consumer, limit)
+            if consumer is a:
+                _deliver(t, timer, queue, b)  # the requeued message goes to b at once
+
+        t.consumer_timed_out = timed_out  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        _deliver(t, timer, queue, b)
+        await asyncio.sleep(0.1)
+        _deliver(t, timer, queue, a)
+        while len(t.cancelled) < 2 and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.01)
+        (c1, _l1, at1), (c2, _l2, at2) = t.cancelled
+        assert c1 is a and c2 is b
+        assert 1.0 <= at2 - t0 < 1.28  # counted from b's first delivery, not from a's timeout (>= 1.4)
+        timer.stop()
+
+    asyncio.run(main())

@@ -121,12 +121,13 @@ class AckTimer:
         return min(MAX_TICK, max(MIN_TICK, ms / 10_000))
 
     def tick(self) -> None:
-        self.handle = None
+        # ``handle`` stays set while this runs: deliveries made meanwhile (requeued messages
+        # going to other consumers) must not restart the marks
         ch = self.channel
         led = ch.unacked_deliveries
         by_tag = led.by_tag
         if not by_tag:
-            self.marks.clear()
+            self.stop()
             self.get_queues.clear()
             return
         now = self.loop.time()
@@ -150,11 +151,14 @@ class AckTimer:
                 continue
             if c is None or not self.notify:
                 ch.ack_timed_out(limit)
-                return  # the channel is closing
+                self.stop()  # the channel is closing
+                return
             expired[c] = limit
         for c, limit in expired.items():
             ch.consumer_timed_out(c, limit)
+        if self.handle is None:
+            return  # stopped meanwhile (the channel closed)
         if by_tag:
             self.handle = self.loop.call_later(self._tick_interval(shortest), self.tick)
         else:
-            self.marks.clear()
+            self.stop()
