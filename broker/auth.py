@@ -40,6 +40,7 @@ class User:
     name: str
     password_hash: str
     tags: list[str] = field(default_factory=list)
+    limits: dict[str, int] = field(default_factory=dict)  # max-connections, max-channels (broker.limits)
 
 
 class Permission:
@@ -135,17 +136,29 @@ class UserStore:
         self._decisions.clear()
 
     def add_user(self, name: str, password: str | None, tags: list[str] | None = None) -> User:
-        """Create or replace a user (no password: the user cannot log in with one)."""
+        """Create or replace a user (no password: the user cannot log in with one); a replaced
+        user keeps its limits."""
         u = User(name, hash_password(password) if password is not None else "", list(tags or []))
+        self._keep_limits(u)
         self.users[name] = u
         self._changed()
         return u
 
     def add_user_with_hash(self, name: str, password_hash: str, tags: list[str] | None = None) -> User:
         u = User(name, password_hash, list(tags or []))
+        self._keep_limits(u)
         self.users[name] = u
         self._changed()
         return u
+
+    def _keep_limits(self, u: User) -> None:
+        old = self.users.get(u.name)
+        if old is not None:
+            u.limits = old.limits
+
+    def set_limits(self, name: str, limits: dict[str, int]) -> None:
+        """Replace a user's limits (checked by broker.limits.parse_limits)."""
+        self.users[name].limits = dict(limits)
 
     def delete_user(self, name: str) -> bool:
         if self.users.pop(name, None) is None:
@@ -185,6 +198,13 @@ class UserStore:
         if u is None:
             raise AuthError(f"user '{username}' - invalid credentials")
         if not u.password_hash or not check_password(password, u.password_hash):
+            raise AuthError(f"user '{username}' - invalid credentials")
+        return u
+
+    def authenticate_external(self, username: str) -> User:
+        """The user a verified client certificate names (EXTERNAL: no password is checked)."""
+        u = self.users.get(username)
+        if u is None:
             raise AuthError(f"user '{username}' - invalid credentials")
         return u
 

@@ -1,7 +1,9 @@
 """``broker serve``'s configuration: its options, where their values come from, and their checks.
 
 Every option has a flag, an environment variable (``BROKER_`` and the option's name) and a key of
-the same name in the TOML file given by ``--config`` / ``BROKER_CONFIG_FILE``.  Flags win over
+the same name in the TOML file given by ``--config`` / ``BROKER_CONFIG_FILE``.  The default user,
+password and vhost also answer to RabbitMQ's image variables (``RABBITMQ_DEFAULT_USER``, ...), so
+a ``docker run`` line written for RabbitMQ works; the ``BROKER_`` name wins when both are set.  Flags win over
 the environment, which wins over the file, which wins over the defaults: the file's values are
 loaded first (``--config`` is eager) and become click's defaults.
 
@@ -21,7 +23,9 @@ import click
 from click.core import ParameterSource
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SECRET_OPTIONS = frozenset({"default_pass"})
+TLS_VERIFY_MODES = ("none", "peer", "require")  # as broker.tls.VERIFY_MODES, kept here so the CLI stays light
+TLS_LOGIN_FROM = ("common_name", "distinguished_name")
+SECRET_OPTIONS = frozenset({"default_pass", "tls_key_password"})
 MAX_PORT = 65535
 
 
@@ -130,15 +134,36 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--host", envvar="BROKER_HOST", default="0.0.0.0", show_default=True, help="Address to listen on."),
     click.option("--port", envvar="BROKER_PORT", default=5672, show_default=True, type=PORT,
                  help="AMQP port (0 picks a free one)."),
+    click.option("--no-plain", envvar="BROKER_NO_PLAIN", is_flag=True,
+                 help="No plain AMQP listener: clients connect over TLS only (needs --tls-cert)."),
+    click.option("--tls-port", envvar="BROKER_TLS_PORT", default=None, type=PORT,
+                 show_default="5671 when --tls-cert is given", help="AMQPS port (AMQP over TLS)."),
+    click.option("--tls-cert", envvar="BROKER_TLS_CERT", default=None,
+                 help="Server certificate chain (PEM) for AMQPS; turns the AMQPS listener on."),
+    click.option("--tls-key", envvar="BROKER_TLS_KEY", default=None, help="Private key (PEM) of --tls-cert."),
+    click.option("--tls-key-password", envvar="BROKER_TLS_KEY_PASSWORD", default=None,
+                 help="Password of an encrypted --tls-key."),
+    click.option("--tls-ca", envvar="BROKER_TLS_CA", default=None,
+                 help="CA bundle (PEM) that client certificates are checked against."),
+    click.option("--tls-verify", envvar="BROKER_TLS_VERIFY", default=None, type=click.Choice(TLS_VERIFY_MODES),
+                 show_default="peer with --tls-ca, else none",
+                 help="Client certificates: none (not asked for), peer (checked when sent), "
+                      "require (a client without a valid one is refused)."),
+    click.option("--tls-login-from", envvar="BROKER_TLS_LOGIN_FROM", default="common_name", show_default=True,
+                 type=click.Choice(TLS_LOGIN_FROM),
+                 help="EXTERNAL login: the user name is the client certificate's CN or its whole subject DN."),
     click.option("--data-dir", envvar="BROKER_DATA_DIR", default="./burrowmq-data", show_default=True,
                  help="Where durable state is kept."),
     click.option("--log-level", envvar="BROKER_LOG_LEVEL", default="info", show_default=True,
                  type=click.Choice(LOG_LEVELS)),
-    click.option("--default-user", envvar="BROKER_DEFAULT_USER", default="guest", show_default=True,
+    click.option("--default-user", envvar=["BROKER_DEFAULT_USER", "RABBITMQ_DEFAULT_USER"],
+                 default="guest", show_default=True,
                  help="User created on first start, with full rights on the default vhost."),
-    click.option("--default-pass", envvar="BROKER_DEFAULT_PASS", default="guest", show_default=True,
+    click.option("--default-pass", envvar=["BROKER_DEFAULT_PASS", "RABBITMQ_DEFAULT_PASS"],
+                 default="guest", show_default=True,
                  help="Password of the default user."),
-    click.option("--default-vhost", envvar="BROKER_DEFAULT_VHOST", default="/", show_default=True,
+    click.option("--default-vhost", envvar=["BROKER_DEFAULT_VHOST", "RABBITMQ_DEFAULT_VHOST"],
+                 default="/", show_default=True,
                  help="Vhost created on first start."),
     click.option("--allow-remote-guest", envvar="BROKER_ALLOW_REMOTE_GUEST", is_flag=True,
                  help="Let the user 'guest' log in from other hosts than loopback (off, like RabbitMQ)."),
@@ -161,6 +186,15 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--metrics-port", envvar="BROKER_METRICS_PORT", default=15692, show_default=True,
                  type=PORT_OR_OFF,
                  help="Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off)."),
+    click.option("--management-tls-cert", envvar="BROKER_MANAGEMENT_TLS_CERT", default=None,
+                 help="Certificate chain (PEM): serve the management API over HTTPS (and metrics, unless "
+                      "--metrics-tls-cert is given)."),
+    click.option("--management-tls-key", envvar="BROKER_MANAGEMENT_TLS_KEY", default=None,
+                 help="Private key (PEM) of --management-tls-cert."),
+    click.option("--metrics-tls-cert", envvar="BROKER_METRICS_TLS_CERT", default=None,
+                 help="Certificate chain (PEM): serve the metrics over HTTPS."),
+    click.option("--metrics-tls-key", envvar="BROKER_METRICS_TLS_KEY", default=None,
+                 help="Private key (PEM) of --metrics-tls-cert."),
     click.option(
         "--management-max-body-size", envvar="BROKER_MANAGEMENT_MAX_BODY_SIZE", default="20MiB", show_default=True,
         callback=_check_size, help="Largest request body the management API reads (413 above it).",
@@ -222,6 +256,18 @@ class ServeSettings:
     http_body_timeout: float
     http_keepalive_timeout: float
     definitions: str | None
+    no_plain: bool
+    tls_port: int | None
+    tls_cert: str | None
+    tls_key: str | None
+    tls_key_password: str | None
+    tls_ca: str | None
+    tls_verify: str | None
+    tls_login_from: str
+    management_tls_cert: str | None
+    management_tls_key: str | None
+    metrics_tls_cert: str | None
+    metrics_tls_key: str | None
     consumer_timeout: int = 1_800_000
     consumer_timeout_response: str = "notify-consumer"
 

@@ -13,7 +13,9 @@ Every other property and header keeps its bytes.
 
 from __future__ import annotations
 
+import datetime
 import time
+from decimal import Decimal
 from typing import Any
 
 from pamqp import decode
@@ -119,3 +121,29 @@ def dead_letter(
     if dlrk is None:
         m.cc = tuple(cc)  # dead letters go out with the original keys, BCC excepted
     return m, history, rejected
+
+
+def _plain(v: Any) -> Any:
+    """A decoded field value as JSON can carry it (text for bytes, seconds for timestamps)."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, datetime.datetime):
+        return int(v.timestamp())
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, Decimal):
+        return str(v)
+    return v
+
+
+def death_history(msg: Message) -> list[dict]:
+    """The message's ``x-death`` entries (newest first), as plain values; [] if it never died."""
+    _prefix, props = fields.split_properties(msg.header)
+    if "headers" not in props:
+        return []
+    for k, v in fields.table_entries(props["headers"]):
+        if k == "x-death":
+            return [_plain(d) for d in _decode_array(v) if isinstance(d, dict)]
+    return []

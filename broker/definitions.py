@@ -10,9 +10,14 @@ import, and nothing is dropped silently: everything left out becomes a
 entry is *failed* when an item itself was not created (or only in part: a
 user whose password hash cannot be used): RabbitMQ refuses such a document,
 so the HTTP import answers 400.  The other entries name what this broker has
-no equivalent for (policies, parameters, limits, vhost
+no equivalent for (runtime parameters of plugins, vhost
 descriptions) or does not know (an unknown section or field): the rest of the
-document is applied and the import says what it left out.  Empty sections and
+document is applied and the import says what it left out.
+
+Policies come before exchanges and queues, so that a queue is declared with its
+policy already resolved; operator policies and vhost limits (the ``parameters``
+section) come last, so that limits never refuse the queues of the document
+itself (the metadata file at boot is such a document).  Empty sections and
 fields (``"policies": []``, ``"limits": {}``) leave nothing out.
 """
 
@@ -25,29 +30,36 @@ from typing import Any
 from protocol.names import name_problem
 
 from .auth import Permission
+from .limits import USER_LIMITS, VHOST_LIMITS, LimitError, parse_limits
 from .patterns import PatternError
+from .policies import PolicyError, parse_policy
 from .topic_permissions import make_permission
 from .vhost import VHost
 
 log = logging.getLogger("broker.definitions")
 
 # sections this broker applies, in the order they depend on each other
-APPLIED_SECTIONS = ("vhosts", "users", "permissions", "topic_permissions", "exchanges", "queues", "bindings")
+APPLIED_SECTIONS = (
+    "vhosts", "users", "permissions", "topic_permissions", "policies", "exchanges", "queues", "bindings",
+    "parameters",
+)
+# runtime parameter components applied from the parameters section
+PARAMETER_COMPONENTS = ("operator_policy", "vhost-limits")
 # top-level keys that describe the document, not the broker
 INFO_KEYS = frozenset(
     ("rabbit_version", "rabbitmq_version", "product_name", "product_version", "product", "burrowmq_version")
 )
 UNSUPPORTED_SECTIONS = {
-    "policies": "policies are not supported",
-    "parameters": "runtime parameters (vhost limits, federation, shovels) are not supported",
     "global_parameters": "global parameters are not supported",
 }
 # per section: fields applied, and fields known but not applied (with why)
 ITEM_FIELDS: dict[str, frozenset[str]] = {
-    "vhosts": frozenset(("name",)),
-    "users": frozenset(("name", "password", "password_hash", "hashing_algorithm", "tags")),
+    "vhosts": frozenset(("name", "limits")),
+    "users": frozenset(("name", "password", "password_hash", "hashing_algorithm", "tags", "limits")),
     "permissions": frozenset(("user", "vhost", "configure", "write", "read")),
     "topic_permissions": frozenset(("user", "vhost", "exchange", "write", "read")),
+    "policies": frozenset(("vhost", "name", "pattern", "apply-to", "definition", "priority")),
+    "parameters": frozenset(("vhost", "component", "name", "value")),
     "exchanges": frozenset(("name", "vhost", "type", "durable", "auto_delete", "internal", "arguments")),
     "queues": frozenset(("name", "vhost", "durable", "auto_delete", "arguments")),
     "bindings": frozenset(("source", "vhost", "destination", "destination_type", "routing_key", "arguments")),
@@ -57,11 +69,9 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, str]] = {
         "description": "vhost descriptions are not kept",
         "tags": "vhost tags are not kept",
         "metadata": "vhost metadata is not kept",
-        "limits": "vhost limits are not supported",
         "default_queue_type": "the only queue type is classic",
         "tracing": "tracing is not supported",
     },
-    "users": {"limits": "user limits are not supported"},
     "queues": {"type": "the only queue type is classic"},
 }
 SUPPORTED_HASH = "rabbit_password_hashing_sha256"
@@ -211,6 +221,8 @@ class _Import:
         if v["name"] not in self.broker.vhosts:
             self.broker.vhosts[v["name"]] = VHost(v["name"], self.broker.services)
             self.report.counts["vhosts"] += 1
+        if _has_content(v.get("limits")):
+            self._limits("vhosts", v["name"], v["limits"], VHOST_LIMITS, "limits", self.broker.vhosts[v["name"]])
 
     def _users(self, u: dict) -> None:
         name = u["name"]
@@ -228,6 +240,63 @@ class _Import:
                           "created without a password", field="hashing_algorithm", failed=True)
             users.add_user_with_hash(name, "", tags)
         self.report.counts["users"] += 1
+        if _has_content(u.get("limits")):
+            self._limits("users", name, u["limits"], USER_LIMITS, "user-limits", users.users[name])
+
+    def _limits(self, section: str, item: str, value: Any, keys: tuple[str, ...], what: str, target: Any) -> None:
+        """Vhost or user limits (``target``: a VHost or a User), or a failed entry naming why not."""
+        try:
+            limits = parse_limits(value, keys, what)
+        except LimitError as exc:
+            self.left_out(section, item, str(exc).strip().replace("\n\n", ": "), field="limits", failed=True)
+            return
+        if isinstance(target, VHost):
+            target.set_limits(limits)
+        else:
+            self.broker.users.set_limits(item, limits)
+
+    def _policies(self, p: dict) -> None:
+        self._policy("policies", p, p.get("vhost", "/"), p, operator=False)
+
+    def _policy(self, section: str, item: dict, vname: Any, body: dict, operator: bool) -> None:
+        name = item.get("name")
+        vh = self.broker.vhosts.get(vname)
+        if vh is None:
+            self.left_out(section, str(name), f"no vhost '{vname}'", vhost=str(vname), failed=True)
+            return
+        if not isinstance(name, str):
+            self.left_out(section, "", "no name", vhost=vh.name, failed=True)
+            return
+        missing = [k for k in ("pattern", "definition") if k not in body]
+        try:
+            if missing:
+                raise PolicyError(f'Key "{missing[0]}" not found in {name}')
+            policy = parse_policy(vh.name, name, body, operator)
+            vh.put_policy(policy, operator)
+        except PolicyError as exc:
+            self.left_out(section, name, str(exc).strip().replace("\n\n", ": "), vhost=vh.name, failed=True)
+            return
+        self.report.counts[section] += 1
+
+    def _parameters(self, p: dict) -> None:
+        component, vname, value = p.get("component"), p.get("vhost", "/"), p.get("value")
+        label = str(p.get("name", ""))
+        if component not in PARAMETER_COMPONENTS:
+            self.left_out("parameters", label, f"runtime parameters of component '{component}' are not supported",
+                          vhost=str(vname))
+            return
+        vh = self.broker.vhosts.get(vname)
+        if vh is None:
+            self.left_out("parameters", label, f"no vhost '{vname}'", vhost=str(vname), failed=True)
+            return
+        if component == "vhost-limits":
+            self._limits("parameters", label, value, VHOST_LIMITS, "limits", vh)
+            self.report.counts["parameters"] += 1
+        elif not isinstance(value, dict):
+            self.left_out("parameters", label, "the value of an operator policy must be an object", vhost=vh.name,
+                          failed=True)
+        else:
+            self._policy("parameters", p, vname, value, operator=True)
 
     def _permissions(self, pm: dict) -> None:
         user, vhost = pm.get("user"), pm.get("vhost")

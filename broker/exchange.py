@@ -65,12 +65,27 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}
-        ae = self.arguments.get("alternate-exchange")
-        self.alternate: str | None = ae.decode() if isinstance(ae, bytes) else ae
+        # the policy and operator policy that match this exchange (broker.policies)
+        self.policy: Any = None
+        self.operator_policy: Any = None
+        self.alternate: str | None = None
+        self._set_alternate()
         self.bindings: dict[tuple, Binding] = {}
         # bindings where this exchange is the destination (e2e)
         self.incoming: dict[tuple, Binding] = {}
         self.exchange_dests = 0
+
+    def _set_alternate(self) -> None:
+        # the argument wins over the policy's alternate-exchange (RabbitMQ's get_arg)
+        ae = self.arguments.get("alternate-exchange")
+        if ae is None and self.policy is not None:
+            ae = self.policy.definition.get("alternate-exchange")
+        self.alternate = ae.decode() if isinstance(ae, bytes) else ae
+
+    def apply_policies(self, policy: Any, operator_policy: Any) -> None:
+        """The policies that match this exchange changed (``PolicyRef`` or None each)."""
+        self.policy, self.operator_policy = policy, operator_policy
+        self._set_alternate()
 
     # -- bindings ------------------------------------------------------------
     def add_binding(self, b: Binding) -> bool:

@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import resource
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -184,8 +185,9 @@ class HttpListener:
         )
         self._server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen (``runner.setup()`` done here); return the bound port."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen (``runner.setup()`` done here), over TLS with ``ssl_context``; return the bound port.
+        A TLS handshake may take as long as a request head (``header_timeout``)."""
         fd_limit = _fd_limit()
         if fd_limit > 0 and self.max_connections > fd_limit // 4:
             self.max_connections = max(fd_limit // 4, 1)
@@ -203,6 +205,7 @@ class HttpListener:
         try:
             self._server = await loop.create_server(
                 lambda: GuardedRequestHandler(self, server, loop), host, port, reuse_address=True, backlog=128,
+                ssl=ssl_context, ssl_handshake_timeout=self.limits.header_timeout if ssl_context else None,
             )
         except BaseException:
             await self.runner.cleanup()

@@ -65,6 +65,11 @@ class Message:
         m.cc = self.cc
         return m
 
+    def replace_header(self, header: bytes) -> None:
+        """New content-header bytes (a queue added a header): the decoded properties go too."""
+        self.header = header
+        self._props = None
+
     @property
     def properties(self) -> Any:
         """The decoded Basic properties (decoded once, on first use)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +53,12 @@ class BrokerCollector:
         queues = [q for vh in b.vhosts.values() for q in vh.queues.values()]
         yield g("rabbitmq_queues", "Queues", value=len(queues))
         yield g("rabbitmq_consumers", "Consumers", value=sum(len(q.consumers) for q in queues))
+        if self.per_object:
+            info = g("rabbitmq_queue_info", "A metric with a constant '1' value and labels that provide some "
+                     "queue details", labels=["vhost", "queue", "queue_type", "membership"])
+            for q in queues:  # RabbitMQ names the type by its module: rabbit_quorum_queue
+                info.add_metric([q.vhost.name, q.name, f"rabbit_{q.type_name}_queue", "leader"], 1)
+            yield info
         per_queue = (
             ("rabbitmq_queue_messages_ready", "Messages ready to be delivered", lambda q: q.ready),
             ("rabbitmq_queue_messages_unacked", "Messages delivered and not yet acknowledged", lambda q: q.unacked),
@@ -127,8 +134,10 @@ def _registry(broker: Any, per_object: bool) -> CollectorRegistry:
 class MetricsServer:
     """aiohttp server for /metrics and /metrics/per-object on the broker's loop."""
 
-    def __init__(self, broker: Any, host: str, port: int, limits: HttpLimits | None = None) -> None:
+    def __init__(self, broker: Any, host: str, port: int, limits: HttpLimits | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.broker = broker
+        self.ssl_context = ssl_context  # HTTPS when given
         self.host = host
         self.port = port
         self.limits = limits or HttpLimits()
@@ -179,7 +188,7 @@ class MetricsServer:
         app.router.add_get("/metrics/per-object", self._metrics_per_object)
         self._listener = HttpListener("Prometheus metrics", web.AppRunner(app), self.limits, log)
         try:
-            self.port = await self._listener.start(self.host, self.port)
+            self.port = await self._listener.start(self.host, self.port, self.ssl_context)
         except BaseException:
             self._listener = None
             raise

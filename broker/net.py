@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import platform
+
+
+def node_name() -> str:
+    """This broker's node name, as RabbitMQ's listings show a node (``rabbit@host``)."""
+    return f"burrowmq@{platform.node() or 'localhost'}"
 
 
 def is_loopback(host: str) -> bool:

@@ -11,7 +11,11 @@ Start-up order (as RabbitMQ, which starts its client listeners last):
 So a deploy script or a health check that waits for the AMQP port can call the HTTP API at once,
 and ``ready`` in the log means every listener is open.  On SIGINT or SIGTERM the HTTP listeners
 close, then the engine stops (no new connections, in-flight confirms complete, clients get
-Connection.Close 320).
+Connection.Close 320).  On SIGHUP every TLS certificate is reloaded from its files (all or none;
+a failure is logged and the certificates in use stay).
+
+Every TLS certificate (AMQPS, management API, metrics) is checked before anything starts, so a
+missing file, a key that does not match, or an expired certificate stops the start in one line.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .management import ManagementServer
 from .metadata import MetadataSaveError
 from .metrics import MetricsServer
 from .server import Broker, DefinitionsError
+from .tls import DEFAULT_TLS_PORT, CertFiles, ClientVerification, ReloadableContext, TLSConfigError
 
 log = logging.getLogger("broker")
 
@@ -56,9 +61,39 @@ def setup_logging(level: str) -> None:
     )
 
 
+def _cert_pair(cert: str | None, key: str | None, option: str, password: str | None = None) -> CertFiles | None:
+    """The certificate and key given by ``--OPTION-cert`` / ``--OPTION-key``; both or neither."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("cert", "key") if key is None else ("key", "cert")
+        raise TLSConfigError(f"--{option}-{given} needs --{option}-{missing}")
+    return CertFiles(cert, key, password, f"--{option}-cert", f"--{option}-key")
+
+
+def amqps_context(settings: ServeSettings) -> ReloadableContext | None:
+    """The AMQPS listener's checked TLS context, or None when no certificate is given."""
+    files = _cert_pair(settings.tls_cert, settings.tls_key, "tls", settings.tls_key_password)
+    if files is None:
+        needs = [f"--{n.replace('_', '-')}" for n in ("tls_port", "tls_key_password", "tls_ca", "tls_verify")
+                 if getattr(settings, n) is not None] + (["--no-plain"] if settings.no_plain else [])
+        if needs:
+            raise TLSConfigError(f"{needs[0]} needs --tls-cert and --tls-key")
+        return None
+    mode = settings.tls_verify or ("peer" if settings.tls_ca else "none")
+    return ReloadableContext("AMQPS listener", files, ClientVerification(mode, settings.tls_ca))
+
+
 def make_broker(settings: ServeSettings) -> Broker:
-    """The engine configured by ``settings`` (a bad value raises ValueError)."""
-    return Broker(
+    """The engine configured by ``settings``, every TLS certificate checked (a bad value raises
+    ValueError)."""
+    tls = amqps_context(settings)
+    management = _cert_pair(settings.management_tls_cert, settings.management_tls_key, "management-tls")
+    metrics = _cert_pair(settings.metrics_tls_cert, settings.metrics_tls_key, "metrics-tls") or management
+    http = [(name, files) for name, files in (("management API", management), ("Prometheus metrics", metrics))
+            if files is not None]
+    http_contexts = [ReloadableContext(name, files) for name, files in http]
+    broker = Broker(
         host=settings.host,
         port=settings.port,
         data_dir=settings.data_dir,
@@ -72,7 +107,14 @@ def make_broker(settings: ServeSettings) -> Broker:
         definitions_file=settings.definitions,
         consumer_timeout=settings.consumer_timeout,
         consumer_timeout_response=settings.consumer_timeout_response,
+        tls=tls,
+        tls_port=settings.tls_port if settings.tls_port is not None else DEFAULT_TLS_PORT,
+        tls_login_from=settings.tls_login_from,
+        plain=not settings.no_plain,
     )
+    for rc in http_contexts:
+        broker.certificates.add(rc)
+    return broker
 
 
 def run(broker: Broker, settings: ServeSettings) -> None:
@@ -91,6 +133,7 @@ async def serve(broker: Broker, settings: ServeSettings, loop_name: str) -> None
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_certificates, broker)
     try:
         await broker.prepare()
     except (DataDirError, DefinitionsError, MetadataSaveError) as exc:
@@ -112,7 +155,7 @@ async def serve(broker: Broker, settings: ServeSettings, loop_name: str) -> None
         _cannot_listen(settings, exc)
         await _stop_all(broker, services)
         raise SystemExit(1) from None
-    log.info("BurrowMQ %s ready: amqp://%s:%s (event loop %s)", __version__, settings.host, broker.port, loop_name)
+    log.info("BurrowMQ %s ready: %s (event loop %s)", __version__, broker.urls(), loop_name)
     await stop.wait()
     t0 = loop.time()
     log.info("stopping: no new connections; finishing in-flight confirms, then closing clients")
@@ -120,8 +163,16 @@ async def serve(broker: Broker, settings: ServeSettings, loop_name: str) -> None
     log.info("stopped in %.2f s", loop.time() - t0)
 
 
+def _reload_certificates(broker: Broker) -> None:
+    """SIGHUP: every TLS certificate from its files again, or none if one of them is bad."""
+    try:
+        broker.certificates.reload()
+    except TLSConfigError as exc:
+        log.error("TLS certificates not reloaded (those in use stay): %s", exc)
+
+
 def _cannot_listen(settings: ServeSettings, exc: OSError) -> None:
-    log.error("cannot listen on %s:%s: %s (is another broker running? try --port)", settings.host, settings.port, exc)
+    log.error("cannot listen on %s: %s (is another broker running? try --port / --tls-port)", settings.host, exc)
 
 
 async def _start_http(broker: Broker, settings: ServeSettings) -> list[HttpService]:
@@ -142,10 +193,12 @@ async def _start_http(broker: Broker, settings: ServeSettings) -> list[HttpServi
         if port < 0:
             continue
         service: HttpService
+        tls = broker.certificates.get(what)
+        ssl_context = tls.front_context() if tls is not None else None
         if kind == "management":
-            service = ManagementServer(broker, host, port, limits=limits)
+            service = ManagementServer(broker, host, port, limits=limits, ssl_context=ssl_context)
         else:
-            service = MetricsServer(broker, host, port, limits=limits)
+            service = MetricsServer(broker, host, port, limits=limits, ssl_context=ssl_context)
         try:
             await service.start()
         except OSError as exc:
@@ -153,7 +206,9 @@ async def _start_http(broker: Broker, settings: ServeSettings) -> list[HttpServi
             await _stop_all(broker, services)
             raise SystemExit(1) from None
         services.append(service)
-        logging.getLogger(f"broker.{kind}").info("%s listening on http://%s:%s%s", what, host, service.port, path)
+        scheme = "https" if ssl_context is not None else "http"
+        logging.getLogger(f"broker.{kind}").info("%s listening on %s://%s:%s%s", what, scheme, host, service.port,
+                                                 path)
     return services
 
 

@@ -29,6 +29,7 @@ from storage.records import read_identity
 from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark
 from .amqp.connection import Connection
+from .amqps import AMQPSListener
 from .auth import Permission, UserStore
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
 from .delayed import remove_orphans
@@ -37,6 +38,7 @@ from .logsafe import printable
 from .metadata import MetadataJournal
 from .services import ConnectionLimits, Services
 from .stats import Stats
+from .tls import DEFAULT_TLS_PORT, Certificates, ReloadableContext
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
@@ -49,15 +51,18 @@ class DefinitionsError(Exception):
 class AMQPProtocol(asyncio.Protocol):
     """asyncio adapter: socket events -> Connection."""
 
-    __slots__ = ("broker", "conn")
+    __slots__ = ("broker", "conn", "accepted")
 
     def __init__(self, broker: "Broker") -> None:
         self.broker = broker
         self.conn: Connection | None = None
+        # made when the socket is accepted: on the AMQPS port, connection_made follows the TLS handshake,
+        # which counts in the handshake timeout
+        self.accepted = broker.loop.time()
 
     def connection_made(self, transport: Any) -> None:
         transport.set_write_buffer_limits(high=256 * 1024)
-        self.conn = Connection(self.broker.services, transport)
+        self.conn = Connection(self.broker.services, transport, self.accepted)
         self.broker.connections.add(self.conn)
 
     def data_received(self, data: bytes) -> None:
@@ -104,9 +109,21 @@ class Broker:
         definitions_file: str | None = None,
         consumer_timeout: int = 1_800_000,
         consumer_timeout_response: str = "notify-consumer",
+        tls: ReloadableContext | None = None,
+        tls_port: int = DEFAULT_TLS_PORT,
+        tls_login_from: str = "common_name",
+        plain: bool = True,
     ) -> None:
+        if not plain and tls is None:
+            raise ValueError("no AMQP listener: the plain one is off and no TLS certificate is given")
         self.host = host
-        self.port = port
+        self.port = port if plain else -1  # the plain AMQP port (-1: no plain listener)
+        self.tls = tls
+        self.tls_port = tls_port if tls is not None else -1  # the AMQPS port (-1: no AMQPS listener)
+        self.certificates = Certificates()  # every listener's TLS context, for reload
+        if tls is not None:
+            self.certificates.add(tls)
+        self.tls_server: AMQPSListener | None = None
         self.data_dir = data_dir
         self.heartbeat = heartbeat
         self.frame_max = frame_max
@@ -144,6 +161,7 @@ class Broker:
             vhosts=self.vhosts,
             consumer_timeout_ms=consumer_timeout,
             consumer_timeout_response=consumer_timeout_response,
+            tls_login_from=tls_login_from,
         )
         self.connections: set[Connection] = self.services.connections.all
         self.open_connections: set[Connection] = self.services.connections.open
@@ -170,17 +188,39 @@ class Broker:
         self.ensure_default_user()
         self.journal.commit()
         self.monitor.start()
-        self.server = await self.loop.create_server(
-            lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024, start_serving=False
-        )
-        sock = self.server.sockets[0]
-        self.port = sock.getsockname()[1]
+        if self.port >= 0:
+            self.server = await self.loop.create_server(
+                lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024,
+                start_serving=False,
+            )
+            self.port = self.server.sockets[0].getsockname()[1]
+        if self.tls is not None:
+            self.tls_server = AMQPSListener(self.host, self.tls_port, self.tls, self.handshake_timeout,
+                                            lambda: AMQPProtocol(self))
+            try:
+                self.tls_port = self.tls_server.bind()
+            except OSError:
+                self.tls_server = None
+                if self.server is not None:
+                    self.server.close()
+                raise
 
     async def listen(self) -> None:
-        """Accept AMQP clients on the socket :meth:`prepare` bound."""
-        assert self.server is not None, "prepare() first"
-        await self.server.start_serving()
-        log.info("listening for AMQP 0-9-1 on %s:%s", self.host, self.port)
+        """Accept AMQP clients on the sockets :meth:`prepare` bound."""
+        assert self.server is not None or self.tls_server is not None, "prepare() first"
+        if self.server is not None:
+            await self.server.start_serving()
+            log.info("listening for AMQP 0-9-1 on %s:%s", self.host, self.port)
+        if self.tls_server is not None:
+            self.tls_server.start()
+            log.info("listening for AMQP 0-9-1 over TLS on %s:%s", self.host, self.tls_port)
+
+    def urls(self) -> str:
+        """``amqp://host:port`` and/or ``amqps://host:port``, as the ready line shows them."""
+        out = [f"amqp://{self.host}:{self.port}"] if self.server is not None else []
+        if self.tls_server is not None:
+            out.append(f"amqps://{self.host}:{self.tls_port}")
+        return ", ".join(out)
 
     # -- storage -----------------------------------------------------------------
     def recover(self) -> None:
@@ -255,7 +295,7 @@ class Broker:
                     "password_hash": u.password_hash,
                     "hashing_algorithm": "rabbit_password_hashing_sha256",
                     "tags": list(u.tags),
-                    "limits": {},
+                    "limits": dict(u.limits),
                 }
                 for u in self.users.users.values()
             ],
@@ -263,13 +303,15 @@ class Broker:
                 dict(user=user, vhost=vhost, **perm.as_dict()) for (user, vhost), perm in self.users.permissions.items()
             ],
             "topic_permissions": self.users.topics.listing(),
+            "policies": [],
+            "parameters": [],
             "exchanges": [],
             "queues": [],
             "bindings": [],
         }
         for vh in self.vhosts.values():
             d = vh.definitions()
-            for k in ("exchanges", "queues", "bindings"):
+            for k in ("policies", "parameters", "exchanges", "queues", "bindings"):
                 out[k] += d[k]
         return out
 
@@ -378,6 +420,8 @@ class Broker:
         (the last fsync), then close every client with 320 CONNECTION_FORCED."""
         if self.server is not None:
             self.server.close()
+        if self.tls_server is not None:
+            await self.tls_server.close()
         for conn in list(self.connections):
             conn.drain()
         store = self.store

@@ -66,6 +66,7 @@ class Services:
     stats: Stats
     limits: ConnectionLimits
     vhosts: dict[str, Any]  # name -> broker.vhost.VHost
+    tls_login_from: str = "common_name"  # EXTERNAL's user name: the client certificate's CN or whole DN
     replies: ReplyRegistry = field(default_factory=ReplyRegistry)
     connections: ConnectionRegistry = field(init=False)
     loop: asyncio.AbstractEventLoop | None = None  # set when the broker starts

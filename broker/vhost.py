@@ -13,7 +13,7 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, cast
 
 from protocol import errors, fields, framing
@@ -31,13 +31,16 @@ from .exchange import (
     validate_headers_binding,
 )
 from .exchange import field_type_name as _type_name
+from .limits import reached
 from .message import Message
+from .policies import Policy, VHostPolicies
 from .publishing import PublishOutcome
 from .queues import PUSH_OK, PUSH_REJECTED, Queue, queue_class
 from .queues.arguments import validate_queue_arguments
 from .reply_to import REPLY_TO_PREFIX
 from .services import Services
 from .stats import Stats
+from .tracing import TRACE_EXCHANGE, Tracer
 
 # queue arguments RabbitMQ compares on a redeclare (classic queues)
 log = logging.getLogger("broker.vhost")
@@ -144,11 +147,15 @@ class VHost:
         self.stats = services.stats if services is not None else Stats()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        self.policies = VHostPolicies()  # policies and operator policies (broker.policies)
+        self.limits: dict[str, int] = {}  # max-connections, max-queues (broker.limits)
         self.default_exchange = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default_exchange
         for xname, xtype in PREDECLARED:
             self.exchanges[xname] = EXCHANGE_TYPES[xtype](self, xname, durable=True)
         self.delayed = DelayedMessages(self)  # messages held by x-delayed-message exchanges
+        self.exchanges[TRACE_EXCHANGE] = EXCHANGE_TYPES["topic"](self, TRACE_EXCHANGE, durable=True, internal=True)
+        self.tracer: Tracer | None = None  # the firehose, while tracing is on (broker.tracing)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -210,6 +217,7 @@ class VHost:
                     f"invalid arg 'alternate-exchange' for {self.what('exchange', name)}: the name {problem}",
                 )
             x = cls(self, name, durable, auto_delete, internal, arguments)
+            self.policies.apply_to_exchange(x)
             self.exchanges[name] = x
             created = True
             if isinstance(x, DelayedExchange):
@@ -225,6 +233,13 @@ class VHost:
             field_equivalence(x.internal, internal, "internal", what)
             args_equivalence(x.arguments, arguments or {}, EXCHANGE_EQUIV_ARGS, what)
         return x, created
+
+    def set_tracing(self, on: bool) -> None:
+        """Turn the firehose (copies to amq.rabbitmq.trace) on or off."""
+        if on and self.tracer is None:
+            self.tracer = Tracer(self)
+        elif not on:
+            self.tracer = None
 
     def check_exchange_passive(self, name: str) -> Exchange:
         if name == "":
@@ -298,11 +313,23 @@ class VHost:
             what = self.what("queue", name)
             field_equivalence(q.durable, durable, "durable", what)
             field_equivalence(q.auto_delete, auto_delete, "auto_delete", what)
-            args_equivalence(_with_defaults(q.arguments), _with_defaults(arguments or {}), QUEUE_EQUIV_ARGS, what)
+            keys = q.equivalence_args or QUEUE_EQUIV_ARGS
+            args_equivalence(_with_defaults(q.arguments), _with_defaults(arguments or {}), keys, what)
             q.last_used = time.monotonic()
             return q, False
         cls = queue_class(arguments or {}, self.what("queue", name))
+        if server_named and not cls.server_named:
+            raise ChannelError(
+                errors.PRECONDITION_FAILED, f"Cannot declare a server-named queue for type rabbit_{cls.type_name}_queue"
+            )
+        limit = reached(self.limits, "max-queues", len(self.queues))
+        if limit is not None:
+            raise ChannelError(
+                errors.PRECONDITION_FAILED,
+                f"cannot declare queue '{name}': queue limit in vhost '{self.name}' ({limit}) is reached",
+            )
         q = cls(self, name, durable, exclusive, auto_delete, arguments, owner)
+        self.policies.apply_to_queue(q)  # resolved before it starts
         if owner is None and durable:
             self._open_store(q)  # first: a queue whose log cannot be made is not declared
         self.queues[name] = q
@@ -348,6 +375,44 @@ class VHost:
             except ValueError:
                 pass
         return n
+
+    # -- policies and limits -----------------------------------------------------
+    def put_policy(self, policy: Policy, operator: bool = False) -> bool:
+        """Add or replace a (operator) policy and apply it now; True if it is new."""
+        created = self.store_policy(policy, operator)
+        for _ in self.reapply_policies(operator):
+            pass
+        return created
+
+    def delete_policy(self, name: str, operator: bool = False) -> bool:
+        """Remove a (operator) policy and apply the change now; False if there was none."""
+        if not self.forget_policy(name, operator):
+            return False
+        for _ in self.reapply_policies(operator):
+            pass
+        return True
+
+    def store_policy(self, policy: Policy, operator: bool = False) -> bool:
+        """Add or replace a (operator) policy, to be applied by :meth:`reapply_policies`."""
+        old = self.policies.set_of(operator).put(policy)
+        self.changed()
+        return old is None
+
+    def forget_policy(self, name: str, operator: bool = False) -> bool:
+        if self.policies.set_of(operator).delete(name) is None:
+            return False
+        self.changed()
+        return True
+
+    def reapply_policies(self, operator: bool) -> Iterator[int]:
+        """Apply a changed set of (operator) policies to every queue and exchange, in steps
+        (see :meth:`broker.policies.VHostPolicies.reapply`)."""
+        return self.policies.reapply(operator, list(self.queues.values()), list(self.exchanges.values()))
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        """Replace the vhost's limits (checked by broker.limits.parse_limits)."""
+        self.limits = dict(limits)
+        self.changed()
 
     # -- bindings ------------------------------------------------------------
     def bind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
@@ -434,11 +499,14 @@ class VHost:
                 st.unroutable += 1
         return PublishOutcome(routed, queues, mandatory and not routed, status)
 
-    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Queue], bool]) -> None:
-        """A queue dead-letters ``msg`` to ``exchange`` (dropped if that exchange is gone)."""
+    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Queue], bool]) -> int | None:
+        """A queue dead-letters ``msg`` to ``exchange`` (dropped if that exchange is gone).
+        Returns the queues' worst push status, or None if no queue took it."""
         x = self.exchanges.get(exchange)
-        if x is not None:
-            self.publish(x, msg, skip=skip, from_client=False)
+        if x is None:
+            return None
+        out = self.publish(x, msg, skip=skip, from_client=False)
+        return out.status if out.routed else None
 
     # -- routing -------------------------------------------------------------
     def route_all(self, x: Exchange, msg: Message) -> Collection[Queue]:
@@ -552,4 +620,14 @@ class VHost:
                         "arguments": b.arguments,
                     }
                 )
-        return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+        policies = [p.as_json() for p in self.policies.policies]
+        parameters = [
+            {"vhost": self.name, "component": "operator_policy", "name": p.name,
+             "value": {k: v for k, v in p.as_json().items() if k not in ("vhost", "name")}}
+            for p in self.policies.operator_policies
+        ]
+        if self.limits:
+            parameters.append({"vhost": self.name, "component": "vhost-limits", "name": "limits",
+                               "value": dict(self.limits)})
+        return {"exchanges": exchanges, "queues": queues, "bindings": bindings, "policies": policies,
+                "parameters": parameters}

@@ -117,6 +117,16 @@ def _skip_value(buf: bytes, off: int) -> int:
     raise FrameError(f"unknown field type {t!r} in a field table")
 
 
+def set_headers(header: bytes, values: dict[str, bytes]) -> bytes:
+    """``header`` with the ``headers`` entries named in ``values`` (raw type-tagged
+    values) replaced or added; every other property and header keeps its bytes."""
+    prefix, props = split_properties(header)
+    entries = table_entries(props["headers"]) if "headers" in props else []
+    entries = [(k, v) for k, v in entries if k not in values] + list(values.items())
+    props["headers"] = encode_table_entries(entries)
+    return join_properties(prefix, props)
+
+
 def encode_table_entries(entries: list[tuple[str, bytes]]) -> bytes:
     body = b"".join(shortstr(k.encode("utf-8", "surrogateescape")) + v for k, v in entries)
     return _u32.pack(len(body)) + body

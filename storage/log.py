@@ -60,6 +60,7 @@ from .records import (  # noqa: F401  (REC_HEAD, REC_MSG, decode_message are par
     encode_message,
     offset_of,
     read_acks,
+    read_returns,
     ref_of,
     scan_segment,
     segment_end,
@@ -107,7 +108,9 @@ class WriteFailed(StorageError):
 
 
 class Segment:
-    __slots__ = ("sid", "path", "ack_path", "fd", "size", "flushed", "live", "acked", "ack_buf", "ack_fd")
+    __slots__ = (
+        "sid", "path", "ack_path", "fd", "size", "flushed", "live", "acked", "ack_buf", "ack_fd", "ret_buf", "ret_fd"
+    )
 
     def __init__(self, sid: int, path: str) -> None:
         self.sid = sid
@@ -120,6 +123,12 @@ class Segment:
         self.acked = 0
         self.ack_buf = bytearray()
         self.ack_fd = -1
+        self.ret_buf = bytearray()  # offsets of records that went back to the queue (returns file)
+        self.ret_fd = -1
+
+    @property
+    def ret_path(self) -> str:
+        return self.path[:-4] + ".ret"
 
 
 class QueueLog:
@@ -141,6 +150,9 @@ class QueueLog:
         self.last_append = 0.0
         self.deleted = False
         self.recovered_bytes = 0
+        # ref -> how often it went back to the queue, for the live records recovery found
+        self.recovered_returns: dict[int, int] = {}
+        self.recovered_marked: list[int] = []  # the live records recovery found that were appended marked
 
     # -- writing ---------------------------------------------------------------
     def _open_write_segment(self) -> Segment:
@@ -154,10 +166,18 @@ class QueueLog:
         return seg
 
     def append(
-        self, persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0
+        self,
+        persistent: bool,
+        ex_raw: bytes,
+        rk_raw: bytes,
+        header: bytes,
+        body: bytes,
+        deadline: int = 0,
+        marked: bool = False,
     ) -> int:
-        """Buffer a message record; return its ref."""
-        parts = encode_message(persistent, ex_raw, rk_raw, header, body, deadline)
+        """Buffer a message record; return its ref.  A ``marked`` record is listed in
+        ``recovered_marked`` by the next recovery."""
+        parts = encode_message(persistent, ex_raw, rk_raw, header, body, deadline, marked)
         n = 9 + len(parts[1]) + len(parts[2])
         seg = self.wseg
         if seg is None or (seg.size + n > SEGMENT_SIZE and seg.size > 0):
@@ -218,6 +238,14 @@ class QueueLog:
         seg.ack_buf += U32.pack(ref & 0xFFFFFFFF)
         self.store.dirty(self)
 
+    def count_return(self, ref: int) -> None:
+        """The record at ``ref`` went back to its queue once more (delivery counts survive a restart)."""
+        seg = self.segments.get(ref >> 32)
+        if seg is None or (ref & 0xFFFFFFFF) >= seg.size:
+            return
+        seg.ret_buf += U32.pack(ref & 0xFFFFFFFF)
+        self.store.dirty(self)
+
     def records_lost(self, lost_from: int) -> None:
         """A failed write lost the records from ``lost_from`` to the end of its
         segment: tell the owning queue which refs are gone."""
@@ -230,19 +258,19 @@ class QueueLog:
             self.store.dirty(self)
 
     def _close_files(self, seg: Segment) -> None:
-        for fd in (seg.fd, seg.ack_fd):
+        for fd in (seg.fd, seg.ack_fd, seg.ret_fd):
             if fd >= 0:
                 self.store.sync_fds.discard(fd)
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        seg.fd = seg.ack_fd = -1
+        seg.fd = seg.ack_fd = seg.ret_fd = -1
 
     def _drop_segment(self, seg: Segment) -> None:
         self.segments.pop(seg.sid, None)
         self._close_files(seg)
-        for p in (seg.path, seg.ack_path):
+        for p in (seg.path, seg.ack_path, seg.ret_path):
             try:
                 os.unlink(p)
             except FileNotFoundError:
@@ -260,6 +288,11 @@ class QueueLog:
                     seg.ack_fd = open_private(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 write_all(seg.ack_fd, bytes(seg.ack_buf))
                 seg.ack_buf.clear()
+            if seg.ret_buf:
+                if seg.ret_fd < 0:
+                    seg.ret_fd = open_private(seg.ret_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                write_all(seg.ret_fd, bytes(seg.ret_buf))
+                seg.ret_buf.clear()
         if self.delivered_upto != self.delivered_written:
             p = os.path.join(self.dir, "delivered")
             fd = open_private(p, os.O_WRONLY | os.O_CREAT)
@@ -336,7 +369,7 @@ class QueueLog:
             with open(path, "rb") as f:
                 data = f.read()
             acked = read_acks(seg.ack_path)
-            valid_end, live_refs, bad, nbytes = scan_segment(data, sid, acked)
+            valid_end, live_refs, bad, nbytes = scan_segment(data, sid, acked, self.recovered_marked)
             total_bytes += nbytes
             for b in bad:
                 problems.append(f"{path}: {b}")
@@ -348,6 +381,11 @@ class QueueLog:
             seg.size = seg.flushed = valid_end
             seg.live = len(live_refs)
             refs.extend(live_refs)
+            if live_refs and os.path.exists(seg.ret_path):
+                live = set(live_refs)
+                for off, n in read_returns(seg.ret_path).items():
+                    if ref_of(sid, off) in live:
+                        self.recovered_returns[ref_of(sid, off)] = n
             self.next_sid = max(self.next_sid, sid + 1)
             if seg.live == 0:
                 self._drop_segment(seg)

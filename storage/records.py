@@ -4,11 +4,15 @@ A record is ``length:u32 crc32:u32 type:u8 payload``; ``length`` counts the type
 byte and the payload, and the CRC covers the same bytes.  A message record's
 payload is ``flags:u8 [deadline:u64] exchange:shortstr routing_key:shortstr
 header_len:u32 header body`` (flags bit 0: persistent, bit 1: a deadline
-follows).  A message is named by its *ref* ``segment << 32 | offset``
+follows, bit 2: marked by the queue that wrote it, so that recovery finds such
+records without reading them again; a quorum queue marks its high-priority
+messages).  A message is named by its *ref* ``segment << 32 | offset``
 (:func:`ref_of`, :func:`segment_end`): refs grow with the append order, so they
 double as a queue's sequence numbers.  Each segment ``NNNNNNNN.seg`` has an ack
-file ``NNNNNNNN.ack`` of settled offsets (u32 each); ``queue.json`` names the
-queue a directory was made for.
+file ``NNNNNNNN.ack`` of settled offsets (u32 each) and, for queues that count
+deliveries (quorum queues), a returns file ``NNNNNNNN.ret`` with the offset of a
+record each time it went back to its queue; ``queue.json`` names the queue a
+directory was made for.
 """
 
 from __future__ import annotations
@@ -54,11 +58,11 @@ def segment_end(ref: int) -> int:
 
 
 def encode_message(
-    persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0
+    persistent: bool, ex_raw: bytes, rk_raw: bytes, header: bytes, body: bytes, deadline: int = 0, marked: bool = False
 ) -> list:
     """The parts of one message record (for ``b''.join``).  ``deadline`` is the
     absolute expiry time in ms since the epoch (0: none)."""
-    flags = (1 if persistent else 0) | (2 if deadline else 0)
+    flags = (1 if persistent else 0) | (2 if deadline else 0) | (4 if marked else 0)
     head_and_meta = b"".join(
         (
             bytes((flags,)),
@@ -108,23 +112,38 @@ def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, byt
 
 
 
-def read_acks(path: str) -> set[int]:
+def _read_offsets(path: str) -> array:
+    """The u32 offsets of an ack or returns file (empty if there is none)."""
+    a = array("I")
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        return set()
+        return a
     n = len(raw) // 4
-    a = array("I")
     a.frombytes(raw[: n * 4])
     if a.itemsize == 4 and struct.pack("=I", 1) != struct.pack(">I", 1):
         a.byteswap()
-    return set(a)
+    return a
 
 
-def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int], list[str], int]:
+def read_acks(path: str) -> set[int]:
+    return set(_read_offsets(path))
+
+
+def read_returns(path: str) -> dict[int, int]:
+    """How often each record of a segment went back to its queue: offset -> count."""
+    counts: dict[int, int] = {}
+    for off in _read_offsets(path):
+        counts[off] = counts.get(off, 0) + 1
+    return counts
+
+
+def scan_segment(
+    data: bytes, sid: int, acked: set[int], marked: list[int] | None = None
+) -> tuple[int, list[int], list[str], int]:
     """Walk the records of one segment: (valid end, live persistent refs, problems,
-    body bytes of the live records)."""
+    body bytes of the live records); the live refs of marked records are added to ``marked``."""
     off = 0
     n = len(data)
     live: list[int] = []
@@ -148,6 +167,8 @@ def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int]
             break
         if rtype == REC_MSG and off not in acked and data[off + 9] & 1:
             live.append(base | off)
+            if marked is not None and data[off + 9] & 4:
+                marked.append(base | off)
             # body bytes, for x-max-length-bytes accounting
             o = off + 10 + (8 if data[off + 9] & 2 else 0)
             o += 1 + data[o]
@@ -156,6 +177,24 @@ def scan_segment(data: bytes, sid: int, acked: set[int]) -> tuple[int, list[int]
             live_bytes += end - (o + 4 + hl)
         off = end
     return off, live, bad, live_bytes
+
+
+def scan_records(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
+    """Every intact record of one segment's bytes: (offset, type, payload), read without
+    changing anything; a corrupt record is skipped and a torn tail ends the walk."""
+    off = 0
+    n = len(data)
+    mv = memoryview(data)
+    while off + 9 <= n:
+        length, crc, rtype = REC_HEAD.unpack_from(data, off)
+        end = off + 8 + length
+        if length < 1 or length > MAX_RECORD or end > n:
+            return
+        if zlib.crc32(mv[off + 8 : end]) == crc:
+            yield off, rtype, mv[off + 9 : end]
+        elif not _next_record_ok(data, end):
+            return
+        off = end
 
 
 def _next_record_ok(data: bytes, off: int) -> bool:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"ready: amqp://[^:]+:(\d+)")
+READY = re.compile(r"ready: amqps?://[^:]+:(\d+)")  # the plain port, or the TLS one when there is no plain one
+TLS_READY = re.compile(r"ready: .*amqps://[^:]+:(\d+)")
 
 
 class BrokerProcess:
@@ -32,6 +33,7 @@ class BrokerProcess:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.tls_port = 0  # the AMQPS port, when started with --tls-cert
 
     def start(self, port: int = 0, timeout: float = 15.0) -> "BrokerProcess":
         args = [
@@ -56,6 +58,8 @@ class BrokerProcess:
             m = READY.search(text)
             if m:
                 self.port = int(m.group(1))
+                tls = TLS_READY.search(text)
+                self.tls_port = int(tls.group(1)) if tls else 0
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{text}")

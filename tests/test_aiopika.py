@@ -1,4 +1,7 @@
-"""aio-pika (asyncio) against the broker: every exchange type, iterators, confirms, QoS."""
+"""aio-pika (asyncio) against the broker: every exchange type, iterators, confirms, QoS.
+
+Each test has a vhost of its own on the in-process broker of the project's pytest plugin
+(``amqp_url``); ``AMQP_BROKER_URL`` runs them against another broker."""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from aio_pika import DeliveryMode, ExchangeType, Message
 LIMIT = 8.0  # seconds per test body
 
 
-async def connect(broker) -> aio_pika.abc.AbstractConnection:
-    return await aio_pika.connect(host="127.0.0.1", port=broker.port, timeout=5)
+async def connect(amqp_url: str) -> aio_pika.abc.AbstractConnection:
+    return await aio_pika.connect(amqp_url, timeout=5)
 
 
 async def run(coro):
@@ -29,9 +32,9 @@ async def get_all(queue: aio_pika.abc.AbstractQueue) -> list[bytes]:
         out.append(m.body)
 
 
-async def test_default_exchange_properties_round_trip(broker, uid):
+async def test_default_exchange_properties_round_trip(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()
             q = await ch.declare_queue(f"aio-default-{uid}", auto_delete=False)
             msg = Message(
@@ -65,9 +68,9 @@ async def test_default_exchange_properties_round_trip(broker, uid):
     await run(body())
 
 
-async def test_direct_exchange(broker, uid):
+async def test_direct_exchange(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()
             ex = await ch.declare_exchange(f"aio-direct-{uid}", ExchangeType.DIRECT, auto_delete=True)
             q1 = await ch.declare_queue(exclusive=True)
@@ -89,9 +92,9 @@ async def test_direct_exchange(broker, uid):
     await run(body())
 
 
-async def test_fanout_exchange(broker, uid):
+async def test_fanout_exchange(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()
             ex = await ch.declare_exchange(f"aio-fanout-{uid}", ExchangeType.FANOUT, auto_delete=True)
             queues = [await ch.declare_queue(exclusive=True) for _ in range(3)]
@@ -105,9 +108,9 @@ async def test_fanout_exchange(broker, uid):
     await run(body())
 
 
-async def test_topic_exchange(broker, uid):
+async def test_topic_exchange(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()
             ex = await ch.declare_exchange(f"aio-topic-{uid}", ExchangeType.TOPIC, auto_delete=True)
             patterns = ["*.orange.*", "*.*.rabbit", "lazy.#", "#", "a.*", "a.#"]
@@ -134,9 +137,9 @@ async def test_topic_exchange(broker, uid):
     await run(body())
 
 
-async def test_headers_exchange(broker, uid):
+async def test_headers_exchange(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()
             ex = await ch.declare_exchange(f"aio-headers-{uid}", ExchangeType.HEADERS, auto_delete=True)
             q_all = await ch.declare_queue(exclusive=True)
@@ -162,9 +165,9 @@ async def test_headers_exchange(broker, uid):
     await run(body())
 
 
-async def test_consume_with_iterator(broker, uid):
+async def test_consume_with_iterator(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()
             await ch.set_qos(prefetch_count=3)
             q = await ch.declare_queue(f"aio-iter-{uid}", auto_delete=False)
@@ -189,9 +192,9 @@ async def test_consume_with_iterator(broker, uid):
     await run(body())
 
 
-async def test_consume_callback_reject_requeue(broker, uid):
+async def test_consume_callback_reject_requeue(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()
             q = await ch.declare_queue(f"aio-reject-{uid}", auto_delete=True)
             await ch.default_exchange.publish(Message(b"once"), routing_key=q.name)
@@ -214,9 +217,9 @@ async def test_consume_callback_reject_requeue(broker, uid):
     await run(body())
 
 
-async def test_publisher_confirms(broker, uid):
+async def test_publisher_confirms(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()  # publisher_confirms=True by default
             q = await ch.declare_queue(f"aio-confirm-{uid}", auto_delete=False)
             results = await asyncio.gather(
@@ -245,9 +248,9 @@ async def test_publisher_confirms(broker, uid):
     await run(body())
 
 
-async def test_qos_prefetch(broker, uid):
+async def test_qos_prefetch(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel()
             await ch.set_qos(prefetch_count=2)
             q = await ch.declare_queue(f"aio-qos-{uid}", auto_delete=True)
@@ -284,9 +287,9 @@ async def test_qos_prefetch(broker, uid):
     await run(body())
 
 
-async def test_transaction_commit_and_rollback(broker, uid):
+async def test_transaction_commit_and_rollback(amqp_url, uid):
     async def body():
-        async with await connect(broker) as conn:
+        async with await connect(amqp_url) as conn:
             ch = await conn.channel(publisher_confirms=False)
             q = await ch.declare_queue(f"aio-tx-{uid}", auto_delete=False)
             tx = ch.transaction()
@@ -304,13 +307,13 @@ async def test_transaction_commit_and_rollback(broker, uid):
     await run(body())
 
 
-async def test_exclusive_queue_gone_after_connection_close(broker, uid):
+async def test_exclusive_queue_gone_after_connection_close(amqp_url, uid):
     async def body():
         name = f"aio-excl-{uid}"
-        conn = await connect(broker)
+        conn = await connect(amqp_url)
         ch = await conn.channel()
         await ch.declare_queue(name, exclusive=True)
-        async with await connect(broker) as other:
+        async with await connect(amqp_url) as other:
             och = await other.channel()
             with pytest.raises(aiormq.exceptions.ChannelLockedResource):
                 await och.declare_queue(name, passive=True)

@@ -391,7 +391,8 @@ def test_container_serves_amqp_and_management(image, request, tmp_path, record_p
     log_path = tmp_path / "container.log"
     proc = None
     try:
-        env = ["--env", "BROKER_DEFAULT_USER=admin", "--env", "BROKER_DEFAULT_PASS=admin",
+        # RabbitMQ's variable names, as the guides' `docker run` line gives them
+        env = ["--env", "RABBITMQ_DEFAULT_USER=admin", "--env", "RABBITMQ_DEFAULT_PASS=admin",
                "--env", f"BROKER_MANAGEMENT_PORT={mgmt}", "--env", f"BROKER_METRICS_PORT={metrics}"]
         # The image's CMD with the test's ports: it shares the host network, so not 5672, and
         # only on loopback.
@@ -445,6 +446,7 @@ def test_container_serves_amqp_and_management(image, request, tmp_path, record_p
         out = run([sys.executable, "-m", "cli", "list-queues", *url], cwd=ROOT, env=host_env, timeout=60).stdout
         assert q in out, out
         conn.close()
+        _log_in_to_the_web_ui(request, f"http://127.0.0.1:{mgmt}", "admin", "admin")
 
         # ... and the image's own health check, as the container runs it.
         health = image["inspect"]["Docker"]["config"]["Healthcheck"]["Test"]
@@ -474,6 +476,43 @@ def test_container_serves_amqp_and_management(image, request, tmp_path, record_p
         if proc is not None and proc.poll() is None:
             _stop(proc)
         run(BUILDAH + ["rm", ctr], check=False, timeout=120)
+
+
+def _log_in_to_the_web_ui(request, url: str, user: str, password: str) -> None:
+    """Log in to the container's web UI in headless Chromium; without a browser here, check the
+    UI is served and the API login works, and say so."""
+    chromium = "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None or not os.path.exists(chromium):
+        import base64
+        import urllib.request
+
+        with urllib.request.urlopen(url + "/", timeout=15) as r:
+            assert b'src="/ui/app.js"' in r.read()
+        auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        with urllib.request.urlopen(urllib.request.Request(url + "/api/whoami", headers={"Authorization": auth}),
+                                    timeout=15) as r:
+            assert json.loads(r.read())["name"] == user
+        say(request, "web UI: no Chromium/Playwright here, so the UI's files and the API login were checked instead")
+        return
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.get_by_label("Username").fill(user)
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_selector("text=Totals", timeout=30000)
+            assert f"{user} (administrator)" in page.inner_text("#whoami")
+            assert errors == [], errors
+        finally:
+            browser.close()
 
 
 def _stop(proc: subprocess.Popen) -> int:

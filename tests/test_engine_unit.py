@@ -70,8 +70,6 @@ def test_registry_picks_classic_by_default_and_by_name() -> None:
 @pytest.mark.parametrize(
     "value, text",
     [
-        ("quorum", "invalid arg 'x-queue-type' for Q: quorum queues are not supported by BurrowMQ; "
-                   "declare a durable classic queue"),
         ("stream", "invalid arg 'x-queue-type' for Q: stream queues are not supported by BurrowMQ; "
                    "declare a durable classic queue"),
         ("lazy", "invalid arg 'x-queue-type' for Q: \"unsupported queue type 'lazy'\""),

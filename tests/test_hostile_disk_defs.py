@@ -182,7 +182,9 @@ def hostile_definitions(uid: str, broken: bool = True) -> dict:
         "topic_permissions": [{"user": user, "vhost": vh, "exchange": "amq.topic", "write": "^eu", "read": ".*"}],
         "policies": [{"vhost": vh, "name": "ttl-all", "pattern": ".*", "apply-to": "queues",
                       "definition": {"message-ttl": 1000}, "priority": 0}],
-        "parameters": [{"vhost": vh, "component": "vhost-limits", "name": "limits", "value": {"max-queues": 3}}],
+        "parameters": [{"vhost": vh, "component": "vhost-limits", "name": "limits", "value": {"max-queues": 3}},
+                       {"vhost": vh, "component": "federation-upstream", "name": "up",
+                        "value": {"uri": "amqp://elsewhere"}}],
         "global_parameters": [{"name": "cluster_name", "value": "rabbit@old"}],
         "federation_upstreams": [{"name": "up", "uri": "amqp://elsewhere"}],
         "exchanges": [{"name": "hx", "vhost": vh, "type": "topic", "durable": True, "auto_delete": False,
@@ -202,11 +204,10 @@ def hostile_definitions(uid: str, broken: bool = True) -> dict:
 
 def expected_not_applied(uid: str, broken: bool = True) -> set[tuple[str, str, str]]:
     """(section, item, field) of everything the import must report."""
-    vh, user = f"hd{uid}", f"hu{uid}"
+    vh = f"hd{uid}"
     out = {
-        ("vhosts", vh, "description"), ("vhosts", vh, "tags"), ("vhosts", vh, "metadata"), ("vhosts", vh, "limits"),
-        ("users", user, "limits"),
-        ("policies", "ttl-all", ""), ("parameters", "limits", ""),
+        ("vhosts", vh, "description"), ("vhosts", vh, "tags"), ("vhosts", vh, "metadata"),
+        ("parameters", "up", ""),
         ("global_parameters", "cluster_name", ""), ("federation_upstreams", "", ""),
         ("exchanges", "hx", "colour"), ("queues", "hq", "shiny"),
     }
@@ -227,6 +228,9 @@ def _supported_parts_applied(api: Http, uid: str) -> None:
     assert [b["routing_key"] for b in api.get(f"/api/bindings/{vh}/e/hx/q/hq").json] == ["eu.#"]
     assert api.get(f"/api/permissions/{vh}/{user}").json["write"] == ".*"
     assert api.as_user(user, "hupw").get("/api/whoami").json["name"] == user
+    assert api.get(f"/api/policies/{vh}/ttl-all").json["definition"] == {"message-ttl": 1000}
+    assert api.get(f"/api/vhost-limits/{vh}").json == [{"vhost": vh, "value": {"max-queues": 3}}]
+    assert api.get(f"/api/user-limits/{user}").json == [{"user": user, "value": {"max-connections": 5}}]
 
 
 def test_http_import_lists_what_it_did_not_apply(broker, uid):
@@ -235,7 +239,7 @@ def test_http_import_lists_what_it_did_not_apply(broker, uid):
     # an item that failed makes it a bad request, as in RabbitMQ; the answer lists everything left out
     assert r.status == 400, r
     assert r.json["error"] == "bad_request"
-    assert "nowhere" in r.json["reason"] and f"ghost{uid}" in r.json["reason"] and "policies" in r.json["reason"]
+    assert "nowhere" in r.json["reason"] and f"ghost{uid}" in r.json["reason"] and "federation-upstream" in r.json["reason"]
     assert _reported(r.json) == expected_not_applied(uid)
     assert all(e["reason"] for e in r.json["not_applied"])
     _supported_parts_applied(api, uid)
@@ -250,11 +254,12 @@ def test_http_import_lists_what_it_did_not_apply(broker, uid):
     r = api.post(f"/api/definitions/{vh}", {
         "queues": [{"name": "vq", "durable": True, "auto_delete": False, "arguments": {}, "x": 1}],
         "users": [{"name": f"nobody{uid}", "password": "x"}],
-        "policies": [{"name": "p", "pattern": ".*", "definition": {}}],
+        "policies": [{"name": "p", "pattern": ".*", "definition": {"max-length": 5}}],
     })
     assert r.status == 200, r
-    assert _reported(r.json) == {("queues", "vq", "x"), ("users", "", ""), ("policies", "p", "")}
+    assert _reported(r.json) == {("queues", "vq", "x"), ("users", "", "")}
     assert api.get(f"/api/queues/{vh}/vq").status == 200
+    assert api.get(f"/api/policies/{vh}/p").json["definition"] == {"max-length": 5}
     assert api.get(f"/api/users/nobody{uid}").status == 404
 
 
@@ -283,5 +288,5 @@ def test_cli_import_prints_what_it_did_not_apply(broker_factory, tmp_path):
     assert r.returncode == 0, r.stderr
     printed = [ln for ln in r.stdout.splitlines() if ln.startswith("Not applied: ")]
     assert len(printed) == len(expected_not_applied("cli", broken=False)), r.stdout
-    assert any("policies 'ttl-all'" in ln for ln in printed)
+    assert any("parameters 'up'" in ln for ln in printed)
     assert r.stdout.strip().endswith("Done")

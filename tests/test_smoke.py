@@ -1,12 +1,13 @@
-"""The first thing a user does: hello world against `broker serve`."""
+"""The first thing a user does: hello world (on the in-process broker of the project's pytest
+plugin, in a vhost of its own)."""
 
 import pika
 
 
-def test_hello_world(broker, uid):
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+def test_hello_world(amqp_url):
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     ch = conn.channel()
-    q = f"hello-{uid}"
+    q = "hello"
     ch.queue_declare(q)
     ch.basic_publish("", q, b"Hello World!")
     method, props, body = ch.basic_get(q, auto_ack=True)
@@ -16,8 +17,8 @@ def test_hello_world(broker, uid):
     conn.close()
 
 
-def test_server_properties(broker):
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+def test_server_properties(amqp_url):
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     props = conn._impl.server_properties
     assert props["product"] == b"BurrowMQ" or props["product"] == "BurrowMQ"
     caps = props["capabilities"]

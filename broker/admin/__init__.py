@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import click
 
-from . import access, node, topics, topology
+from . import access, node, policies, topics, topology, tracing
 
-COMMANDS: tuple[click.Command, ...] = (*access.COMMANDS, *topology.COMMANDS, *node.COMMANDS, *topics.COMMANDS)
+COMMANDS: tuple[click.Command, ...] = (
+    *access.COMMANDS, *topology.COMMANDS, *node.COMMANDS, *tracing.COMMANDS, *policies.COMMANDS, *topics.COMMANDS
+)
 
 __all__ = ["COMMANDS"]

@@ -8,6 +8,7 @@ nothing of the engine.  Every failure is an :class:`AdminError`: one line on std
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,11 +38,23 @@ def quote(name: str) -> str:
 class AdminApi:
     """A small client of the management API (urllib, basic auth, JSON)."""
 
-    def __init__(self, url: str, user: str, password: str, as_json: bool = False) -> None:
+    def __init__(self, url: str, user: str, password: str, as_json: bool = False, cacert: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.user = user
+        self.password = password
         self.auth = "Basic " + b64encode(f"{user}:{password}".encode()).decode()
         self.as_json = as_json
+        self.cacert = cacert
+        self._tls: ssl.SSLContext | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """How an https URL's certificate is checked: against --cacert, else the system's CAs."""
+        if self._tls is None:
+            try:
+                self._tls = ssl.create_default_context(cafile=self.cacert)
+            except (OSError, ssl.SSLError) as e:
+                raise AdminError(f"cannot load the CA bundle {self.cacert} (--cacert): {e}") from None
+        return self._tls
 
     def call(self, method: str, path: str, body: Any = None, not_found: str | None = None,
              query: dict[str, str] | None = None) -> Any:
@@ -57,7 +70,8 @@ class AdminApi:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            context = self.tls_context() if url.startswith("https:") else None
+            with urllib.request.urlopen(req, timeout=30, context=context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -76,6 +90,9 @@ class AdminApi:
             raise AdminError(reason or f"HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             why = getattr(e, "reason", e)
+            if isinstance(why, ssl.SSLCertVerificationError):
+                raise AdminError(f"the certificate of the broker at {self.url} is not trusted: {why.verify_message}"
+                                 " (give its CA with --cacert or BROKER_CACERT)") from None
             raise BrokerUnreachable(f"cannot reach the broker at {self.url}: {why}; is it running? (broker serve)") \
                 from None
         if not raw:

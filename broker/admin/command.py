@@ -3,8 +3,9 @@
 The API's URL is, in order: ``--url``; ``BROKER_URL``; where ``broker serve`` would put the API
 given the same settings (``BROKER_MANAGEMENT_HOST`` / ``BROKER_MANAGEMENT_PORT``, then the
 ``management-host`` / ``management-port`` keys of the TOML file given by ``--config`` or
-``BROKER_CONFIG_FILE``; the host falls back to ``BROKER_HOST`` / ``host`` as serve's does);
-else ``http://localhost:15672``.
+``BROKER_CONFIG_FILE``; the host falls back to ``BROKER_HOST`` / ``host`` as serve's does;
+``https`` when ``BROKER_MANAGEMENT_TLS_CERT`` / ``management-tls-cert`` is set); else
+``http://localhost:15672``.  An https API's certificate is checked against ``--cacert``.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def management_url(config_path: str | None) -> str:
     """The management API's URL when neither --url nor BROKER_URL is given."""
     file = read_config_file(config_path) if config_path else {}
     port_setting = _setting("BROKER_MANAGEMENT_PORT", "management-port", file, config_path)
+    https = _setting("BROKER_MANAGEMENT_TLS_CERT", "management-tls-cert", file, config_path) is not None
     host_setting = (_setting("BROKER_MANAGEMENT_HOST", "management-host", file, config_path)
                     or _setting("BROKER_HOST", "host", file, config_path))
-    if port_setting is None and host_setting is None:
+    if port_setting is None and host_setting is None and not https:
         return DEFAULT_URL
     port = 15672
     if port_setting is not None:
@@ -67,7 +69,7 @@ def management_url(config_path: str | None) -> str:
         host = "localhost"
     elif ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if https else 'http'}://{host}:{port}"
 
 
 def admin_command(name: str, listing: bool = False) -> Callable[[Verb], click.Command]:
@@ -76,9 +78,9 @@ def admin_command(name: str, listing: bool = False) -> Callable[[Verb], click.Co
 
     def deco(f: Verb) -> click.Command:
         @functools.wraps(f)
-        def wrapper(url: str | None, config: str | None, user: str, password: str, as_json: bool = False,
-                    **kw: Any) -> None:
-            f(AdminApi(url or management_url(config), user, password, as_json), **kw)
+        def wrapper(url: str | None, config: str | None, user: str, password: str, cacert: str | None,
+                    as_json: bool = False, **kw: Any) -> None:
+            f(AdminApi(url or management_url(config), user, password, as_json, cacert), **kw)
 
         opts = [
             click.option("--url", envvar="BROKER_URL", default=None, help=URL_HELP),
@@ -99,6 +101,9 @@ def admin_command(name: str, listing: bool = False) -> Callable[[Verb], click.Co
                 show_default="guest (env BROKER_PASS)",
                 help="Its password.",
             ),
+            click.option("--cacert", envvar="BROKER_CACERT", default=None, type=click.Path(dir_okay=False),
+                         help="CA bundle (PEM) to check an https API's certificate with (default: the "
+                              "system's CAs)."),
         ]
         if listing:
             opts.append(click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."))

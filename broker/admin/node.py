@@ -139,6 +139,15 @@ def status(api: AdminApi) -> None:
         click.echo(f"{k.ljust(w)}  {v}")
 
 
+@admin_command("reload-certs")
+def reload_certs(api: AdminApi) -> None:
+    """Reload every TLS certificate, key and CA bundle from its files (as SIGHUP); all or none."""
+    for item in api.call("POST", "certificates/reload") or []:
+        click.echo(f"{item.get('listener')}: {item.get('certificate')} ({item.get('subject')}), "
+                   f"valid until {item.get('not_after')}")
+
+
 COMMANDS = (
     export_definitions, import_definitions, list_lost_found, import_lost_found, delete_lost_found, status,
+    reload_certs,
 )

@@ -16,6 +16,7 @@ QUEUE_COLUMNS = {
         "message_bytes", "message_bytes_ready", "node",
     )
 }
+QUEUE_COLUMNS.update({c: c for c in ("leader", "members", "online", "delivery_limit")})  # quorum queues
 QUEUE_COLUMNS.update(owner_pid="owner_pid_details.name", publish="message_stats.publish",
                      deliver_get="message_stats.deliver_get", ack="message_stats.ack")
 EXCHANGE_COLUMNS = {c: c for c in ("name", "type", "durable", "auto_delete", "internal", "arguments", "vhost",
@@ -28,7 +29,8 @@ BINDING_COLUMNS = {
 CONNECTION_COLUMNS = {c: c for c in (
     "name", "user", "vhost", "peer_host", "peer_port", "host", "port", "state", "channels", "protocol", "ssl",
     "timeout", "frame_max", "channel_max", "client_properties", "recv_oct", "send_oct", "connected_at",
-    "auth_mechanism", "type", "node",
+    "auth_mechanism", "type", "node", "ssl_protocol", "ssl_key_exchange", "ssl_cipher", "ssl_hash",
+    "peer_cert_subject", "peer_cert_issuer", "peer_cert_validity",
 )}
 CONSUMER_COLUMNS = {
     "queue_name": "queue.name", "channel_pid": "channel_details.name", "channel": "channel_details.name",

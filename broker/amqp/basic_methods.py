@@ -142,3 +142,5 @@ def basic_get(ch: BasicChannel, m: C.Basic.Get) -> None:
     parts = framing.content_frames(ch.number, msg.header, msg.body, ch.conn.max_body)
     parts.insert(0, framing.get_ok_frame(ch.number, tag, msg.redelivered, msg.ex_raw, msg.rk_raw, q.ready))
     ch.conn.write_parts(parts)
+    if ch.vhost.tracer is not None:
+        ch.vhost.tracer.delivered(msg, q.name, msg.redelivered, ch.conn.name, ch.number, ch.conn.username)

@@ -75,6 +75,7 @@ class ChannelConnection(Protocol):
     services: Services
     vhost: Any
     username: str
+    name: str
     capabilities: dict
     max_body: int
     confirm_dirty: set
@@ -242,7 +243,10 @@ class Channel:
     def route(self, x: Any, msg: Message, mandatory: int) -> int:
         """Publish through the vhost; Basic.Return if mandatory and unroutable.  Returns
         the queues' worst answer (PUSH_SYNC: confirm after the fsync; PUSH_REJECTED: nack)."""
-        out = self.vhost.publish(x, msg, mandatory == 1)
+        vhost = self.vhost
+        out = vhost.publish(x, msg, mandatory == 1)
+        if vhost.tracer is not None:
+            vhost.tracer.published(msg, out.queues, self.conn.name, self.number, self.conn.username)
         if out.returned:
             self._return(msg)
         return out.status
@@ -333,6 +337,8 @@ class Channel:
         parts = framing.content_frames(n, msg.header, msg.body, conn.max_body)
         parts.insert(0, framing.deliver_frame(n, c.tag_raw, tag, msg.redelivered, msg.ex_raw, msg.rk_raw))
         conn.write_parts(parts)
+        if self.vhost.tracer is not None:
+            self.vhost.tracer.delivered(msg, q.name, msg.redelivered, conn.name, n, conn.username)
 
     def on_ack(self, payload: bytes) -> None:
         """Basic.Ack, parsed by hand; a single ack outside a transaction is settled inline."""

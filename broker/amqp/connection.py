@@ -40,6 +40,8 @@ from pamqp import commands as C
 from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
+from ..certinfo import TLSInfo
+from ..limits import reached
 from ..logsafe import printable
 from ..metadata import MetadataSaveError
 from ..services import Services
@@ -87,7 +89,7 @@ class Connection(Handshake):
     OUT_HIGH = 1 << 20
     MAX_FRAMES_PER_TURN = 256
 
-    def __init__(self, services: Services, transport: Any) -> None:
+    def __init__(self, services: Services, transport: Any, accepted: float | None = None) -> None:
         self.services = services
         limits = services.limits
         self.transport = transport
@@ -96,6 +98,9 @@ class Connection(Handshake):
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.peer_host = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
+        sslobj = transport.get_extra_info("ssl_object")
+        self.tls = TLSInfo.of(sslobj) if sslobj is not None else None
+        self.auth_mechanism = ""
         self.reader = framing.FrameReader(limits.frame_max)
         self.state = ConnState.HEADER
         self.channels: dict[int, Channel] = {}
@@ -132,10 +137,17 @@ class Connection(Handshake):
         self.publishing = False
         self.block_pending = False
         self.name = self.peer
-        self._timeout_handle = self.loop.call_later(limits.handshake_timeout, self._handshake_timeout)
+        # an AMQPS connection is made after its TLS handshake, which counts in the timeout too
+        started = self.loop.time() if accepted is None else accepted
+        self._timeout_handle = self.loop.call_at(started + limits.handshake_timeout, self._handshake_timeout)
         self.recv_bytes = 0
         self.sent_bytes = 0
-        log.info("accepting AMQP connection %s", self.peer)
+        if self.tls is None:
+            log.info("accepting AMQP connection %s", self.peer)
+        else:
+            cert = f", client certificate '{printable(self.tls.peer.subject)}'" if self.tls.peer else ""
+            log.info("accepting AMQP connection %s over TLS (%s, %s%s)", self.peer, self.tls.protocol,
+                     self.tls.cipher, cert)
 
     # -- output ----------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -325,7 +337,7 @@ class Connection(Handshake):
                 version_major=0,
                 version_minor=9,
                 server_properties=server_properties(),
-                mechanisms="PLAIN AMQPLAIN",
+                mechanisms=" ".join(self.offered_mechanisms()),
                 locales="en_US",
             )
         )
@@ -500,6 +512,16 @@ class Connection(Handshake):
                 f"number of channels opened ({len(self.channels)}) has reached the negotiated channel_max "
                 f"({self.channel_max})",
             )
+        limits = getattr(self.user, "limits", None)
+        if limits:
+            mine = sum(len(c.channels) for c in self.services.connections.open if c.username == self.username)
+            n = reached(limits, "max-channels", mine)
+            if n is not None:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED,
+                    f"number of channels opened for user '{self.username}' has reached the maximum allowed user "
+                    f"limit of {n}",
+                )
         ch = Channel(self, chn)
         self.channels[chn] = ch
         self.write(framing.method_frame(chn, C.Channel.OpenOk()))

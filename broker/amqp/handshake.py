@@ -3,9 +3,12 @@
 Theory of operation
 -------------------
 :class:`Handshake` is the part of :class:`broker.amqp.connection.Connection` that runs
-before channels may open: it checks the login (PLAIN and AMQPLAIN, loopback-only
-users, the per-address login throttle, which may delay a refusal: the connection
-then sits in ``refusing`` and reads nothing), negotiates frame and channel limits
+before channels may open: it checks the login (PLAIN and AMQPLAIN; EXTERNAL, offered
+only on a TLS connection whose client sent a verified certificate, logs in as the
+user the certificate names, without a password, as RabbitMQ's
+rabbitmq_auth_mechanism_ssl; loopback-only users; the per-address login throttle,
+which may delay a refusal: the connection then sits in ``refusing`` and reads
+nothing), negotiates frame and channel limits
 and the heartbeat, and opens the vhost.  The connection's state machine
 (broker/amqp/connection_state.py) decides which of these methods may run; the
 handshake timeout closes a connection that has not reached ``opened`` in time.
@@ -24,6 +27,7 @@ from protocol.errors import ConnectionError
 
 from .. import __version__
 from ..auth import AuthError, parse_response
+from ..limits import reached
 from ..logsafe import printable
 from ..net import is_loopback
 from .connection_state import HANDSHAKE_OVER, ConnState
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 
     from protocol.framing import FrameReader
 
+    from ..certinfo import TLSInfo
     from ..services import Services
 
 log = logging.getLogger("broker.amqp.connection")
@@ -81,6 +86,8 @@ class Handshake:
         max_body: int
         heartbeat: int
         reader: FrameReader
+        tls: TLSInfo | None
+        auth_mechanism: str
         _refusal_pending: bool
         _close_handle: Any
         _hb_handle: Any
@@ -98,11 +105,21 @@ class Handshake:
 
         def _heartbeat_tick(self) -> None: ...
 
+    def offered_mechanisms(self) -> list[str]:
+        """The SASL mechanisms Connection.Start offers: EXTERNAL only with a verified client certificate."""
+        if self.tls is not None and self.tls.peer is not None:
+            return ["PLAIN", "AMQPLAIN", "EXTERNAL"]
+        return ["PLAIN", "AMQPLAIN"]
+
     def on_start_ok(self, m: C.Connection.StartOk) -> None:
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities") or {}
         self.capabilities = caps if isinstance(caps, dict) else {}
         mech = m.mechanism
+        if mech == "EXTERNAL" and mech not in self.offered_mechanisms():
+            # as RabbitMQ, for a mechanism it knows but did not offer on this connection
+            raise ConnectionError(errors.COMMAND_INVALID, f"invalid authentication mechanism '{mech}'")
+        self.auth_mechanism = mech
         throttle = self.services.login_throttle
         if throttle.busy(self.peer_host):
             throttle.refused_unchecked("amqp091")
@@ -111,13 +128,18 @@ class Handshake:
             self._refuse_login(mech)
             return
         try:
-            if mech not in ("PLAIN", "AMQPLAIN"):
-                raise AuthError(f"unsupported mechanism {mech!r}")
-            # pamqp hands over a response that is valid UTF-8 as text
-            resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("utf-8")
-            username, password = parse_response(mech, resp)
-            self.username = username
-            user = self.services.users.authenticate(username, password)
+            if mech == "EXTERNAL":
+                username = self._certificate_user()
+                self.username = username
+                user = self.services.users.authenticate_external(username)
+            else:
+                if mech not in ("PLAIN", "AMQPLAIN"):
+                    raise AuthError(f"unsupported mechanism {mech!r}")
+                # pamqp hands over a response that is valid UTF-8 as text
+                resp = m.response if isinstance(m.response, bytes) else str(m.response).encode("utf-8")
+                username, password = parse_response(mech, resp)
+                self.username = username
+                user = self.services.users.authenticate(username, password)
             if username in self.services.loopback_users and not is_loopback(self.peer_host):
                 raise AuthError(f"user '{username}' can only connect via localhost")
         except AuthError as exc:
@@ -139,6 +161,16 @@ class Handshake:
         self.send0(C.Connection.Tune(
             channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.services.limits.heartbeat
         ))
+
+    def _certificate_user(self) -> str:
+        """The user name in the verified client certificate (EXTERNAL)."""
+        peer = self.tls.peer if self.tls is not None else None
+        if peer is None:  # pragma: no cover - EXTERNAL is not offered without one
+            raise AuthError("connection has no peer certificate")
+        name = peer.login_name(self.services.tls_login_from)
+        if name is None:
+            raise AuthError(f"no name found in the client certificate '{peer.subject}'")
+        return name
 
     def _refuse_login(self, mech: str) -> None:
         """Answer a refused login: Connection.Close 403, or (like RabbitMQ) just close
@@ -186,6 +218,7 @@ class Handshake:
             raise ConnectionError(errors.NOT_ALLOWED, f"vhost {vhname} not found")
         if self.services.users.permission(self.username, vhname) is None:
             raise ConnectionError(errors.NOT_ALLOWED, f"access to vhost '{vhname}' refused for user '{self.username}'")
+        self._check_connection_limits(vh)
         self.vhost = vh
         self.transition(ConnState.OPENED)
         self._timeout_handle.cancel()
@@ -193,6 +226,26 @@ class Handshake:
         self.send0(C.Connection.OpenOk())
         self.services.connections.opened(self)
         log.info("connection %s opened: user '%s', vhost '%s'", self.peer, printable(self.username), printable(vhname))
+
+    def _check_connection_limits(self, vh: Any) -> None:
+        """The vhost's and the user's max-connections (530, RabbitMQ's texts)."""
+        open_conns = self.services.connections.open
+        if vh.limits:
+            n = reached(vh.limits, "max-connections", sum(1 for c in open_conns if c.vhost is vh))
+            if n is not None:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED,
+                    f"access to vhost '{vh.name}' refused for user '{self.username}': connection limit ({n}) is "
+                    "reached", 10, 40,
+                )
+        limits = getattr(self.user, "limits", None)
+        if limits:
+            n = reached(limits, "max-connections", sum(1 for c in open_conns if c.username == self.username))
+            if n is not None:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED,
+                    f"connection refused for user '{self.username}': user connection limit ({n}) is reached", 10, 40,
+                )
 
     def _handshake_timeout(self) -> None:
         if self.state not in HANDSHAKE_OVER:

@@ -81,7 +81,7 @@ async def post_vhost_definitions(ctx: Ctx) -> Any:
     ctx.require_admin()
     vh = ctx.vhost()
     defs = await _import_body(ctx)
-    topology = ("exchanges", "queues", "bindings")
+    topology = ("policies", "exchanges", "queues", "bindings")
     for key in topology:
         items = defs.get(key) or []
         if not isinstance(items, list):

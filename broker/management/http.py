@@ -178,19 +178,25 @@ class ApiHost(Protocol):
     limits: HttpLimits
     host: str
     port: int
+    ssl_context: Any  # an ssl.SSLContext when the API is served over HTTPS
     vhost_meta: dict[str, dict]  # description / tags given with PUT /api/vhosts/NAME
+    event_streams: Any  # the open live-update streams (.events.EventStreams)
+
+    def resolve(self, raw_path: str, method: str) -> tuple[Handler, dict] | None:
+        """The handler and path parameters of an API path (400 for a bad name in it), or None."""
+        ...
 
 
 class Ctx:
     """One request: who asks, the path's parameters, the query, the body."""
 
-    def __init__(self, server: ApiHost, request: web.Request, params: dict) -> None:
+    def __init__(self, server: ApiHost, request: web.Request, params: dict, query: Any = None) -> None:
         self.server = server
         self.broker = server.broker
         self.stats = server.stats
         self.request = request
         self.params = params
-        self.query = request.query
+        self.query = request.query if query is None else query  # another query: a watched path (events)
         self.user: Any = None
         self.tags: frozenset = frozenset()
 
@@ -334,7 +340,9 @@ def split_path(raw_path: str) -> list[str]:
 _PARAM_FIELDS = {"vhost": "vhost name", "user": "user name", "src": "source exchange name",
                  "dest": "destination name", "node": "node name"}
 _COLLECTION_ITEMS = {"queues": "queue", "exchanges": "exchange", "users": "user", "vhosts": "vhost",
-                     "connections": "connection", "channels": "channel", "nodes": "node"}
+                     "connections": "connection", "channels": "channel", "nodes": "node",
+                     "policies": "policy", "operator-policies": "operator policy", "vhost-limits": "limit",
+                     "user-limits": "limit"}
 
 
 def check_path_names(segments: list[str], params: dict) -> None:

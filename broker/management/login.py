@@ -40,7 +40,8 @@ REALM = 'Basic realm="RabbitMQ Management"'
 
 async def authenticate(ctx: Ctx) -> None:
     """Set ``ctx.user`` and ``ctx.tags`` from the Basic credentials, or raise the 401."""
-    fail = HTTPError(401, "not_authorized", "Login failed", {"WWW-Authenticate": REALM})
+    challenge = _challenge(ctx)
+    fail = HTTPError(401, "not_authorized", "Login failed", challenge)
     header = ctx.request.headers.get("Authorization", "")
     if not header[:6].lower() == "basic ":
         raise fail  # no credentials at all: nothing was guessed
@@ -57,8 +58,7 @@ async def authenticate(ctx: Ctx) -> None:
     if user is None:
         refusal = fail
     elif name in broker.loopback_users and not is_loopback(remote):
-        refusal = HTTPError(401, "not_authorized", "User can only log in via localhost",
-                            {"WWW-Authenticate": REALM})
+        refusal = HTTPError(401, "not_authorized", "User can only log in via localhost", challenge)
     if refusal is not None:
         delay = throttle.failed(remote, "http")
         log.warning("management API: login refused for %s from %s%s",
@@ -73,9 +73,18 @@ async def authenticate(ctx: Ctx) -> None:
         raise refusal
     tags = frozenset(user.tags)
     if not tags & MGMT_TAGS:
-        raise HTTPError(401, "not_authorized", "Not management user", {"WWW-Authenticate": REALM})
+        raise HTTPError(401, "not_authorized", "Not management user", challenge)
     ctx.user = user
     ctx.tags = tags
+
+
+def _challenge(ctx: Ctx) -> dict:
+    """The 401's ``WWW-Authenticate`` header, left out for the web UI's own requests
+    (``X-Requested-With: XMLHttpRequest``): with it, a browser would open its own
+    login dialog over the UI's login form."""
+    if ctx.request.headers.get("X-Requested-With") == "XMLHttpRequest":
+        return {}
+    return {"WWW-Authenticate": REALM}
 
 
 def _basic_login(header: str, users: dict[str, Any]) -> tuple[str | None, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from .. import __version__
 from ..exchange import EXCHANGE_TYPES
 from .connections import visible_connections
-from .http import Ctx, Router, not_found
+from .http import Ctx, Router, bad_request, not_found
 from .views import RABBITMQ_COMPAT_VERSION, apply_query, node_name
 
 routes = Router()
@@ -31,17 +31,56 @@ def _exchange_types() -> list[dict]:
 
 def _listeners(ctx: Ctx) -> list[dict]:
     b = ctx.broker
+    amqp = [(protocol, port) for protocol, port in (("amqp", b.port), ("amqp/ssl", b.tls_port)) if port >= 0]
+    http = "https" if ctx.server.ssl_context is not None else "http"
     return [
-        {"node": node_name(), "protocol": "amqp", "ip_address": b.host, "port": b.port, "socket_opts": {}},
-        {"node": node_name(), "protocol": "http", "ip_address": ctx.server.host, "port": ctx.server.port,
+        *({"node": node_name(), "protocol": protocol, "ip_address": b.host, "port": port, "socket_opts": {}}
+          for protocol, port in amqp),
+        {"node": node_name(), "protocol": http, "ip_address": ctx.server.host, "port": ctx.server.port,
          "socket_opts": {}},
     ]
+
+
+MAX_SAMPLE_AGE = 86400
+
+
+def _age_incr(ctx: Ctx, prefix: str) -> tuple[int, int] | None:
+    """RabbitMQ's ``<prefix>_age`` / ``<prefix>_incr`` query (seconds), or None if not asked."""
+    age, incr = ctx.query.get(f"{prefix}_age"), ctx.query.get(f"{prefix}_incr")
+    if age is None:
+        return None
+    try:
+        a, i = int(age), int(incr if incr is not None else 5)
+    except ValueError:
+        raise bad_request(f"'{prefix}_age' and '{prefix}_incr' must be whole seconds") from None
+    if not 1 <= a <= MAX_SAMPLE_AGE or not 1 <= i <= a:
+        raise bad_request(f"'{prefix}_age' must be 1 to {MAX_SAMPLE_AGE} s and '{prefix}_incr' 1 s to the age")
+    return a, i
+
+
+def _add_samples(ctx: Ctx, vhosts: list[Any], totals: dict) -> None:
+    """RabbitMQ's ``samples`` (newest first) under the ``*_details`` the query asks history for:
+    message counts for ``lengths_*``, cumulative counters for ``msg_rates_*``."""
+    names = [vh.name for vh in vhosts]
+    lengths = _age_incr(ctx, "lengths")
+    if lengths is not None:
+        pts = ctx.stats.samples(names, *lengths)
+        for key, value in (("messages", lambda p: p.ready + p.unacked), ("messages_ready", lambda p: p.ready),
+                           ("messages_unacknowledged", lambda p: p.unacked)):
+            totals[f"{key}_details"]["samples"] = [{"sample": value(p), "timestamp": p.at_ms} for p in pts]
+    rates = _age_incr(ctx, "msg_rates")
+    if rates is not None:
+        pts = ctx.stats.samples(names, *rates)
+        stats = totals["message_stats"]
+        for key, index in (("publish", 3), ("deliver_get", 4), ("ack", 5)):
+            stats[f"{key}_details"]["samples"] = [{"sample": p[index], "timestamp": p.at_ms} for p in pts]
 
 
 @routes.route("api/overview")
 async def overview(ctx: Ctx) -> Any:
     vhosts = ctx.visible_vhosts()
     totals = ctx.stats.totals(vhosts)
+    _add_samples(ctx, vhosts, totals)
     conns = visible_connections(ctx)
     nchan = sum(len(c.channels) for c in conns)
     nq = sum(len(vh.queues) for vh in vhosts)

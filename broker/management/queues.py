@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from protocol import errors
@@ -12,24 +13,43 @@ from ..message import Message
 from ..queues import Queue
 from .http import Ctx, Router, bad_request, field_arguments, field_bool, not_found
 from .messages import properties_json
-from .views import apply_query, queue_json, vhost_bindings
+from .views import apply_query_lazy, queue_json, vhost_bindings
 
 routes = Router()
 
 
-def _queues(ctx: Ctx, vhosts: list[Any]) -> list[dict]:
-    s = ctx.stats
-    return [queue_json(vh, q, s) for vh in vhosts for q in vh.queues.values()]
+# sort keys a page of queues can be sorted by without rendering every queue first
+_CHEAP_SORT_KEYS: dict[str, Callable[[Queue], Any]] = {
+    "name": lambda q: q.name,
+    "vhost": lambda q: q.vhost.name,
+    "durable": lambda q: q.durable,
+    "auto_delete": lambda q: q.auto_delete,
+    "exclusive": lambda q: q.exclusive,
+    "messages": lambda q: q.ready + q.unacked,
+    "messages_ready": lambda q: q.ready,
+    "messages_unacknowledged": lambda q: q.unacked,
+    "consumers": lambda q: len(q.consumers),
+    "type": lambda q: q.type_name,
+}
+
+
+def _queues(ctx: Ctx, vhosts: list[Any]) -> Any:
+    """The queues of ``vhosts`` after the query (filter, sort, page, columns)."""
+    stats = ctx.stats
+    return apply_query_lazy(
+        [q for vh in vhosts for q in vh.queues.values()], ctx.query, lambda q: q.name, _CHEAP_SORT_KEYS,
+        lambda q: queue_json(q.vhost, q, stats),
+    )
 
 
 @routes.route("api/queues")
 async def queues(ctx: Ctx) -> Any:
-    return apply_query(_queues(ctx, ctx.visible_vhosts()), ctx.query)
+    return _queues(ctx, ctx.visible_vhosts())
 
 
 @routes.route("api/queues/:vhost")
 async def vhost_queues(ctx: Ctx) -> Any:
-    return apply_query(_queues(ctx, [ctx.vhost()]), ctx.query)
+    return _queues(ctx, [ctx.vhost()])
 
 
 def _find_queue(ctx: Ctx, vh: Any) -> Queue:
@@ -92,30 +112,72 @@ async def queue_bindings(ctx: Ctx) -> Any:
 ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 
 
-@routes.route("api/queues/:vhost/:name/get", "POST")
-async def get_messages(ctx: Ctx) -> Any:
-    vh = ctx.vhost_for_write()
-    q = _find_queue(ctx, vh)
-    body = await ctx.body()
+def _count(body: dict, limit: int | None = None) -> int:
+    """The ``count`` of a get or peek request: a positive integer (at most ``limit``)."""
     count = body.get("count", 1)
     if isinstance(count, str) and count.isdigit():
         count = int(count)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise bad_request("'count' must be a positive integer")
-    ackmode = body.get("ackmode", "ack_requeue_true")
-    if ackmode not in ACKMODES:
-        raise bad_request(f"'ackmode' must be one of {', '.join(ACKMODES)}")
+    if limit is not None and count > limit:
+        raise bad_request(f"'count' must be at most {limit}")
+    return count
+
+
+def _encoding(body: dict) -> tuple[str, int | None]:
+    """The ``encoding`` and ``truncate`` of a get or peek request."""
     encoding = body.get("encoding", "auto")
     if encoding not in ("auto", "base64"):
         raise bad_request("'encoding' must be 'auto' or 'base64'")
     truncate = body.get("truncate")
     if truncate in ("", None):
-        truncate = None
-    else:
+        return encoding, None
+    try:
+        return encoding, int(truncate)
+    except (TypeError, ValueError):
+        raise bad_request("'truncate' must be an integer") from None
+
+
+def _message_json(q: Queue, msg: Message, encoding: str, truncate: int | None) -> dict:
+    """One message as the get endpoint shows it (RabbitMQ's fields)."""
+    data = msg.body if truncate is None else msg.body[:truncate]
+    payload, penc = None, "base64"
+    if encoding == "auto":
         try:
-            truncate = int(truncate)
-        except (TypeError, ValueError):
-            raise bad_request("'truncate' must be an integer") from None
+            payload, penc = data.decode("utf-8"), "string"
+        except UnicodeDecodeError:
+            pass
+    if payload is None:
+        payload = base64.b64encode(data).decode("ascii")
+    try:
+        props = properties_json(msg)
+    except Exception:
+        props = {}
+    out = {
+        "payload_bytes": len(msg.body),
+        "redelivered": msg.redelivered,
+        "exchange": msg.exchange,
+        "routing_key": msg.routing_key,
+        "message_count": q.ready,
+        "properties": props,
+        "payload": payload,
+        "payload_encoding": penc,
+    }
+    if q.type_name == "quorum":  # how often it came back before (poison messages)
+        out["delivery_count"] = (props.get("headers") or {}).get("x-delivery-count", 0)
+    return out
+
+
+@routes.route("api/queues/:vhost/:name/get", "POST")
+async def get_messages(ctx: Ctx) -> Any:
+    vh = ctx.vhost_for_write()
+    q = _find_queue(ctx, vh)
+    body = await ctx.body()
+    count = _count(body)
+    ackmode = body.get("ackmode", "ack_requeue_true")
+    if ackmode not in ACKMODES:
+        raise bad_request(f"'ackmode' must be one of {', '.join(ACKMODES)}")
+    encoding, truncate = _encoding(body)
     ctx.check(vh, "read", "queue", q.name)
     taken: list[Message] = []
     out = []
@@ -124,29 +186,7 @@ async def get_messages(ctx: Ctx) -> Any:
         if msg is None:
             break
         taken.append(msg)
-        data = msg.body if truncate is None else msg.body[:truncate]
-        payload, penc = None, "base64"
-        if encoding == "auto":
-            try:
-                payload, penc = data.decode("utf-8"), "string"
-            except UnicodeDecodeError:
-                pass
-        if payload is None:
-            payload = base64.b64encode(data).decode("ascii")
-        try:
-            props = properties_json(msg)
-        except Exception:
-            props = {}
-        out.append({
-            "payload_bytes": len(msg.body),
-            "redelivered": msg.redelivered,
-            "exchange": msg.exchange,
-            "routing_key": msg.routing_key,
-            "message_count": q.ready,
-            "properties": props,
-            "payload": payload,
-            "payload_encoding": penc,
-        })
+        out.append(_message_json(q, msg, encoding, truncate))
     if ackmode.endswith("requeue_true"):
         q.requeue(taken)
     elif ackmode == "ack_requeue_false":
@@ -155,4 +195,47 @@ async def get_messages(ctx: Ctx) -> Any:
     else:
         for m in taken:
             q.reject(m)
+    return out
+
+
+PEEK_MAX_COUNT = 100
+"""The most messages one peek shows."""
+
+PEEK_MAX_BYTES = 1 << 20
+"""The most payload bytes one peek answer carries (bodies are cut to fit)."""
+
+PEEK_MAX_OFFSET = 1_000_000
+"""How far into a queue a peek may start."""
+
+
+@routes.route("api/queues/:vhost/:name/peek", "POST")
+async def peek_messages(ctx: Ctx) -> Any:
+    """Ready messages from ``offset`` on, left where they are: not delivered, not
+    marked redelivered, counters unchanged.  Same permission and fields as get,
+    plus ``position`` (0 is the head); at most ``PEEK_MAX_COUNT`` messages and
+    ``PEEK_MAX_BYTES`` of payload (``payload_truncated`` says a body was cut)."""
+    vh = ctx.vhost_for_write()
+    q = _find_queue(ctx, vh)
+    body = await ctx.body()
+    count = _count(body, PEEK_MAX_COUNT)
+    offset = body.get("offset", 0)
+    if isinstance(offset, str) and offset.isdigit():
+        offset = int(offset)
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= PEEK_MAX_OFFSET:
+        raise bad_request(f"'offset' must be an integer from 0 to {PEEK_MAX_OFFSET}")
+    encoding, truncate = _encoding(body)
+    ctx.check(vh, "read", "queue", q.name)
+    msgs = q.peek(offset, count)
+    if msgs is None:
+        raise bad_request(f"{vh.what('queue', q.name)} is of type '{q.type_name}', which cannot be peeked at")
+    budget = PEEK_MAX_BYTES
+    out = []
+    for i, msg in enumerate(msgs):
+        cut = len(msg.body) if truncate is None else min(truncate, len(msg.body))
+        cut = max(min(cut, budget), 0)
+        d = _message_json(q, msg, encoding, cut)
+        d["position"] = offset + i
+        d["payload_truncated"] = cut < len(msg.body)
+        out.append(d)
+        budget -= cut
     return out

@@ -11,6 +11,7 @@ never the broker's end.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -20,12 +21,16 @@ from protocol.errors import AMQPError
 from ..httpguard import HttpLimits, HttpListener
 from ..logsafe import printable
 from .bindings import routes as binding_routes
+from .certificates import routes as certificate_routes
 from .connections import routes as connection_routes
 from .definitions import routes as definition_routes
+from .events import EventStreams
+from .events import routes as event_routes
 from .exchanges import routes as exchange_routes
 from .health import routes as health_routes
 from .http import (
     Ctx,
+    Handler,
     HTTPError,
     Router,
     body_too_large,
@@ -36,21 +41,41 @@ from .http import (
     not_found,
     split_path,
 )
+from .limits import routes as limit_routes
 from .login import authenticate
 from .lost_found import routes as lost_found_routes
 from .overview import routes as overview_routes
+from .policies import routes as policy_routes
 from .queues import routes as queue_routes
+from .static import UiFiles
 from .stats import Stats
 from .topic_permissions import routes as topic_permission_routes
 from .users import routes as user_routes
 from .vhosts import routes as vhost_routes
+from .where import routes as where_routes
 
 log = logging.getLogger("broker.management")
 
 # every endpoint, in the order patterns are tried (the first that matches a path wins)
 ROUTES = Router()
-for _routes in (overview_routes, health_routes, connection_routes, exchange_routes, queue_routes, binding_routes,
-                vhost_routes, user_routes, definition_routes, lost_found_routes, topic_permission_routes):
+for _routes in (
+    overview_routes,
+    health_routes,
+    connection_routes,
+    exchange_routes,
+    queue_routes,
+    binding_routes,
+    vhost_routes,
+    user_routes,
+    definition_routes,
+    lost_found_routes,
+    event_routes,
+    where_routes,
+    certificate_routes,
+    policy_routes,
+    limit_routes,
+    topic_permission_routes,
+):
     ROUTES.include(_routes)
 
 
@@ -58,14 +83,17 @@ class ManagementServer:
     """The management API of one broker, served by aiohttp on the broker's loop."""
 
     def __init__(self, broker: Any, host: str = "0.0.0.0", port: int = 15672, stats_interval: float | None = None,
-                 limits: HttpLimits | None = None) -> None:
+                 limits: HttpLimits | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.broker = broker
+        self.ssl_context = ssl_context  # HTTPS when given
         self.host = host
         self.port = port
         self.limits = limits or HttpLimits()
         self.stats = Stats(broker, stats_interval)
         self.vhost_meta: dict[str, dict] = {}  # description / tags given with PUT /api/vhosts/NAME
         self.listener: HttpListener | None = None
+        self.ui = UiFiles()
+        self.event_streams = EventStreams()
         # aiohttp's own limit too, for the bodies it reads itself (multipart forms)
         self.app = web.Application(client_max_size=self.limits.max_body_size)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -74,7 +102,7 @@ class ManagementServer:
         runner = web.AppRunner(self.app, handle_signals=False)
         self.listener = HttpListener("management API", runner, self.limits, log)
         try:
-            self.port = await self.listener.start(self.host, self.port)
+            self.port = await self.listener.start(self.host, self.port, self.ssl_context)
         except BaseException:
             self.listener = None
             raise
@@ -82,6 +110,7 @@ class ManagementServer:
 
     async def stop(self) -> None:
         self.stats.stop()
+        self.event_streams.close_all()
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None
@@ -102,16 +131,21 @@ class ManagementServer:
             log.exception("management API: %s %s failed", printable(request.method), printable(request.path))
             return json_response({"error": "internal_error", "reason": str(exc)}, 500)
 
+    def resolve(self, raw_path: str, method: str) -> tuple[Handler, dict] | None:
+        """The handler and path parameters of an API path (400 for a bad name in it), or None."""
+        segments = split_path(raw_path)
+        m = ROUTES.match(segments) if segments and segments[0] == "api" else None
+        if m is None or method not in m[0]:
+            return None
+        check_path_names(segments, m[1])
+        return m[0][method], m[1]
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > self.limits.max_body_size:
             raise body_too_large(self.limits.max_body_size)  # before anything else, without reading it
         segments = split_path(request.raw_path)
         if not segments or segments[0] != "api":
-            if not segments:
-                return web.Response(
-                    text="BurrowMQ management API: see /api/overview\n", content_type="text/plain"
-                )
-            raise not_found()
+            return self.ui.answer(request)  # the web UI's files
         m = ROUTES.match(segments)
         if m is None:
             raise not_found()

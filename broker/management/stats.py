@@ -10,6 +10,11 @@ added to the AMQP hot path.
 
 Totals (overview, vhosts) also count what queues that are gone had done up to
 their last sample, so the overview's counters never go down.
+
+Each sample also appends, per vhost, one :class:`Point` (time, ready, unacked,
+and the publish / deliver_get / ack counters) to a ring of ``HISTORY_SECONDS``;
+the overview sums the rings of the vhosts a user may see into RabbitMQ's
+``samples`` (``lengths_age`` / ``msg_rates_age``), so charts start full.
 """
 
 from __future__ import annotations
@@ -17,12 +22,27 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from collections import deque
+from typing import Any, NamedTuple
 
 DEFAULT_INTERVAL = 5.0
 
 # the per-queue counters sampled: (published, delivered, acked, ready, unacked)
 Q_FIELDS = ("publish", "deliver_get", "ack")
+
+
+HISTORY_SECONDS = 600  # RabbitMQ's basic retention of samples
+
+
+class Point(NamedTuple):
+    """One vhost's totals at one sample."""
+
+    at_ms: int
+    ready: int
+    unacked: int
+    publish: int
+    deliver_get: int
+    ack: int
 
 
 def _interval_from_env() -> float:
@@ -50,6 +70,7 @@ class Stats:
         self.retired: dict[str, list[int]] = {}
         self.floors: dict[Any, list[int]] = {}  # vhost -> counters last reported
         self._timer: asyncio.TimerHandle | None = None
+        self.history: dict[str, deque[Point]] = {}  # vhost name -> its last HISTORY_SECONDS of samples
 
     def start(self) -> None:
         self.sample()
@@ -77,7 +98,10 @@ class Stats:
         old = self.queues
         new: dict[Any, tuple[tuple, tuple]] = {}
         zero = (0.0, 0.0, 0.0, 0.0, 0.0)
+        stamp = int(time.time() * 1000)
+        vhost_sums: dict[str, list[int]] = {}
         for vh in self.broker.vhosts.values():
+            sums = vhost_sums[vh.name] = [0, 0, 0, 0, 0]
             for q in vh.queues.values():
                 cur = (q.published, q.delivered, q.acked, q.ready, q.unacked)
                 prev = old.get(q)
@@ -87,6 +111,8 @@ class Stats:
                     p = prev[0]
                     rates = tuple((c - b) / dt for c, b in zip(cur, p))
                 new[q] = (cur, rates)
+                for i in range(5):
+                    sums[i] += cur[i]
         for q, (cur, _r) in old.items():
             if q not in new:
                 acc = self.retired.setdefault(q.vhost.name, [0, 0, 0])
@@ -95,12 +121,15 @@ class Stats:
         self.queues = new
         for name in [n for n in self.retired if n not in self.broker.vhosts]:
             del self.retired[name]
+        for name in [n for n in self.history if n not in self.broker.vhosts]:
+            del self.history[name]
+        for name, sums in vhost_sums.items():
+            self._remember(name, stamp, sums)
         live = set(self.broker.vhosts.values())
         for vh in [v for v in self.floors if v not in live]:
             del self.floors[vh]
         cold = self.conns
         cnew: dict[Any, tuple[int, int, float, float]] = {}
-        stamp = int(time.time() * 1000)
         for conn in self.broker.open_connections:
             prev_c = cold.get(conn)
             r, s = conn.recv_bytes, conn.sent_bytes
@@ -113,7 +142,37 @@ class Stats:
         for conn in [c for c in self.first_seen if c not in cnew and c not in self.broker.open_connections]:
             del self.first_seen[conn]
 
+    def _remember(self, vhost: str, stamp: int, sums: list[int]) -> None:
+        """Append a vhost's sample (its counters include its deleted queues')."""
+        ring = self.history.get(vhost)
+        if ring is None:
+            ring = self.history[vhost] = deque(maxlen=max(2, int(HISTORY_SECONDS / self.interval) + 1))
+        gone = self.retired.get(vhost, (0, 0, 0))
+        ring.append(Point(stamp, sums[3], sums[4], sums[0] + gone[0], sums[1] + gone[1], sums[2] + gone[2]))
+
     # -- reading -------------------------------------------------------------------
+    def samples(self, vhosts: list[str], age_s: int, incr_s: int) -> list[Point]:
+        """The summed samples of ``vhosts`` over the last ``age_s`` seconds, at least
+        ``incr_s`` apart, newest first."""
+        by_time: dict[int, list[int]] = {}
+        for name in vhosts:
+            for pt in self.history.get(name, ()):
+                acc = by_time.setdefault(pt.at_ms, [0, 0, 0, 0, 0])
+                for i in range(5):
+                    acc[i] += pt[i + 1]
+        if not by_time:
+            return []
+        newest = max(by_time)
+        out: list[Point] = []
+        for at in sorted(by_time, reverse=True):
+            if at < newest - age_s * 1000:
+                break
+            if out and out[-1].at_ms - at < incr_s * 1000 - self.interval * 500:
+                continue  # closer than incr_s to the one kept before it (half a sample of slack)
+            out.append(Point(at, *by_time[at]))
+        return out
+
+    # -- reading rates -------------------------------------------------------------
     def queue_rates(self, q: Any) -> tuple:
         s = self.queues.get(q)
         return s[1] if s is not None else (0.0, 0.0, 0.0, 0.0, 0.0)

@@ -20,7 +20,7 @@ def _user_json(u: Any) -> dict:
         "password_hash": u.password_hash,
         "hashing_algorithm": "rabbit_password_hashing_sha256",
         "tags": list(u.tags),
-        "limits": {},
+        "limits": dict(u.limits),
     }
 
 

@@ -26,7 +26,7 @@ def _vhost_json(ctx: Ctx, vh: Any) -> dict:
         "tags": tags,
         "default_queue_type": "classic",
         "metadata": {"description": desc, "tags": tags, "default_queue_type": "classic"},
-        "tracing": False,
+        "tracing": vh.tracer is not None,
         "cluster_state": {node_name(): "running" if vhost_running(vh, ctx.broker.store) else "stopped"},
         "recv_oct": recv,
         "send_oct": sent,
@@ -58,7 +58,12 @@ async def put_vhost(ctx: Ctx) -> Any:
         meta["description"] = str(body["description"])
     if "tags" in body:
         meta["tags"] = field_tags(body["tags"])
-    ctx.broker.add_vhost(name)
+    tracing = body.get("tracing")
+    if tracing is not None and not isinstance(tracing, bool):
+        raise bad_request("'tracing' must be true or false")
+    vh = ctx.broker.add_vhost(name)
+    if tracing is not None:
+        vh.set_tracing(tracing)
     ctx.commit()
     return None if existed else (201, None)
 

@@ -77,6 +77,9 @@ class Subscriber(Protocol):
         ...
 
 
+MAX_DROP_REASONS = 10_000  # per queue
+
+
 class QueueHost(Protocol):
     """The virtual host as its queues see it."""
 
@@ -86,8 +89,9 @@ class QueueHost(Protocol):
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
-    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Any], bool]) -> None:
-        """Route ``msg`` from exchange ``exchange`` into every queue but those ``skip`` refuses."""
+    def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Any], bool]) -> int | None:
+        """Route ``msg`` from exchange ``exchange`` into every queue but those ``skip`` refuses;
+        the worst push status (PUSH_OK, PUSH_SYNC, PUSH_REJECTED), or None if no queue took it."""
         ...
 
     def delete_queue(self, q: Any, reason: str = "deleted") -> int: ...
@@ -114,6 +118,9 @@ class Queue(abc.ABC):
     """One queue of one vhost: the interface every queue type implements."""
 
     type_name: ClassVar[str]
+    # the arguments compared when the queue is declared again (None: the classic queue's list)
+    equivalence_args: ClassVar[tuple[str, ...] | None] = None
+    server_named: ClassVar[bool] = True  # may a declare with an empty name get an amq.gen-... name
 
     def __init__(
         self,
@@ -141,6 +148,8 @@ class Queue(abc.ABC):
         self.exclusive_consumer: Subscriber | None = None
         self.bindings: dict[tuple, Any] = {}  # (source exchange, binding key) -> Binding
         self.log: QueueLog | None = None  # the store this queue writes messages to, if any
+        # why the latest logged messages left without an ack (ref -> expired, rejected, maxlen), for `broker where`
+        self.drop_reasons: dict[int, str] = {}
         self.had_consumers = False
         self.deleted = False
         self.last_used = time.monotonic()
@@ -150,6 +159,13 @@ class Queue(abc.ABC):
         self.delivered = 0
         self.acked = 0
         self.bytes_ready = 0
+
+    def remember_drop(self, ref: int, reason: str) -> None:
+        """Note why the logged message ``ref`` left without an ack (the latest MAX_DROP_REASONS)."""
+        reasons = self.drop_reasons
+        reasons[ref] = reason
+        if len(reasons) > MAX_DROP_REASONS:
+            del reasons[next(iter(reasons))]
 
     # -- messages in -------------------------------------------------------------
     @abc.abstractmethod
@@ -172,6 +188,11 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     def get(self) -> Message | None:
         """Basic.Get: take one message, or None."""
+
+    def peek(self, offset: int, count: int) -> list[Message] | None:
+        """Up to ``count`` ready messages from position ``offset`` (0: the head), left in
+        place: not delivered, not counted.  None if this queue type cannot show them."""
+        return None
 
     # -- settling deliveries ----------------------------------------------------------
     @abc.abstractmethod
@@ -209,6 +230,7 @@ class Queue(abc.ABC):
             self.arguments,
             policy.definition if policy else None,
             operator_policy.definition if operator_policy else None,
+            self.type_name,
         )
         self.configure()
         self.policies_applied()

@@ -30,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from protocol import framing
@@ -119,14 +120,15 @@ class ClassicQueue(Queue):
             status = PUSH_OK
         else:
             try:
-                ref = qlog.append(persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body, msg.deadline)
+                ref = qlog.append(
+                    persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body, msg.deadline, self._marked(msg)
+                )
             except OSError as exc:  # e.g. no space for a new segment file
                 self.bytes_ready -= len(msg.body)
                 qlog.store.append_failed(qlog, exc)
                 return PUSH_REJECTED
             msg.ref = msg.seq = ref
-            # a short queue keeps its messages in memory; a backlog keeps only refs
-            if len(self.messages) < KEEP_IN_MEMORY or self.max_priority is not None:
+            if self._keep_in_memory(msg):
                 self.messages.append(msg)
             else:
                 self.messages.append(ref)
@@ -141,6 +143,14 @@ class ClassicQueue(Queue):
         if not self.plain:
             self._after_push()
         return status
+
+    def _marked(self, msg: Message) -> bool:
+        """Whether its log record is marked, for recovery to list (see storage.records)."""
+        return False
+
+    def _keep_in_memory(self, msg: Message) -> bool:
+        """A short queue keeps its logged messages in memory; a backlog keeps only refs."""
+        return len(self.messages) < KEEP_IN_MEMORY or self.max_priority is not None
 
     def _admit(self, msg: Message) -> bool:
         """TTL deadline, priority and the reject-publish overflow check."""
@@ -206,6 +216,11 @@ class ClassicQueue(Queue):
             return None
         return self._take()
 
+    def peek(self, offset: int, count: int) -> list[Message]:
+        """Ready messages in delivery order, read back from the log where only a ref is
+        kept; the queue is not changed (the walk to ``offset`` is O(offset))."""
+        return [self._load(e) if type(e) is int else e for e in islice(self.messages, offset, offset + count)]
+
     def settle(self, msg: Message) -> None:
         """An unacked message was acked (or dropped): it is gone for good."""
         self.unacked -= 1
@@ -222,10 +237,12 @@ class ClassicQueue(Queue):
         """A message leaves the queue without being acked: dead-letter it if we can."""
         if msg.ref is not None and self.log is not None:
             self.log.settle(msg.ref)
+            self.remember_drop(msg.ref, reason)
         if self.dlx is not None:
             self._dead_letter(msg, reason)
 
-    def _dead_letter(self, msg: Message, reason: str) -> None:
+    def _dead_letter(self, msg: Message, reason: str) -> int | None:
+        """Publish the dead-lettered copy of ``msg``: the push status, None if no queue took it."""
         assert self.dlx is not None
         dead, history, rejected = deadletter.dead_letter(msg, self.name, reason, self.dlx, self.dlrk)
 
@@ -235,7 +252,7 @@ class ClassicQueue(Queue):
                 return False
             return q is self or (q.name in history and not rejected)
 
-        self.vhost.publish_dead_letter(self.dlx, dead, skip)
+        return self.vhost.publish_dead_letter(self.dlx, dead, skip)
 
     def requeue(self, msgs: Iterable[Message]) -> None:
         """Put delivered messages back in their original order, redelivered."""

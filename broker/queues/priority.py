@@ -94,3 +94,78 @@ def merge_sorted(q: Any, back: list[Message]) -> None:
         i = bisect.bisect_left(seqs, m.seq)
         q.insert(i, m)
         seqs.insert(i, m.seq)
+
+
+HIGH_PRIORITY_ABOVE = 4  # a quorum queue's message with priority 5..255 is high (RabbitMQ 4)
+HIGH_PER_NORMAL = 2  # while both levels hold messages, two high go out for each normal one
+
+
+class TwoLevelMessages(PriorityMessages):
+    """The ready messages of a quorum queue that has seen a high-priority message.
+
+    RabbitMQ 4's two levels: priority above 4 is high, anything else normal.
+    While both levels hold messages, every third message taken is the older of
+    the two heads and the others are high, so high goes out about 2:1 and normal
+    is never starved.  A normal entry may be a bare ref (a backlog kept on disk);
+    high entries are always messages.
+    """
+
+    def __init__(self, normal: Any = None) -> None:
+        super().__init__(1)
+        if normal:
+            self.levels[0] = deque(normal)
+            self.n = len(normal)
+        self.turn = 0
+
+    def level(self, m: Any) -> int:
+        return 0 if type(m) is int else int(m.priority > HIGH_PRIORITY_ABOVE)
+
+    def append(self, m: Any) -> None:
+        self.levels[self.level(m)].append(m)
+        self.n += 1
+
+    @staticmethod
+    def _high_next(normal: Any, high: Any, turn: int) -> bool:
+        """Whether the high head goes next, given both heads (None: that level is empty)."""
+        if high is None:
+            return False
+        if normal is None or turn != HIGH_PER_NORMAL:
+            return True
+        return seq_of(high) < seq_of(normal)
+
+    def _next_level(self) -> int:
+        normal, high = self.levels
+        return int(self._high_next(normal[0] if normal else None, high[0] if high else None, self.turn))
+
+    def __iter__(self) -> Iterator[Any]:
+        """The entries in the order :meth:`popleft` would give them."""
+        normal, high = (iter(lv) for lv in self.levels)
+        n_head, h_head, turn = next(normal, None), next(high, None), self.turn
+        while n_head is not None or h_head is not None:
+            take_high = self._high_next(n_head, h_head, turn)
+            turn = 0 if turn == HIGH_PER_NORMAL else turn + 1
+            if take_high:
+                yield h_head
+                h_head = next(high, None)
+            else:
+                yield n_head
+                n_head = next(normal, None)
+
+    def popleft(self) -> Any:
+        if not self.n:
+            raise IndexError("pop from an empty queue")
+        lv = self._next_level()
+        self.turn = 0 if self.turn == HIGH_PER_NORMAL else self.turn + 1
+        self.n -= 1
+        return self.levels[lv].popleft()
+
+    def __getitem__(self, i: int) -> Any:
+        if i != 0 or not self.n:
+            raise IndexError(i)
+        return self.levels[self._next_level()][0]
+
+    def __setitem__(self, i: int, m: Any) -> None:
+        """Replace the next entry (a ref loaded into its message)."""
+        if i != 0 or not self.n:
+            raise IndexError(i)
+        self.levels[self._next_level()][0] = m

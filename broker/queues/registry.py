@@ -1,6 +1,6 @@
 """The queue types, chosen once from ``x-queue-type``: the only place that names them.
 
-A new type (quorum, stream) is a :class:`~broker.queues.base.Queue` subclass added
+A new type (stream) is a :class:`~broker.queues.base.Queue` subclass added
 to :data:`QUEUE_TYPES`; until one lands, declaring it is refused with 406 and a
 text that says what to declare instead.
 """
@@ -12,10 +12,11 @@ from protocol.errors import ChannelError
 
 from .base import Queue
 from .classic import ClassicQueue
+from .quorum import QuorumQueue
 
 DEFAULT_TYPE = "classic"
-QUEUE_TYPES: dict[str, type[Queue]] = {ClassicQueue.type_name: ClassicQueue}
-NOT_YET = ("quorum", "stream")  # RabbitMQ's types that BurrowMQ does not have yet
+QUEUE_TYPES: dict[str, type[Queue]] = {ClassicQueue.type_name: ClassicQueue, QuorumQueue.type_name: QuorumQueue}
+NOT_YET = ("stream",)  # RabbitMQ's types that BurrowMQ does not have yet
 
 
 def queue_class(arguments: dict, what: str) -> type[Queue]:

@@ -3,14 +3,21 @@
 Every queue type reads what it acts on (``x-max-length``, ``x-message-ttl``,
 ``x-dead-letter-exchange``, ``x-delivery-limit``, ...) from
 :attr:`Queue.effective <broker.queues.base.Queue.effective>`, which
-:func:`effective_arguments` builds from three sources, as RabbitMQ combines them:
+:func:`effective_arguments` builds in RabbitMQ's two steps
+(``rabbit_policy:get/2``, then ``rabbit_queue_type_util:args_policy_lookup/3``):
 
-- the queue's own ``x-`` arguments, fixed at declare;
-- the policy that matches it (highest priority), whose keys are the argument
-  names without ``x-`` (``max-length``), applying where the argument is absent;
-  for the limits in :data:`LOWER_WINS` both apply and the lower value wins;
-- the operator policy that matches it, which may only tighten the limits in
-  :data:`OPERATOR_KEYS`: the lower of it and the value from the first two wins.
+1. The policy and the operator policy that match the queue are merged into one
+   policy value per key.  A key in only one of them is taken as it is; a key in
+   both (only the :data:`OPERATOR_KEYS` can be) is merged by
+   :func:`merge_policy_value`: the lower limit wins (the stricter one), the
+   operator's ``overflow`` wins, and a negative (unlimited) ``delivery-limit``
+   gives way to a limited one.
+2. That policy value (key ``max-length``) meets the queue's own argument
+   (``x-max-length``).  Alone, either applies.  When both are set the queue type
+   decides, per key: for the limits in :data:`LOWER_WINS` the lower value wins;
+   for a stream's retention keys and a quorum queue's ``overflow``
+   (:data:`POLICY_WINS`) the policy wins; for every other key (dead-lettering,
+   a classic queue's ``overflow``) the argument wins.
 
 A policy change calls :meth:`Queue.apply_policies <broker.queues.base.Queue.apply_policies>`,
 which rebuilds ``effective`` and lets the queue act on it at once.
@@ -21,7 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# policy key -> the queue argument it stands for
+# policy key -> the queue argument it stands for.  The last group is accepted (RabbitMQ's
+# definitions use them) and shown in ``effective``, but no queue type here acts on them.
 POLICY_ARGUMENTS: dict[str, str] = {
     "message-ttl": "x-message-ttl",
     "expires": "x-expires",
@@ -35,40 +43,76 @@ POLICY_ARGUMENTS: dict[str, str] = {
     "consumer-timeout": "x-consumer-timeout",
     "max-age": "x-max-age",
     "stream-max-segment-size-bytes": "x-stream-max-segment-size-bytes",
+    "stream-filter-size-bytes": "x-stream-filter-size-bytes",
+    "consumer-disconnected-timeout": "x-consumer-disconnected-timeout",
+    "initial-cluster-size": "x-initial-cluster-size",
+    "queue-leader-locator": "x-queue-leader-locator",
+    "max-in-memory-length": "x-max-in-memory-length",
+    "max-in-memory-bytes": "x-max-in-memory-bytes",
+    "queue-mode": "x-queue-mode",
+    "queue-version": "x-queue-version",
 }
 
-# numeric limits where an argument and a policy both apply and the lower wins (RabbitMQ: fun min/2)
+# arguments where, with a policy value too, the lower of the two wins (RabbitMQ: fun min/2)
 LOWER_WINS = frozenset(
-    ("x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-delivery-limit", "x-consumer-timeout")
+    ("x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-delivery-limit", "x-consumer-timeout",
+     "x-consumer-disconnected-timeout")
 )
 
-# the keys an operator policy may set (RabbitMQ's operator policy whitelist, as we apply it)
+# per queue type, arguments where the policy value wins over the argument (RabbitMQ: policy_precedence)
+POLICY_WINS: dict[str, frozenset[str]] = {
+    "quorum": frozenset(("x-overflow",)),
+    "stream": frozenset(("x-max-length-bytes", "x-max-age", "x-stream-max-segment-size-bytes",
+                         "x-stream-filter-size-bytes", "x-initial-cluster-size")),
+}
+
+# the keys an operator policy may set (RabbitMQ's operator_policy_validator list)
 OPERATOR_KEYS = frozenset(
-    ("message-ttl", "expires", "max-length", "max-length-bytes", "delivery-limit", "consumer-timeout")
+    ("expires", "message-ttl", "max-length", "max-length-bytes", "max-in-memory-length", "max-in-memory-bytes",
+     "delivery-limit", "queue-version", "overflow")
 )
+
+
+def merge_policy_value(key: str, value: Any, op_value: Any) -> Any:
+    """A key set by both the policy and the operator policy (RabbitMQ's merge_policy_value)."""
+    if key == "delivery-limit" and _is_int(value) and _is_int(op_value) and (value < 0 or op_value < 0):
+        return max(value, op_value)  # negative is unlimited: the limited one is the stricter
+    if _is_int(value) and _is_int(op_value):
+        return min(value, op_value)
+    return op_value  # overflow, queue-version, booleans: the operator's
+
+
+def merged_definition(
+    policy: Mapping[str, Any] | None, operator_policy: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The policy and operator policy definitions as one (RabbitMQ's effective_policy_definition)."""
+    out = dict(policy or {})
+    for key, op_value in (operator_policy or {}).items():
+        out[key] = merge_policy_value(key, out[key], op_value) if key in out else op_value
+    return out
 
 
 def effective_arguments(
     arguments: Mapping[str, Any],
     policy: Mapping[str, Any] | None = None,
     operator_policy: Mapping[str, Any] | None = None,
+    queue_type: str = "classic",
 ) -> dict[str, Any]:
     """``arguments`` with the two policy definitions applied (see the module doc)."""
     out = dict(arguments)
-    for key, value in (policy or {}).items():
+    policy_wins = POLICY_WINS.get(queue_type, frozenset())
+    for key, value in merged_definition(policy, operator_policy).items():
         arg = POLICY_ARGUMENTS.get(key)
         if arg is None:
             continue
-        if arg not in out:
+        if arg not in out or arg in policy_wins:
             out[arg] = value
         elif arg in LOWER_WINS and _is_int(value) and _is_int(out[arg]):
-            out[arg] = min(out[arg], value)
-    for key, value in (operator_policy or {}).items():
-        arg = POLICY_ARGUMENTS.get(key)
-        if key not in OPERATOR_KEYS or arg is None or not _is_int(value):
-            continue
-        current = out.get(arg)
-        out[arg] = value if not _is_int(current) else min(current, value)
+            current = out[arg]
+            if arg == "x-delivery-limit" and (value < 0 or current < 0):
+                out[arg] = max(current, value)  # a quorum queue's resolve_delivery_limit
+            else:
+                out[arg] = min(current, value)
     return out
 
 
