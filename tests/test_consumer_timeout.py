@@ -367,3 +367,43 @@ def test_celery_stuck_worker_task_goes_to_another_worker(broker_factory, tmp_pat
         workers.stop_all()
         mod.app.close()
         sys.modules.pop(module, None)
+
+
+def test_consumer_timeout_policy_applies_to_an_existing_queue(broker, uid):
+    """The consumer-timeout policy key reaches the queue through its effective settings."""
+    from test_management_api import Http, mgmt_url
+
+    api = Http(mgmt_url(broker))
+    q = f"ctp-{uid}"
+    conn = pika.BlockingConnection(params(broker))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(q)
+        api.ok("PUT", f"/api/policies/%2F/ct-{uid}", {"pattern": f"^{q}$", "apply-to": "queues",
+                                                      "definition": {"consumer-timeout": 700}})
+        ch.basic_publish("", q, b"x")
+        _tag, got, cancels = _consume_one(conn, ch, q)
+        drain(conn, lambda: got)
+        drain(conn, lambda: cancels, timeout=10)
+        assert 0.6 <= cancels[0][0] - got[0][0] < 4.0  # the broker's default is 30 min
+    finally:
+        api.delete(f"/api/policies/%2F/ct-{uid}")
+        conn.close()
+
+
+def test_quorum_queue_consumer_timeout(tb, uid):
+    """The timeout lives on the channel side, so every queue type has it."""
+    q = f"ct-quorum-{uid}"
+    conn = pika.BlockingConnection(params(tb))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum", "x-consumer-timeout": 600})
+        ch.confirm_delivery()
+        ch.basic_publish("", q, b"q", pika.BasicProperties(delivery_mode=2))
+        _tag, got, cancels = _consume_one(conn, ch, q)
+        drain(conn, lambda: cancels, timeout=10)
+        assert 0.5 <= cancels[0][0] - got[0][0] < 4.0
+        m, _p, body = ch.basic_get(q, auto_ack=True)
+        assert m is not None and m.redelivered and body == b"q"
+    finally:
+        conn.close()
