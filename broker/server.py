@@ -16,6 +16,7 @@ and flow-control events to a :class:`~broker.amqp.connection.Connection`.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import time
@@ -85,6 +86,16 @@ class AMQPProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.conn.resume_writing()  # type: ignore[union-attr]
+
+
+def _trim_heap() -> None:
+    """Give memory the C heap freed back to the system (glibc; nothing elsewhere).  Recovery
+    reads whole segment files: glibc keeps tens of MB of what it freed after a large recovery
+    (measured: 300,000 held delayed messages, 21 MB more RSS, 15 MB of it given back here)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Broker:
@@ -256,6 +267,7 @@ class Broker:
             time.monotonic() - t0, f"; {len(problems)} problems (see errors above)" if problems else "",
             f"; {len(report.not_applied)} definitions not applied (see above)" if report.not_applied else "",
         )
+        _trim_heap()
 
     def _quarantine(self, directory: str) -> None:
         assert self.store is not None
