@@ -220,6 +220,13 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  type=click.Choice(("notify-consumer", "close-channel")),
                  help="On a consumer timeout: cancel that consumer (clients that understand basic.cancel) "
                       "or close the channel."),
+    click.option("--max-connections", envvar="BROKER_MAX_CONNECTIONS", default=0, show_default=True,
+                 type=click.IntRange(min=0),
+                 help="Open AMQP connections the broker allows (RabbitMQ's connection_max); more are refused "
+                      "with 530 at Connection.Open. 0: no limit."),
+    click.option("--handshake-timeout", envvar="BROKER_HANDSHAKE_TIMEOUT", default=10.0, show_default=True,
+                 type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds a client has from connecting to Connection.Open; then it is dropped."),
     click.option("--definitions", envvar="BROKER_DEFINITIONS", default=None, type=click.Path(dir_okay=False),
                  help="Definitions JSON (RabbitMQ's export format) to import at boot."),
 ]
@@ -255,6 +262,8 @@ class ServeSettings:
     http_header_timeout: float
     http_body_timeout: float
     http_keepalive_timeout: float
+    max_connections: int
+    handshake_timeout: float
     definitions: str | None
     no_plain: bool
     tls_port: int | None

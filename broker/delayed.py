@@ -36,7 +36,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import shutil
 import struct
 import time
 from array import array
@@ -73,7 +72,7 @@ def remove_orphans(store: LogStore, claimed: set[str]) -> None:
             continue
         log.warning("recovery: delayed messages of exchange '%s' in vhost '%s' dropped: the exchange does "
                     "not exist", printable(exchange or "?"), printable(vhost or "?"))
-        shutil.rmtree(directory, ignore_errors=True)
+        store.io.rmtree(directory)
 
 
 # the integer field types of AMQP tables, as struct formats

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 
 from storage import meta
+from storage.fileio import OS, FileIO
 
 log = logging.getLogger("broker.metadata")
 
@@ -44,8 +45,9 @@ class MetadataSaveError(Exception):
 class MetadataJournal:
     """Saves the durable definitions of one broker (nothing without a data dir)."""
 
-    def __init__(self, data_dir: str | None, snapshot: Callable[[], dict]) -> None:
+    def __init__(self, data_dir: str | None, snapshot: Callable[[], dict], io: FileIO = OS) -> None:
         self.data_dir = data_dir
+        self.io = io
         self.snapshot = snapshot
         self.dirty = False
         self.changes = 0  # counts changed() calls: a committer compares it before and after its work
@@ -90,7 +92,7 @@ class MetadataJournal:
         if self.data_dir is None:
             return
         try:
-            meta.save(self.data_dir, self.snapshot())
+            meta.save(self.data_dir, self.snapshot(), self.io)
         except Exception as exc:  # disk full, read-only, I/O error, a value that cannot be encoded
             self.dirty = True
             self.save_failures += 1

@@ -72,6 +72,8 @@ class BrokerCollector:
             for q in queues:
                 family.add_metric([q.vhost.name, q.name], value(q))
             yield family
+        if self.per_object:
+            yield from _stream_families(queues)
         yield g("rabbitmq_queue_messages_ready_total", "Messages ready in all queues",
                 value=sum(q.ready for q in queues))
         yield g("rabbitmq_queue_messages_unacked_total", "Unacknowledged messages in all queues",
@@ -197,3 +199,22 @@ class MetricsServer:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+
+
+STREAM_SERIES = (
+    ("segments", "burrowmq_stream_segments", "Segment files of a stream"),
+    ("message_bytes", "burrowmq_stream_bytes", "Bytes in a stream's segment files"),
+    ("first_offset", "burrowmq_stream_first_offset", "Offset of the oldest message a stream keeps"),
+    ("last_offset", "burrowmq_stream_last_offset", "Offset of the newest message in a stream"),
+)
+
+
+def _stream_families(queues: list[Any]) -> Iterator[Any]:
+    """Per-stream series (labels vhost, queue): segments, bytes, first and last offset."""
+    streams = [(q, q.describe()) for q in queues if q.type_name == "stream"]
+    for key, name, doc in STREAM_SERIES:
+        family = GaugeMetricFamily(name, doc, labels=["vhost", "queue"])
+        for q, d in streams:
+            if d.get(key) is not None:
+                family.add_metric([q.vhost.name, q.name], d[key])
+        yield family

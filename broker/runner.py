@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import sys
 from typing import Protocol
@@ -102,6 +103,8 @@ def make_broker(settings: ServeSettings) -> Broker:
         default_vhost=settings.default_vhost,
         loopback_users=() if settings.allow_remote_guest else None,
         heartbeat=settings.heartbeat,
+        handshake_timeout=settings.handshake_timeout,
+        max_connections=settings.max_connections,
         memory_high_watermark=settings.memory_high_watermark,
         disk_free_limit=settings.disk_free_limit,
         definitions_file=settings.definitions,
@@ -127,8 +130,22 @@ def run(broker: Broker, settings: ServeSettings) -> None:
     uvloop.run(serve(broker, settings, "uvloop"))
 
 
+def raise_fd_limit() -> None:
+    """Every connection is a file descriptor: lift the soft limit to the hard one, as RabbitMQ's
+    start script does (ulimit -n), so that ``--max-connections`` and not the limit decides."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. an infinite hard limit the kernel caps
+            log.debug("cannot raise the open file limit from %s: %s", soft, exc)
+            return
+    log.debug("open file limit: %s", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 async def serve(broker: Broker, settings: ServeSettings, loop_name: str) -> None:
     """Start in order (engine, HTTP listeners, AMQP), wait for a stop signal, stop."""
+    raise_fd_limit()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

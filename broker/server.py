@@ -19,12 +19,14 @@ import asyncio
 import ctypes
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
 from protocol import errors
 from storage import meta
-from storage.log import LogStore
+from storage.fileio import OS, FileIO
+from storage.log import DataDirError, LogStore
 from storage.records import read_identity
 
 from . import __version__
@@ -43,6 +45,8 @@ from .tls import DEFAULT_TLS_PORT, Certificates, ReloadableContext
 from .vhost import VHost
 
 log = logging.getLogger("broker.server")
+
+SCRATCH_DIR = "scratch"  # under the data directory: the logs transient queues page to
 
 
 class DefinitionsError(Exception):
@@ -124,6 +128,8 @@ class Broker:
         tls_port: int = DEFAULT_TLS_PORT,
         tls_login_from: str = "common_name",
         plain: bool = True,
+        max_connections: int = 0,
+        file_io: FileIO = OS,
     ) -> None:
         if not plain and tls is None:
             raise ValueError("no AMQP listener: the plain one is off and no TLS certificate is given")
@@ -157,8 +163,10 @@ class Broker:
         self.monitor = ResourceMonitor(
             self, parse_watermark(memory_high_watermark), parse_size(disk_free_limit), alarm_interval
         )
-        self.store: LogStore | None = LogStore(data_dir) if data_dir else None
-        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions)
+        self.store: LogStore | None = LogStore(data_dir, file_io) if data_dir else None
+        # transient queues page a backlog here; nothing in it outlives the process
+        self.scratch: LogStore | None = LogStore(os.path.join(data_dir, SCRATCH_DIR), file_io) if data_dir else None
+        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions, file_io)
         self._housekeeper: asyncio.TimerHandle | None = None
         self.services = Services(
             users=self.users,
@@ -168,11 +176,12 @@ class Broker:
             journal=self.journal,
             store=self.store,
             stats=self.stats,
-            limits=ConnectionLimits(frame_max, channel_max, heartbeat, handshake_timeout),
+            limits=ConnectionLimits(frame_max, channel_max, heartbeat, handshake_timeout, max_connections),
             vhosts=self.vhosts,
             consumer_timeout_ms=consumer_timeout,
             consumer_timeout_response=consumer_timeout_response,
             tls_login_from=tls_login_from,
+            scratch=self.scratch,
         )
         self.connections: set[Connection] = self.services.connections.all
         self.open_connections: set[Connection] = self.services.connections.open
@@ -192,6 +201,7 @@ class Broker:
         if self.store is not None:
             self.store.open()  # raises DataDirError: unwritable, or locked by another broker
             self.store.attach(self.loop)
+            self._open_scratch()
             self.recover()
             self._housekeeper = self.loop.call_later(2.0, self._housekeep)
         if self.definitions_file:
@@ -201,7 +211,7 @@ class Broker:
         self.monitor.start()
         if self.port >= 0:
             self.server = await self.loop.create_server(
-                lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024,
+                lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=4096,
                 start_serving=False,
             )
             self.port = self.server.sockets[0].getsockname()[1]
@@ -238,7 +248,7 @@ class Broker:
         """Rebuild users, vhosts, exchanges, queues, bindings and messages from the data dir."""
         assert self.store is not None
         t0 = time.monotonic()
-        defs = meta.load(self.store.data_dir)
+        defs = meta.load(self.store.data_dir, self.store.io)
         report = self.apply_definitions(defs, source="the metadata file")
         counts = report.counts
         nq = nmsg = nredel = 0
@@ -269,9 +279,30 @@ class Broker:
         )
         _trim_heap()
 
+    def _open_scratch(self) -> None:
+        """Empty the scratch store (what an earlier process paged is worthless now) and open it."""
+        assert self.scratch is not None
+        shutil.rmtree(self.scratch.data_dir, ignore_errors=True)
+        try:
+            self.scratch.open()
+        except DataDirError as exc:
+            log.warning("transient queues will keep their backlogs in memory: %s", exc)
+            self.scratch = self.services.scratch = None
+            return
+        self.scratch.attach(self.loop)
+
+    def _close_scratch(self) -> None:
+        scratch, self.scratch = self.scratch, None
+        if scratch is None:
+            return
+        for qlog in list(scratch.logs.values()):
+            scratch.drop_queue_log(qlog)
+        scratch.close()
+        shutil.rmtree(scratch.data_dir, ignore_errors=True)
+
     def _quarantine(self, directory: str) -> None:
         assert self.store is not None
-        vhost, queue = read_identity(directory)
+        vhost, queue = read_identity(directory, self.store.io)
         what = f"queue '{printable(queue)}' in vhost '{printable(vhost or '')}'" if queue is not None \
             else "an unnamed queue"
         try:
@@ -468,4 +499,5 @@ class Broker:
             for vh in self.vhosts.values():
                 vh.delayed.close()
             self.store.close()
+        self._close_scratch()
         log.info("broker stopped")

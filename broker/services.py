@@ -31,6 +31,7 @@ class ConnectionLimits:
     channel_max: int = 2047
     heartbeat: int = 60
     handshake_timeout: float = 10.0
+    max_connections: int = 0  # open connections allowed (0: no limit)
 
 
 class ConnectionRegistry:
@@ -73,6 +74,7 @@ class Services:
     # how long a delivery may stay unacked (ms), and what then: notify-consumer or close-channel
     consumer_timeout_ms: int = 1_800_000
     consumer_timeout_response: str = "notify-consumer"
+    scratch: LogStore | None = None  # where queues without a log page a backlog (emptied at start)
 
     def __post_init__(self) -> None:
         self.connections = ConnectionRegistry(self.stats)

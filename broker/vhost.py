@@ -58,6 +58,8 @@ QUEUE_EQUIV_ARGS = (
     "x-queue-type",
     "x-single-active-consumer",
     "x-queue-version",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
 )
 EXCHANGE_EQUIV_ARGS = ("alternate-exchange",)
 
@@ -332,6 +334,8 @@ class VHost:
         self.policies.apply_to_queue(q)  # resolved before it starts
         if owner is None and durable:
             self._open_store(q)  # first: a queue whose log cannot be made is not declared
+        elif self.services is not None and self.services.scratch is not None:
+            q.use_scratch(self.services.scratch)  # where it pages a backlog
         self.queues[name] = q
         q.start()
         if owner is not None:

@@ -117,6 +117,94 @@ def _skip_value(buf: bytes, off: int) -> int:
     raise FrameError(f"unknown field type {t!r} in a field table")
 
 
+_KIND_OF_BIT = tuple((_BIT[name], t) for name, t in PROPERTIES)
+_OCTET_BITS = _BIT["delivery_mode"] | _BIT["priority"]
+_VARIABLE_BITS = sum(bit for bit, t in _KIND_OF_BIT if t in ("s", "F"))
+FLAG_CONTINUATION = 0x0001
+BAD_PROPERTIES = "cannot decode content header properties"
+
+
+def check_properties(header: bytes) -> None:
+    """Raise :class:`FrameError` unless the property list of a content header payload
+    (at least 14 bytes) is well formed: every property the flags announce fits in
+    the payload, and a ``headers`` table is a valid field table all the way down.
+
+    This is the only check a publisher's properties get before they are passed on
+    to consumers as received, so a malformed header is refused when it arrives,
+    not delivered to a consumer whose client cannot decode it."""
+    flags = (header[12] << 8) | header[13]
+    if not flags:
+        return
+    if flags & FLAG_CONTINUATION:
+        raise FrameError(f"{BAD_PROPERTIES}: continuation flag words are not defined for class basic")
+    if not flags & _VARIABLE_BITS:  # the common case (delivery mode, priority, timestamp): sizes fixed
+        need = 14 + (flags & _OCTET_BITS).bit_count() + (8 if flags & _BIT["timestamp"] else 0)
+        if need > len(header):
+            raise FrameError(BAD_PROPERTIES)
+        return
+    off = 14
+    try:
+        for bit, kind in _KIND_OF_BIT:
+            if not flags & bit:
+                continue
+            if kind == "s":
+                off += 1 + header[off]
+            elif kind == "F":
+                end = off + 4 + _u32.unpack_from(header, off)[0]
+                check_table(header, off + 4, end)
+                off = end
+            elif kind == "o":
+                off += 1
+            else:  # T
+                off += 8
+    except (IndexError, struct.error):
+        raise FrameError(BAD_PROPERTIES) from None
+    if off > len(header):
+        raise FrameError(BAD_PROPERTIES)
+
+
+def check_table(buf: bytes, off: int, end: int) -> None:
+    """Raise :class:`FrameError` unless ``buf[off:end]`` is a well-formed field table
+    body (keys and type-tagged values; nested tables and arrays inside their own
+    lengths).  Walked with an explicit stack: no nesting exhausts the recursion limit,
+    and each step moves forward, so the work is linear in the bytes."""
+    if end > len(buf):
+        raise FrameError(BAD_PROPERTIES)
+    stack: list[tuple[bool, int]] = []  # (is a table, end) of each enclosing table or array
+    is_table = True
+    try:
+        while True:
+            if off >= end:
+                if off > end:
+                    raise FrameError(BAD_PROPERTIES)
+                if not stack:
+                    return
+                off = end
+                is_table, end = stack.pop()
+                continue
+            if is_table:
+                off += 1 + buf[off]  # the key
+                if off >= end:
+                    raise FrameError(BAD_PROPERTIES)
+            t = buf[off : off + 1]
+            off += 1
+            fixed = _FIXED.get(t)
+            if fixed is not None:
+                off += fixed
+            elif t in (b"S", b"x"):
+                off += 4 + _u32.unpack_from(buf, off)[0]
+            elif t in (b"F", b"A"):
+                inner_end = off + 4 + _u32.unpack_from(buf, off)[0]
+                if inner_end > end:
+                    raise FrameError(BAD_PROPERTIES)
+                stack.append((is_table, end))
+                is_table, off, end = t == b"F", off + 4, inner_end
+            else:
+                raise FrameError(f"{BAD_PROPERTIES}: unknown field type {t!r} in a field table")
+    except (IndexError, struct.error):
+        raise FrameError(BAD_PROPERTIES) from None
+
+
 def set_headers(header: bytes, values: dict[str, bytes]) -> bytes:
     """``header`` with the ``headers`` entries named in ``values`` (raw type-tagged
     values) replaced or added; every other property and header keeps its bytes."""

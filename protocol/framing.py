@@ -38,6 +38,7 @@ FRAME_HEADER = 2
 FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
 FRAME_END = 0xCE
+FRAME_MIN_SIZE = 8192  # the least frame_max a client may ask for, and the limit before Tune-Ok (RabbitMQ 4.1)
 FRAME_END_BYTE = bytes((FRAME_END,))
 
 HEARTBEAT_FRAME = bytes((FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END))  # channel 0, empty payload

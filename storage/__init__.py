@@ -14,5 +14,6 @@ What the engine uses:
 - :mod:`storage.records`: the record format and reading a log directory without
   changing it (lost+found); :mod:`storage.meta`: the durable metadata file;
   :mod:`storage.lostfound`: queue data recovery could not match;
-  :mod:`storage.files`: private files and directories.
+  :mod:`storage.files`: private files and directories; :mod:`storage.fileio`: the
+  file layer all of the above goes through (the real one, or a test's).
 """

@@ -25,10 +25,8 @@ each live record from its segment.
 from __future__ import annotations
 
 import os
-import shutil
 from array import array
 
-from .files import make_private_dir
 from .log import LogStore, QueueLog
 from .records import U64, read_identity, write_identity
 
@@ -87,11 +85,13 @@ class DelayLog:
         self.vhost = vhost
         self.exchange = exchange
         self.buckets: dict[str, DelayBucket] = {}
+        io = store.io
         root = os.path.join(store.data_dir, DELAYED_DIR)
-        make_private_dir(root)
-        make_private_dir(self.dir)
-        write_identity(self.dir, vhost, exchange)
-        store.new_files.update((store.data_dir, root))  # the new directories' entries, at the next fsync
+        io.makedirs(self.dir)
+        write_identity(io, self.dir, vhost, exchange)
+        # the directories' entries (and the identity file's) before any record confirmed in them
+        for d in (self.dir, root, store.data_dir):
+            io.fsync_dir(d)
 
     def bucket_for(self, due: int, delay: int) -> DelayBucket:
         """The bucket a record due at ``due`` (delayed by ``delay``) is appended to."""
@@ -101,8 +101,8 @@ class DelayLog:
         b = self.buckets.get(key)
         if b is None:
             path = os.path.join(self.dir, key)
-            make_private_dir(path)
-            self.store.new_files.add(self.dir)  # the new directory's entry
+            self.store.io.makedirs(path)
+            self.store.new_files.add(self.dir)  # the new directory's entry, at the next fsync
             b = self.buckets[key] = DelayBucket(key, start, width, QueueLog(self.store, path))
         return b
 
@@ -125,7 +125,7 @@ class DelayLog:
         """The exchange is deleted: remove every file of it."""
         for b in list(self.buckets.values()):
             self.drop_bucket(b)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.store.io.rmtree(self.dir)
 
     def close(self) -> None:
         for b in self.buckets.values():
@@ -135,9 +135,10 @@ class DelayLog:
     def recover(self) -> list[str]:
         """Rebuild the buckets from disk (live persistent records only); return problems found."""
         problems: list[str] = []
-        for name in sorted(os.listdir(self.dir)):
+        io = self.store.io
+        for name in sorted(io.listdir(self.dir)):
             path = os.path.join(self.dir, name)
-            if not os.path.isdir(path):
+            if not io.isdir(path):
                 continue
             try:
                 width, start = (int(x) for x in name.split("-"))
@@ -167,10 +168,10 @@ def existing_exchange_dirs(store: LogStore) -> dict[str, tuple[str | None, str |
     """Every delayed-exchange directory of a data directory, with the (vhost, exchange) it names."""
     root = os.path.join(store.data_dir, DELAYED_DIR)
     try:
-        names = os.listdir(root)
+        names = store.io.listdir(root)
     except FileNotFoundError:
         return {}
-    return {os.path.join(root, n): read_identity(os.path.join(root, n)) for n in names}
+    return {os.path.join(root, n): read_identity(os.path.join(root, n), store.io) for n in names}
 
 
 def _due_times(qlog: QueueLog, refs: array) -> array:
@@ -181,8 +182,7 @@ def _due_times(qlog: QueueLog, refs: array) -> array:
     for ref in refs:
         sid, off = ref >> 32, ref & 0xFFFFFFFF
         if sid != current:
-            with open(qlog.segments[sid].path, "rb") as f:
-                data = f.read()
+            data = qlog.io.read_file(qlog.segments[sid].path)
             current = sid
         out.append(U64.unpack_from(data, off + 10)[0])  # length, crc, type, flags, then the deadline
     return out

@@ -10,7 +10,6 @@ goes through :func:`open_private` or :func:`make_private_dir`.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 
@@ -62,22 +61,3 @@ def write_all(fd: int, data: bytes) -> None:
     while mv:
         n = os.write(fd, mv)
         mv = mv[n:]
-
-
-def fsync_all(fds: list[int], dirs: list[str]) -> None:
-    """fdatasync each file descriptor (one closed meanwhile is skipped), then fsync each directory."""
-    for fd in fds:
-        try:
-            os.fdatasync(fd)  # data and the size that reaches it; mtime need not hit the disk
-        except OSError as exc:
-            if exc.errno != errno.EBADF:  # a segment deleted meanwhile needs no sync
-                raise
-    for d in dirs:
-        try:
-            dfd = os.open(d, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)

@@ -14,21 +14,26 @@ queue's sequence numbers.  Acks are never written in place: the offset of each
 settled record is appended to the segment's ``NNNNNNNN.ack`` file.  A segment
 whose records are all settled is deleted with its ack file; a quiet queue's
 fully settled write segment is rolled and deleted by :meth:`LogStore.housekeep`.
+Acks and deletions wait for no fsync, but the next group commit covers them
+(ack files and directories included): once a later publish is confirmed, a
+settled message cannot come back after a power loss.
 
 Writes are buffered and written with one ``os.write`` per file per loop turn
 (:meth:`LogStore.flush`).  Durability is group commit: a publisher confirm that
 needs the disk waits for the epoch its record was written in
-(:meth:`LogStore.want_sync`); one fsync (in a worker thread, so the event loop
-never blocks on the disk) covers every file written since the previous one, and
-while it runs new work accumulates for the next.  No confirmable work pending:
+(:meth:`LogStore.want_sync`); one batch of fsyncs (in worker threads, so the
+event loop never blocks on the disk; the files of a batch in parallel) covers
+every file written since the previous one, and while it runs new work
+accumulates for the next.  No confirmable work pending:
 no fsync.  Whoever waits registers a :class:`SyncWaiter` in
 ``LogStore.sync_waiters`` and is told when its epoch is safe, or failed.  A
 write that fails loses the records from the failed batch to the end of their
 segment: the queue that owns the log hears it through ``QueueLog.on_lost``.
 
 Recovery (:meth:`QueueLog.recover`) reads each queue's segments in order, checks
-every record's CRC, cuts a torn or corrupt tail of the last segment, skips (and
-reports) a corrupt record elsewhere, drops acked and transient records, and
+every record's CRC, skips (and reports) a damaged record or a damaged length
+field by resynchronising on the next record with a valid CRC, cuts a torn or
+corrupt tail with no valid record after it, drops acked and transient records, and
 reports the delivery watermark (``delivered`` file): messages at or below it
 were delivered before and go out redelivered.
 """
@@ -38,17 +43,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import fcntl
 import hashlib
 import logging
 import os
-import shutil
 import time
 from array import array
 from collections.abc import Callable
 from typing import Protocol
 
-from .files import fsync_all, fsync_dir, make_private_dir, open_private, tighten_dir, unlink_if_present, write_all
+from .fileio import OS, FileIO, fsync_all
 from .records import (  # noqa: F401  (REC_HEAD, REC_MSG, decode_message are part of this module's interface)
     LOST_FOUND,
     REC_HEAD,
@@ -71,6 +74,7 @@ from .records import (  # noqa: F401  (REC_HEAD, REC_MSG, decode_message are par
 log = logging.getLogger("storage")
 
 SEGMENT_SIZE = 8 * 1024 * 1024
+SYNC_THREADS = 4
 
 
 class SyncWaiter(Protocol):
@@ -82,6 +86,27 @@ class SyncWaiter(Protocol):
     def synced(self, epoch: int) -> bool: ...
 
     def sync_failed(self, epoch: int, exc: Exception) -> bool: ...
+
+
+class OwnedLog(Protocol):
+    """A log the store flushes and fsyncs: a queue's :class:`QueueLog`, or a stream's log."""
+
+    dir: str
+    wbuf_size: int
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def destroy(self) -> None: ...
+
+    def roll_if_idle(self, now: float, idle: float) -> None: ...
+
+    def records_lost(self, lost_from: int) -> None: ...
+
+    def sync_failed(self, fds: set[int]) -> None:
+        """An fsync of ``fds`` failed: never write to those files again (roll)."""
+        ...
 
 
 class DataDirError(Exception):
@@ -100,7 +125,7 @@ class WriteFailed(StorageError):
     """Buffered records of one queue could not be written; refs from ``lost_from``
     up to the end of that segment are gone."""
 
-    def __init__(self, qlog: "QueueLog", lost_from: int, cause: OSError) -> None:
+    def __init__(self, qlog: OwnedLog, lost_from: int, cause: OSError) -> None:
         super().__init__(f"write to {qlog.dir} failed: {cause}")
         self.qlog = qlog
         self.lost_from = lost_from
@@ -136,6 +161,7 @@ class QueueLog:
 
     def __init__(self, store: "LogStore", directory: str) -> None:
         self.store = store
+        self.io = store.io
         self.dir = directory
         self.segments: dict[int, Segment] = {}
         self.wseg: Segment | None = None
@@ -159,7 +185,7 @@ class QueueLog:
         sid = self.next_sid
         self.next_sid += 1
         seg = Segment(sid, os.path.join(self.dir, f"{sid:08d}.seg"))
-        seg.fd = open_private(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        seg.fd = self.io.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self.segments[sid] = seg
         self.wseg = seg
         self.store.new_files.add(self.dir)
@@ -208,11 +234,11 @@ class QueueLog:
         self.wbuf_count = 0
         seg = self.wseg
         try:
-            write_all(seg.fd, data)
+            self.io.write_all(seg.fd, data)
         except OSError as exc:
             # cut what may have been half written, and forget the records of this batch
             try:
-                os.ftruncate(seg.fd, seg.flushed)
+                self.io.truncate(seg.fd, seg.flushed)
             except OSError:
                 pass
             lost_from = (seg.sid << 32) | seg.flushed
@@ -262,7 +288,7 @@ class QueueLog:
             if fd >= 0:
                 self.store.sync_fds.discard(fd)
                 try:
-                    os.close(fd)
+                    self.io.close(fd)
                 except OSError:
                     pass
         seg.fd = seg.ack_fd = seg.ret_fd = -1
@@ -271,10 +297,8 @@ class QueueLog:
         self.segments.pop(seg.sid, None)
         self._close_files(seg)
         for p in (seg.path, seg.ack_path, seg.ret_path):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+            self.io.unlink(p)
+        self.store.new_files.add(self.dir)  # the next group commit makes the removal durable
 
     def flush(self) -> None:
         """Write buffered records, acks and the delivery watermark (no fsync)."""
@@ -285,22 +309,40 @@ class QueueLog:
         for seg in self.segments.values():
             if seg.ack_buf:
                 if seg.ack_fd < 0:
-                    seg.ack_fd = open_private(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-                write_all(seg.ack_fd, bytes(seg.ack_buf))
+                    seg.ack_fd = self.io.open(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                    self.store.new_files.add(self.dir)
+                self.io.write_all(seg.ack_fd, bytes(seg.ack_buf))
                 seg.ack_buf.clear()
+                # acks need no fsync of their own, but the next group commit covers them:
+                # once a later publish is confirmed, an acked message never comes back
+                self.store.sync_fds.add(seg.ack_fd)
             if seg.ret_buf:
                 if seg.ret_fd < 0:
-                    seg.ret_fd = open_private(seg.ret_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-                write_all(seg.ret_fd, bytes(seg.ret_buf))
+                    seg.ret_fd = self.io.open(seg.ret_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                    self.store.new_files.add(self.dir)
+                self.io.write_all(seg.ret_fd, bytes(seg.ret_buf))
                 seg.ret_buf.clear()
+                self.store.sync_fds.add(seg.ret_fd)  # delivery counts, durable like acks
         if self.delivered_upto != self.delivered_written:
             p = os.path.join(self.dir, "delivered")
-            fd = open_private(p, os.O_WRONLY | os.O_CREAT)
+            fd = self.io.open(p, os.O_WRONLY | os.O_CREAT)
             try:
-                os.pwrite(fd, U64.pack(self.delivered_upto), 0)
+                self.io.pwrite(fd, U64.pack(self.delivered_upto), 0)
             finally:
-                os.close(fd)
+                self.io.close(fd)
             self.delivered_written = self.delivered_upto
+
+    def roll_now(self) -> None:
+        """Write what is buffered to the write segment, and start a new one for the next record."""
+        try:
+            self._flush_writes()
+        except WriteFailed as exc:
+            self.store.write_failed(exc)
+        self.wseg = None
+
+    def sync_failed(self, fds: set[int]) -> None:
+        if self.wseg is not None and self.wseg.fd in fds:
+            self.roll_now()
 
     def roll_if_idle(self, now: float, idle: float) -> None:
         """Delete a fully settled write segment of a quiet queue."""
@@ -323,10 +365,10 @@ class QueueLog:
         if seg is self.wseg and self.wbuf:
             self._flush_writes()
         if seg.fd < 0:
-            seg.fd = os.open(seg.path, os.O_RDONLY)
-        head = os.pread(seg.fd, 9, off)
+            seg.fd = self.io.open(seg.path, os.O_RDONLY)
+        head = self.io.pread(seg.fd, 9, off)
         length, crc, _t = REC_HEAD.unpack(head)
-        payload = os.pread(seg.fd, length - 1, off + 9)
+        payload = self.io.pread(seg.fd, length - 1, off + 9)
         return decode_message_full(payload)
 
     def close(self) -> None:
@@ -345,7 +387,7 @@ class QueueLog:
         self.close()
         self.segments.clear()
         self.wseg = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.io.rmtree(self.dir)
 
     # -- recovery --------------------------------------------------------------
     def recover(self) -> tuple[array, int, list[str]]:
@@ -354,36 +396,38 @@ class QueueLog:
         problems: list[str] = []
         refs = array("Q")
         total_bytes = 0
+        io = self.io
         try:
-            with open(os.path.join(self.dir, "delivered"), "rb") as f:
-                raw = f.read(8)
-                if len(raw) == 8:
-                    self.delivered_upto = self.delivered_written = U64.unpack(raw)[0]
+            raw = io.read_file(os.path.join(self.dir, "delivered"))[:8]
+            if len(raw) == 8:
+                self.delivered_upto = self.delivered_written = U64.unpack(raw)[0]
         except FileNotFoundError:
             pass
-        names = sorted(n for n in os.listdir(self.dir) if n.endswith(".seg"))
+        names = sorted(n for n in io.listdir(self.dir) if n.endswith(".seg"))
         for _i, name in enumerate(names):
             sid = int(name[:-4])
             path = os.path.join(self.dir, name)
             seg = Segment(sid, path)
-            with open(path, "rb") as f:
-                data = f.read()
-            acked = read_acks(seg.ack_path)
+            data = io.read_file(path)
+            acked = read_acks(io, seg.ack_path)
             valid_end, live_refs, bad, nbytes = scan_segment(data, sid, acked, self.recovered_marked)
             total_bytes += nbytes
             for b in bad:
                 problems.append(f"{path}: {b}")
             if valid_end < len(data):
                 problems.append(f"{path}: torn or corrupt tail cut at byte {valid_end} of {len(data)}")
-                with open(path, "r+b") as f:
-                    f.truncate(valid_end)
-                    os.fsync(f.fileno())
+                fd = io.open(path, os.O_RDWR)
+                try:
+                    io.truncate(fd, valid_end)
+                    io.fdatasync(fd)
+                finally:
+                    io.close(fd)
             seg.size = seg.flushed = valid_end
             seg.live = len(live_refs)
             refs.extend(live_refs)
             if live_refs and os.path.exists(seg.ret_path):
                 live = set(live_refs)
-                for off, n in read_returns(seg.ret_path).items():
+                for off, n in read_returns(io, seg.ret_path).items():
                     if ref_of(sid, off) in live:
                         self.recovered_returns[ref_of(sid, off)] = n
             self.next_sid = max(self.next_sid, sid + 1)
@@ -401,11 +445,12 @@ class QueueLog:
 class LogStore:
     """All queue logs under one data directory, with the group-commit fsync."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, io: FileIO = OS) -> None:
+        self.io = io
         self.data_dir = os.path.abspath(data_dir)
         self.msg_dir = os.path.join(self.data_dir, "queues")
-        self.logs: dict[str, QueueLog] = {}
-        self.dirty_logs: set[QueueLog] = set()
+        self.logs: dict[str, OwnedLog] = {}
+        self.dirty_logs: set[OwnedLog] = set()
         self.sync_fds: set[int] = set()
         self.new_files: set[str] = set()
         self.flush_scheduled = False
@@ -420,6 +465,8 @@ class LogStore:
         self.write_errors = 0
         self.appended_bytes = 0  # message record bytes ever appended (the disk alarm's estimate)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        # the files and directories of one batch are synced in parallel (see fsync_all)
+        self._sync_pool = concurrent.futures.ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync-file")
         self._lock_fd = -1
         self.fsyncs = 0
 
@@ -429,7 +476,7 @@ class LogStore:
         self._prepare_dir()
         path = os.path.join(self.data_dir, "broker.lock")
         try:
-            fd = open_private(path, os.O_RDWR | os.O_CREAT)
+            fd = self.io.open(path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise DataDirError(
@@ -438,19 +485,19 @@ class LogStore:
                 ) from None
             raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.io.lock(fd)
         except OSError:
             try:
-                other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                other = self.io.pread(fd, 32, 0).decode(errors="replace").strip()
             except OSError:
                 other = "?"
-            os.close(fd)
+            self.io.close(fd)
             raise DataDirLocked(
                 f"data directory {self.data_dir} is in use by another broker (pid {other or '?'}); "
                 "stop that broker or start this one with another --data-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.io.truncate(fd, 0)
+        self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
     def _prepare_dir(self) -> None:
@@ -458,16 +505,20 @@ class LogStore:
         created there, and make an existing data directory that others can read
         private."""
         try:
-            make_private_dir(self.data_dir)
-            make_private_dir(self.msg_dir)
+            io = self.io
+            io.makedirs(self.data_dir)
+            io.makedirs(self.msg_dir)
             probe = os.path.join(self.data_dir, f".write-test.{os.getpid()}")
-            unlink_if_present(probe)  # left by a crash at this very point
-            os.close(open_private(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-            os.unlink(probe)
+            io.unlink(probe)  # left by a crash at this very point
+            io.close(io.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            io.unlink(probe)
+            # new directories survive a power loss only once their parents are synced
+            io.fsync_dir(os.path.dirname(self.data_dir))
+            io.fsync_dir(self.data_dir)
         except OSError as exc:
             raise DataDirError(f"cannot write to data directory {self.data_dir}: {exc.strerror or exc}") from None
         try:
-            old = tighten_dir(self.data_dir)
+            old = self.io.tighten_dir(self.data_dir)
         except OSError as exc:
             log.warning("data directory %s is open to other users and cannot be made private: %s",
                         self.data_dir, exc.strerror)
@@ -487,12 +538,13 @@ class LogStore:
         fds = list(self.sync_fds)
         self.sync_fds.clear()
         try:
-            fsync_all(fds, list(self.new_files))
+            fsync_all(self.io, fds, list(self.new_files))
         except OSError as exc:
             log.error("final fsync failed: %s", exc)
         self._executor.shutdown(wait=True)
+        self._sync_pool.shutdown(wait=True)
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            self.io.close(self._lock_fd)
             self._lock_fd = -1
 
     # -- queue logs --------------------------------------------------------------
@@ -503,12 +555,16 @@ class LogStore:
     def queue_log(self, vhost: str, name: str) -> QueueLog:
         d = self.queue_dir(vhost, name)
         qlog = self.logs.get(d)
-        if qlog is None:
-            make_private_dir(d)
+        if not isinstance(qlog, QueueLog):
+            self.io.makedirs(d)
             try:
-                write_identity(d, vhost, name)
+                write_identity(self.io, d, vhost, name)
+                # the directory's entry, and queue.json's in it, must survive a power
+                # loss before any record confirmed in it does
+                self.io.fsync_dir(d)
+                self.io.fsync_dir(self.msg_dir)
             except OSError:
-                shutil.rmtree(d, ignore_errors=True)
+                self.io.rmtree(d)
                 raise
             qlog = QueueLog(self, d)
             self.logs[d] = qlog
@@ -518,31 +574,35 @@ class LogStore:
         """Move a queue directory that no declared queue owns into ``lost+found``
         (never delete message data we cannot match); return its new path."""
         lf = os.path.join(self.data_dir, LOST_FOUND)
-        make_private_dir(lf)
+        self.io.makedirs(lf)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         dest = os.path.join(lf, f"{os.path.basename(directory)}-{stamp}")
         n = 1
-        while os.path.exists(dest):
+        while self.io.exists(dest):
             n += 1
             dest = os.path.join(lf, f"{os.path.basename(directory)}-{stamp}-{n}")
-        os.rename(directory, dest)
+        self.io.replace(directory, dest)
         for d in (lf, self.msg_dir):
-            fsync_dir(d)
+            self.io.fsync_dir(d)
         return dest
 
-    def drop_queue_log(self, qlog: QueueLog) -> None:
+    def add_log(self, olog: OwnedLog) -> None:
+        """Register a log of another kind (a stream's) made in :meth:`queue_dir`."""
+        self.logs[olog.dir] = olog
+
+    def drop_queue_log(self, qlog: OwnedLog) -> None:
         self.logs.pop(qlog.dir, None)
         self.dirty_logs.discard(qlog)
         qlog.destroy()
 
     def existing_queue_dirs(self) -> set[str]:
         try:
-            return {os.path.join(self.msg_dir, n) for n in os.listdir(self.msg_dir)}
+            return {os.path.join(self.msg_dir, n) for n in self.io.listdir(self.msg_dir)}
         except FileNotFoundError:
             return set()
 
     # -- flushing and group commit ---------------------------------------------------
-    def dirty(self, qlog: QueueLog) -> None:
+    def dirty(self, qlog: OwnedLog) -> None:
         self.dirty_logs.add(qlog)
         if not self.flush_scheduled and self.loop is not None:
             self.flush_scheduled = True
@@ -568,7 +628,7 @@ class LogStore:
         exc.qlog.records_lost(exc.lost_from)
         self._failed = exc.cause
 
-    def append_failed(self, qlog: QueueLog, exc: OSError) -> None:
+    def append_failed(self, qlog: OwnedLog, exc: OSError) -> None:
         """A record could not even be buffered (its segment file could not be made)."""
         log.error("cannot append to %s: %s; the publish is refused", qlog.dir, exc)
         self.write_errors += 1
@@ -602,20 +662,41 @@ class LogStore:
         self.sync_fds.clear()
         dirs = list(self.new_files)
         self.new_files.clear()
-        fut = self.loop.run_in_executor(self._executor, fsync_all, fds, dirs)
-        fut.add_done_callback(lambda f: self._sync_done(f, epoch))
+        fut = self.loop.run_in_executor(self._executor, fsync_all, self.io, fds, dirs, self._sync_pool)
+        fut.add_done_callback(lambda f: self._sync_done(f, epoch, fds, dirs))
 
-    def _sync_done(self, fut: "asyncio.Future[None]", epoch: int) -> None:
+    def _sync_done(self, fut: "asyncio.Future[None]", epoch: int, fds: list[int], dirs: list[str]) -> None:
         self.syncing = False
         self.fsyncs += 1
         exc = fut.exception()
         if exc is not None:
-            log.error("fsync failed: %s; publishes waiting for it are nacked", exc)
-            self._wake_failed(epoch, exc if isinstance(exc, Exception) else StorageError(str(exc)))
+            log.error("fsync failed: %s; publishes waiting for it are nacked and the segments it covered "
+                      "are rolled", exc)
+            self.write_errors += 1
+            cause = exc if isinstance(exc, Exception) else StorageError(str(exc))
+            self._wake_failed(epoch, cause)
+            self._sync_failed(fds, dirs, cause)
         else:
             self._wake_synced(epoch)
         if self.sync_wanted:
             self.flush()
+
+    def _sync_failed(self, fds: list[int], dirs: list[str], cause: Exception) -> None:
+        """An fsync failed.  After a failed fsync the kernel may have dropped the
+        dirty pages it covered, so a later fsync of the same file that succeeds
+        proves nothing about them: the file is never synced again.  Every write
+        segment in the failed batch is rolled (new records go to a new file), and
+        whatever was written since the batch started is failed as well (its
+        publishes are nacked now) instead of riding on that file."""
+        failed = set(fds)
+        for owned in self.logs.values():
+            owned.sync_failed(failed)
+        self.sync_fds.difference_update(failed)
+        self.new_files.update(dirs)  # a directory's entries are re-synced with the next batch
+        epoch = self.write_epoch
+        self.write_epoch += 1
+        self.sync_wanted = False
+        self._wake_failed(epoch, cause)
 
     def _wake_synced(self, epoch: int) -> None:
         """Tell every waiter that ``epoch`` is on disk; drop those done waiting."""
@@ -637,11 +718,4 @@ class LogStore:
             qlog.roll_if_idle(now, idle)
 
     def disk_usage(self) -> int:
-        total = 0
-        for root, _dirs, files in os.walk(self.msg_dir):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
-        return total
+        return self.io.tree_size(self.msg_dir)

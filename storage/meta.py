@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from .files import open_private, unlink_if_present
+from .fileio import OS, FileIO
 
 log = logging.getLogger("storage.meta")
 
@@ -50,31 +50,26 @@ def _restore(v: Any) -> Any:
     return v
 
 
-def save(data_dir: str, definitions: dict) -> None:
+def save(data_dir: str, definitions: dict, io: FileIO = OS) -> None:
     path = os.path.join(data_dir, FILENAME)
     tmp = path + ".tmp"
     raw = json.dumps(definitions, default=_special, ensure_ascii=False, separators=(",", ":")).encode()
     # a stale temp file, or a link planted in its place, is removed (unlink does not
     # follow links), never written through: O_EXCL creates a new file or fails
-    unlink_if_present(tmp)
-    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    io.unlink(tmp)
+    fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
-        os.write(fd, raw)
-        os.fsync(fd)
+        io.write_all(fd, raw)
+        io.fdatasync(fd)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        io.close(fd)
+    io.replace(tmp, path)
+    io.fsync_dir(data_dir)
 
 
-def load(data_dir: str) -> dict:
+def load(data_dir: str, io: FileIO = OS) -> dict:
     path = os.path.join(data_dir, FILENAME)
     try:
-        with open(path, "rb") as f:
-            return _restore(json.loads(f.read()))
+        return _restore(json.loads(io.read_file(path)))
     except FileNotFoundError:
         return {}

@@ -24,9 +24,10 @@ import zlib
 from array import array
 from collections.abc import Iterator
 
-from .files import open_private, write_all
+from .fileio import OS, FileIO
 
 REC_MSG = 1
+REC_MSG_BYTE = bytes((REC_MSG,))
 REC_HEAD = struct.Struct(">IIB")  # length, crc, type
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
@@ -112,12 +113,11 @@ def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, byt
 
 
 
-def _read_offsets(path: str) -> array:
+def _read_offsets(io: FileIO, path: str) -> array:
     """The u32 offsets of an ack or returns file (empty if there is none)."""
     a = array("I")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = io.read_file(path)
     except FileNotFoundError:
         return a
     n = len(raw) // 4
@@ -127,14 +127,14 @@ def _read_offsets(path: str) -> array:
     return a
 
 
-def read_acks(path: str) -> set[int]:
-    return set(_read_offsets(path))
+def read_acks(io: FileIO, path: str) -> set[int]:
+    return set(_read_offsets(io, path))
 
 
-def read_returns(path: str) -> dict[int, int]:
+def read_returns(io: FileIO, path: str) -> dict[int, int]:
     """How often each record of a segment went back to its queue: offset -> count."""
     counts: dict[int, int] = {}
-    for off in _read_offsets(path):
+    for off in _read_offsets(io, path):
         counts[off] = counts.get(off, 0) + 1
     return counts
 
@@ -143,7 +143,13 @@ def scan_segment(
     data: bytes, sid: int, acked: set[int], marked: list[int] | None = None
 ) -> tuple[int, list[int], list[str], int]:
     """Walk the records of one segment: (valid end, live persistent refs, problems,
-    body bytes of the live records); the live refs of marked records are added to ``marked``."""
+    body bytes of the live records); the live refs of marked records are added to ``marked``.
+
+    A record whose length or CRC is wrong is not the end of the segment if a valid
+    record follows somewhere after it: the scan resynchronises on the next offset
+    where a record with a valid CRC starts (:func:`_resync`), reports the bytes it
+    skipped, and goes on.  Only when no valid record follows is the rest a torn or
+    corrupt tail, and the valid end is where it starts."""
     off = 0
     n = len(data)
     live: list[int] = []
@@ -156,15 +162,13 @@ def scan_segment(
     while off + 9 <= n:
         length, crc, rtype = unpack(data, off)
         end = off + 8 + length
-        if length < 1 or length > MAX_RECORD or end > n:
-            break
-        if crc32(mv[off + 8 : end]) != crc:
-            # a bad record followed by a good one is skipped; otherwise it is the tail
-            if _next_record_ok(data, end):
-                bad.append(f"corrupt record at byte {off} skipped")
-                off = end
-                continue
-            break
+        if length < 1 or length > MAX_RECORD or end > n or crc32(mv[off + 8 : end]) != crc:
+            nxt = _resync(data, off + 1)
+            if nxt < 0:
+                break  # nothing valid follows: the tail
+            bad.append(f"corrupt record at byte {off} skipped ({nxt - off} bytes)")
+            off = nxt
+            continue
         if rtype == REC_MSG and off not in acked and data[off + 9] & 1:
             live.append(base | off)
             if marked is not None and data[off + 9] & 4:
@@ -179,70 +183,80 @@ def scan_segment(
     return off, live, bad, live_bytes
 
 
+def _resync(data: bytes, start: int) -> int:
+    """The first offset at or after ``start`` where a whole message record with a
+    valid CRC starts, or -1.  Candidates are found by their type byte, so the scan
+    costs one ``find`` per candidate rather than Python work per byte."""
+    n = len(data)
+    mv = memoryview(data)
+    pos = start + 8
+    while True:
+        pos = data.find(REC_MSG_BYTE, pos)
+        if pos < 0:
+            return -1
+        off = pos - 8
+        length, crc, _t = REC_HEAD.unpack_from(data, off)
+        end = off + 8 + length
+        if 1 <= length <= MAX_RECORD and end <= n and zlib.crc32(mv[off + 8 : end]) == crc:
+            return off
+        pos += 1
+
+
 def scan_records(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
     """Every intact record of one segment's bytes: (offset, type, payload), read without
-    changing anything; a corrupt record is skipped and a torn tail ends the walk."""
+    changing anything; a damaged record is skipped (see :func:`scan_segment`) and a torn tail
+    ends the walk."""
     off = 0
     n = len(data)
     mv = memoryview(data)
     while off + 9 <= n:
         length, crc, rtype = REC_HEAD.unpack_from(data, off)
         end = off + 8 + length
-        if length < 1 or length > MAX_RECORD or end > n:
-            return
-        if zlib.crc32(mv[off + 8 : end]) == crc:
-            yield off, rtype, mv[off + 9 : end]
-        elif not _next_record_ok(data, end):
-            return
+        if length < 1 or length > MAX_RECORD or end > n or zlib.crc32(mv[off + 8 : end]) != crc:
+            nxt = _resync(data, off + 1)
+            if nxt < 0:
+                return
+            off = nxt
+            continue
+        yield off, rtype, mv[off + 9 : end]
         off = end
 
 
-def _next_record_ok(data: bytes, off: int) -> bool:
-    if off + 9 > len(data):
-        return False
-    length, crc, _t = REC_HEAD.unpack_from(data, off)
-    end = off + 8 + length
-    if length < 1 or end > len(data):
-        return False
-    return zlib.crc32(memoryview(data)[off + 8 : end]) == crc
-
-
-
-def write_identity(directory: str, vhost: str, name: str) -> None:
+def write_identity(io: FileIO, directory: str, vhost: str, name: str) -> None:
     """Name the queue a log directory belongs to (directories are named by a
     hash), so that data found without metadata can still be identified."""
     path = os.path.join(directory, IDENTITY_FILE)
-    if os.path.exists(path):
+    if io.exists(path):
         return
     raw = json.dumps({"vhost": vhost, "queue": name}, ensure_ascii=False).encode("utf-8")
-    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fd = io.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        write_all(fd, raw)
-        os.fsync(fd)
+        io.write_all(fd, raw)
+        io.fdatasync(fd)
     finally:
-        os.close(fd)
+        io.close(fd)
 
 
-def read_identity(directory: str) -> tuple[str | None, str | None]:
+def read_identity(directory: str, io: FileIO = OS) -> tuple[str | None, str | None]:
     """(vhost, queue name) a log directory was made for, or (None, None)."""
     try:
-        with open(os.path.join(directory, IDENTITY_FILE), "rb") as f:
-            d = json.loads(f.read())
+        d = json.loads(io.read_file(os.path.join(directory, IDENTITY_FILE)))
         return str(d["vhost"]), str(d["queue"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
 
 
-def read_live_records(directory: str) -> Iterator[tuple[bool, int, bytes, bytes, bytes, bytes]]:
+def read_live_records(
+    directory: str, io: FileIO = OS
+) -> Iterator[tuple[bool, int, bytes, bytes, bytes, bytes]]:
     """The unsettled persistent messages of a log directory, in order, read without
     changing anything: (persistent, deadline, ex_raw, rk_raw, header, body)."""
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".seg"))
+    names = sorted(n for n in io.listdir(directory) if n.endswith(".seg"))
     for name in names:
         path = os.path.join(directory, name)
-        with open(path, "rb") as f:
-            data = f.read()
+        data = io.read_file(path)
         sid = int(name[:-4])
-        _end, live, _bad, _nbytes = scan_segment(data, sid, read_acks(path[:-4] + ".ack"))
+        _end, live, _bad, _nbytes = scan_segment(data, sid, read_acks(io, path[:-4] + ".ack"))
         for ref in live:
             off = ref & 0xFFFFFFFF
             length = REC_HEAD.unpack_from(data, off)[0]

@@ -70,8 +70,6 @@ def test_registry_picks_classic_by_default_and_by_name() -> None:
 @pytest.mark.parametrize(
     "value, text",
     [
-        ("stream", "invalid arg 'x-queue-type' for Q: stream queues are not supported by BurrowMQ; "
-                   "declare a durable classic queue"),
         ("lazy", "invalid arg 'x-queue-type' for Q: \"unsupported queue type 'lazy'\""),
         (5, "invalid arg 'x-queue-type' for Q: \"unsupported queue type '5'\""),
         ({"a": 1}, "invalid arg 'x-queue-type' for Q: \"unsupported queue type '{'a': 1}'\""),
@@ -81,6 +79,10 @@ def test_registry_refuses_other_types(value: Any, text: str) -> None:
     with pytest.raises(ChannelError) as ei:
         queue_class({"x-queue-type": value}, "Q")
     assert ei.value.code == 406 and ei.value.text == "PRECONDITION_FAILED - " + text
+
+
+def test_registry_knows_streams() -> None:
+    assert queue_class({"x-queue-type": "stream"}, "Q").type_name == "stream"
 
 
 # -- the publish entry point --------------------------------------------------------

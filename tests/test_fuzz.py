@@ -25,6 +25,7 @@ from pamqp import frame as pframe
 from pamqp.header import ContentHeader
 
 from amqp_raw import RawClient
+from broker.amqp.content import MAX_MESSAGE_SIZE
 from protocol import framing
 from protocol.errors import AMQPError, FrameError
 
@@ -391,3 +392,248 @@ def test_end_to_end_mutated_frames(fresh_broker):
     log = fresh_broker.log_text()
     assert "Traceback" not in log and "internal error" not in log, (outcomes, log[-6000:])
     assert "INTERNAL_ERROR" not in log, outcomes
+
+
+# -- (c) every complete malformed frame is answered, at once, with the precise code ----------
+
+CONN, CHAN = "connection", "channel"
+UNKNOWN_TYPES = [t for t in range(256) if t not in (1, 2, 3, 8)]
+NOT_UNMARSHALLED_BY_PAMQP = {(60 << 16) | 40, (60 << 16) | 80}  # Basic.Publish and Basic.Ack are parsed by hand
+
+
+def _pamqp_verdict(payload: bytes) -> int | None:
+    """The reply code for a method payload by pamqp's own reading, independent of the
+    broker: 503 for an unknown method, 501 if it cannot be decoded, None if it can."""
+    if len(payload) < 4:
+        return 501
+    cls = C.INDEX_MAPPING.get(struct.unpack_from(">I", payload)[0])
+    if cls is None:
+        return 503
+    try:
+        cls().unmarshal(payload[4:])
+    except Exception:  # pamqp raises several kinds; each is a frame that cannot be decoded
+        return 501
+    return None
+
+
+def _truncated_properties(rng: random.Random) -> bytes:
+    """A content header whose announced properties run past its end."""
+    h = rng.choice([p for p in HEADER_PAYLOADS if len(p) > 14])
+    return h[: rng.randint(14, len(h) - 1)]
+
+
+def malformed_case(rng: random.Random) -> tuple[str, bytes, int, str]:
+    """(name, bytes sent after the handshake with channel 1 open, expected code, close kind)."""
+    pub = pframe.marshal(C.Basic.Publish(exchange="", routing_key="fuzz-q"), 1)
+    hdr_ok = pframe.marshal(ContentHeader(0, 3, C.Basic.Properties()), 1)
+    while True:
+        k = rng.randrange(15)
+        if k == 0:  # a random method payload pamqp cannot read (or an unknown method)
+            base = rng.choice(METHOD_PAYLOADS)
+            p = mutate(rng, base) if rng.random() < 0.7 else base[:4] + rng.randbytes(rng.randint(0, 40))
+            if len(p) >= 4 and struct.unpack_from(">I", p)[0] in NOT_UNMARSHALLED_BY_PAMQP:
+                continue
+            code = _pamqp_verdict(p)
+            if code is None:
+                continue  # a valid method: not malformed
+            return "method payload", _frame(1, 1, p), code, CONN
+        if k == 1:
+            m = pframe.marshal(rng.choice(METHODS), 1)
+            return "frame end byte", m[:-1] + bytes([rng.choice([b for b in range(256) if b != 0xCE])]), 501, CONN
+        if k == 2:
+            return "over frame_max", struct.pack(">BHI", 1, 1, 131072 + rng.randint(1, 2**31)), 501, CONN
+        if k == 3:
+            return "unknown frame type", _frame(rng.choice(UNKNOWN_TYPES), rng.randint(0, 3), rng.randbytes(rng.randint(0, 9))), 501, CONN
+        if k == 4:
+            return "heartbeat on a channel", _frame(8, rng.randint(1, 65535), b""), 505, CONN
+        if k == 5:
+            return "heartbeat with payload", _frame(8, 0, rng.randbytes(rng.randint(1, 9))), 501, CONN
+        if k == 6:
+            data = hdr_ok if rng.random() < 0.5 else _frame(3, 1, rng.randbytes(rng.randint(0, 9)))
+            return "content without publish", data, 505, CONN
+        if k == 7:
+            return "truncated properties", pub + _frame(2, 1, _truncated_properties(rng)), 501, CONN
+        if k == 8:
+            bad = struct.pack(">HHQH", 60, 0, 1, 0x2000) + struct.pack(">I", 3) + b"\x01k" + bytes([rng.choice(b"!#$%&?GHJKMNOPQRWXYZ")])
+            return "unknown field type in headers", pub + _frame(2, 1, bad), 501, CONN
+        if k == 9:
+            size = rng.choice([2**63, 2**64 - 1, 2**32, MAX_MESSAGE_SIZE + 1])
+            return "body size over the limit", pub + _frame(2, 1, struct.pack(">HHQH", 60, 0, size, 0)), 406, CHAN
+        if k == 10:
+            cls = rng.choice([c for c in (10, 20, 40, 50, 85, 90, 0, 65535)])
+            return "header of another class", pub + _frame(2, 1, struct.pack(">HHQH", cls, 0, 3, 0)), 505, CONN
+        if k == 11:
+            return "header too short", pub + _frame(2, 1, rng.randbytes(rng.randint(0, 13))), 501, CONN
+        if k == 12:
+            return "method on an unopened channel", pframe.marshal(rng.choice(METHODS[:20]), rng.randint(2, 2047)), 504, CONN
+        if k == 13:
+            return "body longer than declared", pub + hdr_ok + _frame(3, 1, rng.randbytes(rng.randint(4, 40))), 501, CONN
+        return "truncated publish or ack", _frame(1, 1, rng.choice([payload_of(C.Basic.Publish(exchange="e", routing_key="k")), payload_of(C.Basic.Ack(delivery_tag=5))])[: rng.randint(4, 8)]), 501, CONN
+
+
+def _answer(port: int, seed: int) -> tuple[str, int, str, float, str]:
+    """Send one malformed case; (case name, expected code, what came back, seconds, kind wanted)."""
+    rng = random.Random(seed)
+    name, data, code, kind = malformed_case(rng)
+    with RawClient(port, timeout=5) as c:
+        c.handshake()
+        c.open_channel(1)
+        t0 = time.monotonic()
+        c.send(data)
+        while True:
+            left = 1.0 - (time.monotonic() - t0)
+            if left <= 0:
+                return name, code, "nothing within 1 s", 1.0, kind
+            try:
+                f = c.read_frame(left)
+            except TimeoutError:
+                return name, code, "nothing within 1 s", 1.0, kind
+            if f is None:
+                return name, code, "EOF without Close", time.monotonic() - t0, kind
+            m = f[1]
+            if isinstance(m, (C.Connection.Close, C.Channel.Close)):
+                got_kind = CONN if isinstance(m, C.Connection.Close) else CHAN
+                return name, code, f"{got_kind} {m.reply_code} {m.reply_text}", time.monotonic() - t0, kind
+
+
+class Canary:
+    """A publisher with confirms and a consumer on their own connections, running
+    all through the fuzzing: every confirmed message must arrive, in order."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.port = port
+        self.stop = threading.Event()
+        self.confirmed = 0
+        self.received: list[int] = []
+        self.errors: list[str] = []
+        self.worst_confirm = 0.0
+        self.q = f"canary-{random.randrange(1 << 30)}"
+        setup = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
+        setup.channel().queue_declare(self.q, auto_delete=False)
+        setup.close()
+        self.threads = [threading.Thread(target=self._publish), threading.Thread(target=self._consume)]
+        for t in self.threads:
+            t.start()
+
+    def _publish(self) -> None:
+        try:
+            conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port, heartbeat=0))
+            ch = conn.channel()
+            ch.confirm_delivery()
+            n = 0
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                ch.basic_publish("", self.q, str(n).encode(), pika.BasicProperties(delivery_mode=2))
+                self.worst_confirm = max(self.worst_confirm, time.monotonic() - t0)
+                n += 1
+                self.confirmed = n
+                time.sleep(0.002)
+            conn.close()
+        except Exception as exc:  # the assertion names it
+            self.errors.append(f"publisher: {type(exc).__name__}: {exc}")
+
+    def _consume(self) -> None:
+        try:
+            conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port, heartbeat=0))
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=50)
+            idle_since = None
+            for meth, _props, body in ch.consume(self.q, inactivity_timeout=0.2):
+                if body is None:
+                    if self.stop.is_set():
+                        idle_since = idle_since or time.monotonic()
+                        if len(self.received) >= self.confirmed or time.monotonic() - idle_since > 5:
+                            break
+                    continue
+                self.received.append(int(body))
+                ch.basic_ack(meth.delivery_tag)
+            ch.cancel()
+            ch.queue_delete(self.q)
+            conn.close()
+        except Exception as exc:
+            self.errors.append(f"consumer: {type(exc).__name__}: {exc}")
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+@pytest.mark.slow
+def test_every_malformed_frame_is_answered_within_a_second(fresh_broker):
+    """Thousands of complete malformed frames, each on its own connection, while a canary
+    publishes and consumes: each gets Connection.Close (or Channel.Close) with the
+    code its kind of fault calls for, within a second; the canary loses nothing."""
+    port = fresh_broker.port
+    canary = Canary(port)
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(lambda s: _answer(port, s), range(3000)))
+    finally:
+        canary.finish()
+    wrong = [r for r in results if not r[2].startswith(f"{r[4]} {r[1]} ")]
+    by_case: dict[str, int] = {}
+    for r in results:
+        by_case[r[0]] = by_case.get(r[0], 0) + 1
+    assert len(by_case) == 15, by_case
+    assert not wrong, f"{len(wrong)} of {len(results)} wrong, e.g. {wrong[:8]}"
+    slowest = max(r[3] for r in results)
+    assert slowest < 1.0
+    assert not canary.errors, canary.errors
+    assert canary.confirmed > 50, canary.confirmed
+    assert canary.received == list(range(canary.confirmed)), (canary.confirmed, len(canary.received))
+    assert fresh_broker.alive
+    log = fresh_broker.log_text()
+    assert "Traceback" not in log and "internal error" not in log
+
+
+def _cut_short(port: int, heartbeat: int, trickle: float) -> float:
+    """Handshake, then a frame cut short (or trickled a byte at a time): seconds until
+    the broker closes the socket (-1 if it is still open after 15 s)."""
+    with RawClient(port, timeout=20) as c:
+        c.handshake(heartbeat=heartbeat)
+        c.open_channel(1)
+        frame = _frame(1, 1, payload_of(C.Basic.Qos(prefetch_count=1)) + bytes(60))
+        t0 = time.monotonic()
+        if trickle:
+            for b in frame[:-1]:
+                try:
+                    c.send(bytes([b]))
+                except OSError:  # closed by the broker: what this waits for
+                    return time.monotonic() - t0
+                time.sleep(trickle)
+                if time.monotonic() - t0 > 15:
+                    return -1.0
+        else:
+            c.send(frame[:30])
+        while time.monotonic() - t0 < 15:
+            try:
+                f = c.read_frame(15)
+            except (TimeoutError, OSError):
+                break
+            if f is None:
+                return time.monotonic() - t0
+        return -1.0
+
+
+async def test_a_frame_cut_short_is_closed_by_the_timeout():
+    """A frame that never completes holds no connection forever: with heartbeats off the
+    handshake timeout bounds it (1 s here), with heartbeats on the heartbeat timeout;
+    trickling the frame a byte at a time does not extend it."""
+    import asyncio
+
+    from broker.server import Broker
+
+    b = Broker(host="127.0.0.1", port=0, handshake_timeout=1.0, heartbeat=60)
+    await b.start()
+    try:
+        cut_no_hb = await asyncio.to_thread(_cut_short, b.port, 0, 0.0)
+        cut_hb = await asyncio.to_thread(_cut_short, b.port, 1, 0.0)
+        trickled = await asyncio.to_thread(_cut_short, b.port, 0, 0.1)
+    finally:
+        await b.stop()
+    assert 0.9 <= cut_no_hb < 4.0, cut_no_hb
+    assert 1.5 <= cut_hb < 5.0, cut_hb
+    assert 0.9 <= trickled < 4.0, trickled

@@ -155,9 +155,9 @@ def test_frame_off_by_eight_is_tolerated(fresh_broker, survivor):
 
 def test_frame_larger_than_negotiated_frame_max(fresh_broker, survivor):
     with RawClient(fresh_broker.port) as c:
-        c.handshake(frame_max=4096)
+        c.handshake(frame_max=8192)
         c.open_channel(1)
-        c.send(frame(1, 1, method_payload(C.Queue.Declare(queue="x" * 200, arguments={"k": "v" * 5000}))))
+        c.send(frame(1, 1, method_payload(C.Queue.Declare(queue="x" * 200, arguments={"k": "v" * 9000}))))
         expect_connection_close(fresh_broker, survivor, c, 501, ["frame_max", "frame_too_large", "too large"])
 
 
@@ -312,7 +312,7 @@ def test_tune_ok_frame_max_below_minimum(fresh_broker, survivor):
         c.expect(C.Connection.Tune)
         c.send_method(0, C.Connection.TuneOk(channel_max=0, frame_max=1024, heartbeat=0))
         c.send_method(0, C.Connection.Open(virtual_host="/"))
-        expect_connection_close(fresh_broker, survivor, c, 530, exact="NOT_ALLOWED - frame_max=1024 < 4096 min size")
+        expect_connection_close(fresh_broker, survivor, c, 530, exact="NOT_ALLOWED - frame_max=1024 < 8192 min size")
 
 
 def test_missed_heartbeats_disconnect(fresh_broker, survivor):

@@ -62,6 +62,10 @@ def test_root_serves_the_ui_with_its_modules_and_a_strict_policy(wb):
     for mod in ("admin", "api", "connections", "dom", "exchanges", "overview", "queues"):
         assert f'from "./{mod}.js"' in js.raw.decode()
         assert fetch(wb, f"/ui/{mod}.js").status == 200
+    admin = fetch(wb, "/ui/admin.js").raw.decode()
+    for mod in ("limits", "policies"):
+        assert f'from "./{mod}.js"' in admin
+        assert fetch(wb, f"/ui/{mod}.js").status == 200
     assert "http" not in page.replace("http-equiv", "")  # no absolute URL: works offline
 
 
@@ -352,3 +356,45 @@ def test_open_event_streams_do_not_hold_up_a_stop(broker_factory):
         assert s.next() == ("end", {"reason": "the broker is stopping"})
     finally:
         s.close()
+
+
+# -- a queue's consumers and policies, as its page reads them --------------------------------------
+
+def test_single_queue_has_consumer_details_in_rabbitmqs_shape(wb, api, uid):
+    """``GET /api/queues/V/N`` lists the queue's consumers (the queue page reads them there);
+    on a single-active-consumer queue only the first is active, the others wait."""
+    plain, sac = f"cd-{uid}", f"cd-sac-{uid}"
+    c = connect(wb)
+    ch = c.channel()
+    ch.queue_declare(plain)
+    ch.queue_declare(sac, arguments={"x-single-active-consumer": True})
+    ch.basic_qos(prefetch_count=7)
+    ch.basic_consume(plain, lambda *a: None, consumer_tag="tag-a", arguments={"x-priority": 3})
+    ch.basic_consume(plain, lambda *a: None, consumer_tag="tag-b", auto_ack=True, exclusive=False)
+    ch.basic_consume(sac, lambda *a: None, consumer_tag="first")
+    ch.basic_consume(sac, lambda *a: None, consumer_tag="second")
+    try:
+        q = api.get(f"/api/queues/%2F/{plain}").json
+        details = sorted(q["consumer_details"], key=lambda d: d["consumer_tag"])
+        assert [d["consumer_tag"] for d in details] == ["tag-a", "tag-b"]
+        a, b = details
+        assert a["ack_required"] is True and b["ack_required"] is False
+        assert a["prefetch_count"] == 7 and a["exclusive"] is False
+        assert a["arguments"] == {"x-priority": 3} and b["arguments"] == {}
+        assert a["active"] is True and a["activity_status"] == "up"
+        assert a["queue"] == {"name": plain, "vhost": "/"}
+        chd = a["channel_details"]
+        assert chd["number"] == ch.channel_number and chd["user"] == "guest"
+        assert chd["name"] == f"{chd['connection_name']} ({ch.channel_number})"
+        assert {"peer_host", "peer_port", "node"} <= chd.keys()
+        # the same consumers as /api/consumers lists for the queue
+        listed = [x for x in api.get("/api/consumers/%2F").json if x["queue"]["name"] == plain]
+        assert sorted(listed, key=lambda d: d["consumer_tag"]) == details
+        s = {d["consumer_tag"]: d for d in api.get(f"/api/queues/%2F/{sac}").json["consumer_details"]}
+        assert (s["first"]["active"], s["first"]["activity_status"]) == (True, "single_active")
+        assert (s["second"]["active"], s["second"]["activity_status"]) == (False, "waiting")
+        # the list of queues stays light: no consumer details there
+        assert all("consumer_details" not in x for x in api.get("/api/queues/%2F").json)
+    finally:
+        c.close()
+    wait_for(lambda: api.get(f"/api/queues/%2F/{plain}").json["consumer_details"] == [], what="consumers gone")

@@ -13,7 +13,7 @@ QUEUE_COLUMNS = {
     c: c for c in (
         "name", "vhost", "durable", "auto_delete", "exclusive", "arguments", "messages", "messages_ready",
         "messages_unacknowledged", "consumers", "state", "type", "policy", "exclusive_consumer_tag",
-        "message_bytes", "message_bytes_ready", "node",
+        "message_bytes", "message_bytes_ready", "node", "first_offset", "last_offset", "committed_offset", "segments",
     )
 }
 QUEUE_COLUMNS.update({c: c for c in ("leader", "members", "online", "delivery_limit")})  # quorum queues

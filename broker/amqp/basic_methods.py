@@ -84,6 +84,8 @@ def basic_consume(ch: BasicChannel, m: C.Basic.Consume) -> None:
     ch.check("read", "queue", ch.queue_name(m.queue))
     q = ch.find_queue(m.queue)
     validate_consumer_arguments(m.arguments or {}, ch.vhost.what("queue", q.name))
+    led = ch.unacked_deliveries
+    q.check_consume(bool(m.no_ack), led.prefetch, led.global_prefetch, m.arguments or {})
     tag = _consumer_tag(ch, m)
     if q.exclusive_consumer is not None or (m.exclusive and q.consumers):
         raise ChannelError(errors.ACCESS_REFUSED, f"{ch.vhost.what('queue', q.name)} in exclusive use", 60, 20)

@@ -47,6 +47,7 @@ from pamqp import commands as C
 from protocol import errors, framing, methods
 from protocol.errors import ChannelError, ConnectionError
 
+from ..flow import PublisherFlow, QueueFlow
 from ..message import Message
 from ..publishing import CHECKED_FLAGS, check_properties
 from ..queues import PUSH_REJECTED, PUSH_SYNC, Queue
@@ -83,6 +84,7 @@ class ChannelConnection(Protocol):
     out_size: int
     OUT_HIGH: int
     starved: bool
+    flow: PublisherFlow
 
     def write(self, data: bytes) -> None: ...
 
@@ -247,6 +249,8 @@ class Channel:
         out = vhost.publish(x, msg, mandatory == 1)
         if vhost.tracer is not None:
             vhost.tracer.published(msg, out.queues, self.conn.name, self.number, self.conn.username)
+        if QueueFlow.behind_count:  # some queue is behind: is it one of ours? (see broker.flow)
+            self.conn.flow.charge(out.queues, self.conn)
         if out.returned:
             self._return(msg)
         return out.status

@@ -16,7 +16,9 @@ already received are ignored, the handshake timeout still runs), then to
 Frames: method frames on channel 0 drive the handshake and close; on another
 channel Basic.Publish and Basic.Ack go straight to the channel's hand-parsed
 hot path, other methods to its dispatcher; content header and body frames go
-to the channel's content assembly.
+to the channel's content assembly.  A frame must arrive whole within the
+heartbeat timeout (the handshake timeout when heartbeats are off): one cut
+short or trickled in closes the connection (:meth:`Connection._frame_overdue`).
 
 Errors: a :class:`ChannelError` with a soft reply code closes its channel
 (Channel.Close, then frames on that channel are discarded until CloseOk); any
@@ -28,6 +30,11 @@ sent with one ``transport.write``.  Consumers stop taking messages while the
 socket's buffer is over its high-water mark (``writing_paused``) or ``out`` is
 over ``OUT_HIGH``, and are kicked again when it drains.  While the peer does not
 read what we send, we stop reading what it sends.
+
+Flow control: a publish routed to a queue whose consumers are behind charges this
+connection's :class:`~broker.flow.PublisherFlow`; while it is ``throttled`` the
+connection neither reads its socket nor handles frames already read (RabbitMQ's
+``flow`` state), until those queues catch up.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from protocol import errors, framing, methods
 from protocol.errors import AMQPError, ChannelError, ConnectionError
 
 from ..certinfo import TLSInfo
+from ..flow import PublisherFlow
 from ..limits import reached
 from ..logsafe import printable
 from ..metadata import MetadataSaveError
@@ -48,7 +56,7 @@ from ..services import Services
 from .channel import Channel
 from .connection_state import DISCARDING, ConnState, check_transition
 from .content import EXPECTED_METHOD
-from .handshake import Handshake, server_properties
+from .handshake import Handshake, start_frame
 
 log = logging.getLogger("broker.amqp.connection")
 
@@ -101,7 +109,8 @@ class Connection(Handshake):
         sslobj = transport.get_extra_info("ssl_object")
         self.tls = TLSInfo.of(sslobj) if sslobj is not None else None
         self.auth_mechanism = ""
-        self.reader = framing.FrameReader(limits.frame_max)
+        # until Tune-Ok, frames are held to RabbitMQ's pre-authentication limit
+        self.reader = framing.FrameReader(min(framing.FRAME_MIN_SIZE, limits.frame_max))
         self.state = ConnState.HEADER
         self.channels: dict[int, Channel] = {}
         self.out: list[Any] = []
@@ -137,9 +146,13 @@ class Connection(Handshake):
         self.publishing = False
         self.block_pending = False
         self.name = self.peer
+        self.throttled = False  # publisher flow control (see broker.flow)
+        self.flow = PublisherFlow(self.loop, self._flow_pause, self._flow_resume)
         # an AMQPS connection is made after its TLS handshake, which counts in the timeout too
         started = self.loop.time() if accepted is None else accepted
         self._timeout_handle = self.loop.call_at(started + limits.handshake_timeout, self._handshake_timeout)
+        self._frame_timer: Any = None  # armed while a frame is incomplete (see _frame_overdue)
+        self.frames_in = 0
         self.recv_bytes = 0
         self.sent_bytes = 0
         if self.tls is None:
@@ -226,6 +239,9 @@ class Connection(Handshake):
             self.connection_error(e)
             self._after_input()
             return
+        self.frames_in += len(frames)
+        if self._frame_timer is None and self.reader.buffered:
+            self._arm_frame_timer()
         if self._frames:
             self._frames.extend(frames)
         else:
@@ -242,7 +258,7 @@ class Connection(Handshake):
         end = min(len(frames), i + self.MAX_FRAMES_PER_TURN)
         handle = self.handle_frame
         try:
-            while i < end and not self.blocked:
+            while i < end and not self.blocked and not self.throttled:
                 ftype, chn, payload = frames[i]
                 i += 1
                 if self.state in DISCARDING:
@@ -264,7 +280,7 @@ class Connection(Handshake):
             if not self.slicing:
                 self.slicing = True
                 self._set_reading()
-            if not self.blocked:  # frames read before an alarm wait for it to clear, as in RabbitMQ
+            if not self.blocked and not self.throttled:  # frames read before an alarm or flow wait for it
                 self.loop.call_soon(self._process)
         else:
             self._frames = []
@@ -304,10 +320,15 @@ class Connection(Handshake):
             )
 
     def _set_reading(self) -> None:
-        """Read from the socket unless blocked by an alarm, the peer's own
+        """Read from the socket unless blocked by an alarm or flow control, the peer's own
         back-pressure, a backlog of frames still to handle, or a delayed login refusal."""
         want_paused = (
-            self.blocked or self.backpressure or self.slicing or self.draining or self.state is ConnState.REFUSING
+            self.blocked
+            or self.throttled
+            or self.backpressure
+            or self.slicing
+            or self.draining
+            or self.state is ConnState.REFUSING
         )
         if want_paused == self.reading_paused or self.state is CLOSED:
             return
@@ -332,15 +353,7 @@ class Connection(Handshake):
             return b""
         self._header_buf = b""
         self.transition(ConnState.START)
-        self.send0(
-            C.Connection.Start(
-                version_major=0,
-                version_minor=9,
-                server_properties=server_properties(),
-                mechanisms=" ".join(self.offered_mechanisms()),
-                locales="en_US",
-            )
-        )
+        self.write(start_frame(" ".join(self.offered_mechanisms())))
         return buf[8:]
 
     def send0(self, method: Any) -> None:
@@ -400,6 +413,10 @@ class Connection(Handshake):
                 raise ConnectionError(
                     errors.UNEXPECTED_FRAME, f"heartbeat frame on channel {chn}; heartbeats use channel 0"
                 )
+            if payload:
+                raise ConnectionError(
+                    errors.FRAME_ERROR, f"heartbeat frame with a payload of {len(payload)} bytes; heartbeats are empty"
+                )
         else:
             raise ConnectionError(errors.FRAME_ERROR, f"unknown frame type {ftype} on channel {chn}")
 
@@ -457,7 +474,7 @@ class Connection(Handshake):
             return
         now = self.loop.time()
         hb = self.heartbeat
-        if self.blocked:
+        if self.blocked or self.throttled:
             self.last_recv = now  # we are not reading while blocked: no verdict on silence
         if now - self.last_recv > 2 * hb:
             log.warning("connection %s: missed heartbeats from client, timeout: %ss", printable(self.name), hb)
@@ -467,6 +484,31 @@ class Connection(Handshake):
         if now - self.last_send >= hb / 2:
             self.write(framing.HEARTBEAT_FRAME)
         self._hb_handle = self.loop.call_later(hb / 2, self._heartbeat_tick)
+
+    def _frame_timeout(self) -> float:
+        """How long one frame may take to arrive whole: the heartbeat timeout, or the
+        handshake timeout when heartbeats are off."""
+        return 2 * self.heartbeat if self.heartbeat else self.services.limits.handshake_timeout
+
+    def _arm_frame_timer(self) -> None:
+        self._frame_timer = self.loop.call_later(self._frame_timeout(), self._frame_overdue, self.frames_in)
+
+    def _frame_overdue(self, frames_then: int) -> None:
+        """A frame was incomplete when the timer was armed.  If no frame has been
+        completed since and one is still incomplete (a frame cut short, or trickled
+        slower than the timeout allows), the connection is closed: nothing holds a
+        connection forever, heartbeats or not.  Time spent not reading (alarm,
+        back-pressure) does not count."""
+        self._frame_timer = None
+        if self.state is CLOSED or not self.reader.buffered:
+            return
+        if self.frames_in == frames_then and not self.reading_paused:
+            log.warning("connection %s: a frame was not completed within %ss (%d bytes of it received); closing",
+                        printable(self.name), self._frame_timeout(), self.reader.buffered)
+            self.teardown()
+            self.close_transport(abort=True)
+            return
+        self._arm_frame_timer()
 
     def drain(self) -> None:
         """The broker is stopping: take no more input from this client."""
@@ -502,6 +544,22 @@ class Connection(Handshake):
         if self._frames:
             self.loop.call_soon(self._process)
         log.info("connection %s unblocked", printable(self.name))
+
+    # -- publisher flow control -------------------------------------------------------
+    def _flow_pause(self) -> None:
+        """A queue this connection publishes to is behind: stop reading (PublisherFlow calls this)."""
+        self.throttled = True
+        self._set_reading()
+
+    def _flow_resume(self) -> None:
+        """Every queue it waited on caught up: read again, starting with frames already read."""
+        self.throttled = False
+        if self.state is not OPENED:
+            return
+        self.last_recv = self.loop.time()
+        self._set_reading()
+        if self._frames and not self.blocked:
+            self.loop.call_soon(self._process)
 
     # -- channels ----------------------------------------------------------------
     def open_channel(self, chn: int) -> None:
@@ -583,13 +641,14 @@ class Connection(Handshake):
         for q in list(self.exclusive_queues):
             q.vhost.delete_queue(q)
         self.exclusive_queues.clear()
+        self.flow.close()
         self.services.connections.gone(self)
 
     def close_transport(self, abort: bool = False) -> None:
         if self.state is CLOSED:
             return
         self.transition(CLOSED)
-        for h in (self._hb_handle, self._close_handle, self._timeout_handle):
+        for h in (self._hb_handle, self._close_handle, self._timeout_handle, self._frame_timer):
             if h is not None:
                 h.cancel()
         if abort:
@@ -602,7 +661,7 @@ class Connection(Handshake):
             if self.state is OPENED:
                 log.info("connection %s lost: %s", printable(self.name), exc or "client closed the socket")
             self.transition(CLOSED)
-        for h in (self._hb_handle, self._close_handle, self._timeout_handle):
+        for h in (self._hb_handle, self._close_handle, self._timeout_handle, self._frame_timer):
             if h is not None:
                 h.cancel()
         self._release_refusal()

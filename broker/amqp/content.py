@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from protocol import errors, framing
 from protocol.errors import ChannelError, ConnectionError
+from protocol.fields import check_properties
 
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
@@ -72,6 +73,7 @@ class ContentAssembler:
                 60,
                 40,
             )
+        check_properties(payload)
         if size > MAX_MESSAGE_SIZE:
             self.pub = None
             raise ChannelError(

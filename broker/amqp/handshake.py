@@ -16,13 +16,14 @@ handshake timeout closes a connection that has not reached ``opened`` in time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
-from protocol import errors
+from protocol import errors, framing
 from protocol.errors import ConnectionError
 
 from .. import __version__
@@ -52,6 +53,21 @@ CAPABILITIES = {
     "per_consumer_qos": True,
     "accept_consumer_cancel_ok": True,
 }
+
+
+@functools.cache
+def start_frame(mechanisms: str) -> bytes:
+    """Connection.Start for the mechanisms offered: encoded once per set, not once per connection."""
+    return framing.method_frame(
+        0,
+        C.Connection.Start(
+            version_major=0,
+            version_minor=9,
+            server_properties=server_properties(),
+            mechanisms=mechanisms,
+            locales="en_US",
+        ),
+    )
 
 
 def server_properties() -> dict:
@@ -195,8 +211,10 @@ class Handshake:
 
     def on_tune_ok(self, m: C.Connection.TuneOk) -> None:
         if m.frame_max:
-            if m.frame_max < 4096:
-                raise ConnectionError(errors.NOT_ALLOWED, f"frame_max={m.frame_max} < 4096 min size")
+            if m.frame_max < framing.FRAME_MIN_SIZE:
+                raise ConnectionError(
+                    errors.NOT_ALLOWED, f"frame_max={m.frame_max} < {framing.FRAME_MIN_SIZE} min size"
+                )
             if m.frame_max > self.services.limits.frame_max:
                 raise ConnectionError(
                     errors.NOT_ALLOWED, f"frame_max={m.frame_max} > {self.services.limits.frame_max} max size"
@@ -218,6 +236,12 @@ class Handshake:
             raise ConnectionError(errors.NOT_ALLOWED, f"vhost {vhname} not found")
         if self.services.users.permission(self.username, vhname) is None:
             raise ConnectionError(errors.NOT_ALLOWED, f"access to vhost '{vhname}' refused for user '{self.username}'")
+        limit = self.services.limits.max_connections
+        if limit and len(self.services.connections.open) >= limit:
+            log.warning("connection %s refused: the node connection limit (%d) is reached", self.peer, limit)
+            raise ConnectionError(
+                errors.NOT_ALLOWED, f"connection refused: node connection limit ({limit}) is reached", 10, 40
+            )
         self._check_connection_limits(vh)
         self.vhost = vh
         self.transition(ConnState.OPENED)

@@ -7,6 +7,7 @@ the aliveness test (:mod:`.health`) and the lost+found import (:mod:`.lost_found
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 from typing import Any
 
@@ -131,3 +132,14 @@ def properties_json(msg: Message) -> dict:
             v = int(v.timestamp())
         out[key] = v
     return out
+
+
+def payload_json(data: bytes, encoding: str) -> tuple[str, str]:
+    """A body as the API shows it: ``(payload, payload_encoding)``, a string when
+    ``encoding`` is ``auto`` and the bytes are UTF-8, base64 otherwise."""
+    if encoding == "auto":
+        try:
+            return data.decode("utf-8"), "string"
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(data).decode("ascii"), "base64"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +10,11 @@ from protocol.errors import ChannelError
 
 from ..message import Message
 from ..queues import Queue
+from ..queues.stream import StreamQueue
 from .http import Ctx, Router, bad_request, field_arguments, field_bool, not_found
-from .messages import properties_json
-from .views import apply_query_lazy, queue_json, vhost_bindings
+from .messages import payload_json, properties_json
+from .stream_peek import peek_stream_json, stream_offset_spec
+from .views import apply_query_lazy, queue_consumers_json, queue_json, vhost_bindings
 
 routes = Router()
 
@@ -62,7 +63,8 @@ def _find_queue(ctx: Ctx, vh: Any) -> Queue:
 @routes.route("api/queues/:vhost/:name")
 async def get_queue(ctx: Ctx) -> Any:
     vh = ctx.vhost()
-    return queue_json(vh, _find_queue(ctx, vh), ctx.stats)
+    q = _find_queue(ctx, vh)
+    return dict(queue_json(vh, q, ctx.stats), consumer_details=queue_consumers_json(q))
 
 
 @routes.route("api/queues/:vhost/:name", "PUT")
@@ -140,15 +142,7 @@ def _encoding(body: dict) -> tuple[str, int | None]:
 
 def _message_json(q: Queue, msg: Message, encoding: str, truncate: int | None) -> dict:
     """One message as the get endpoint shows it (RabbitMQ's fields)."""
-    data = msg.body if truncate is None else msg.body[:truncate]
-    payload, penc = None, "base64"
-    if encoding == "auto":
-        try:
-            payload, penc = data.decode("utf-8"), "string"
-        except UnicodeDecodeError:
-            pass
-    if payload is None:
-        payload = base64.b64encode(data).decode("ascii")
+    payload, penc = payload_json(msg.body if truncate is None else msg.body[:truncate], encoding)
     try:
         props = properties_json(msg)
     except Exception:
@@ -218,6 +212,8 @@ async def peek_messages(ctx: Ctx) -> Any:
     q = _find_queue(ctx, vh)
     body = await ctx.body()
     count = _count(body, PEEK_MAX_COUNT)
+    if isinstance(q, StreamQueue):
+        return await _peek_stream(ctx, vh, q, body, count)
     offset = body.get("offset", 0)
     if isinstance(offset, str) and offset.isdigit():
         offset = int(offset)
@@ -239,3 +235,16 @@ async def peek_messages(ctx: Ctx) -> Any:
         out.append(d)
         budget -= cut
     return out
+
+
+async def _peek_stream(ctx: Ctx, vh: Any, q: StreamQueue, body: dict, count: int) -> Any:
+    """A stream's peek: from an offset spec (``offset``: a number, ``first``, ``last``,
+    ``next``, an interval or an ISO 8601 time), answered with the offsets (see
+    :mod:`.stream_peek`)."""
+    spec = stream_offset_spec(body.get("offset", "first"))
+    encoding, truncate = _encoding(body)
+    ctx.check(vh, "read", "queue", q.name)
+    if truncate is not None:
+        truncate = max(truncate, 0)
+    found = await q.peek_records(spec, count, PEEK_MAX_BYTES, truncate)
+    return peek_stream_json(q, found, encoding)

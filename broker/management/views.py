@@ -138,7 +138,7 @@ def vhost_running(vh: Any, store: Any) -> bool:
     if store is None:
         return True
     for q in vh.queues.values():
-        if q.durable and q.owner is None and not _log_open(q.log, store):
+        if q.durable and q.owner is None and not _log_open(q.store_log, store):
             return False
     return True
 
@@ -152,6 +152,16 @@ def perm_json(user: str, vhost: str, p: Permission) -> dict:
 
 
 # -- connections, channels, consumers ------------------------------------------------------
+
+def connection_state(conn: Any) -> str:
+    """RabbitMQ's connection state: ``flow`` while flow control holds a publisher
+    (see broker.flow), ``blocked`` while a resource alarm does, else ``running``."""
+    if conn.state != "opened":
+        return str(conn.state)
+    if conn.throttled:
+        return "flow"
+    return "blocked" if conn.blocked else "running"
+
 
 def connection_json(conn: Any, broker: Any, stats: Any) -> dict:
     host, port = split_peer(conn.peer)
@@ -167,7 +177,7 @@ def connection_json(conn: Any, broker: Any, stats: Any) -> dict:
         "peer_port": port,
         "host": broker.host,
         "port": broker.tls_port if conn.tls is not None else broker.port,
-        "state": "running" if conn.state == "opened" else conn.state,
+        "state": connection_state(conn),
         "channels": len(conn.channels),
         "channel_max": conn.channel_max,
         "frame_max": conn.frame_max,
@@ -214,9 +224,19 @@ def channel_json(conn: Any, ch: Any) -> dict:
     }
 
 
+def consumer_activity(q: Any, c: Any) -> tuple[bool, str]:
+    """Whether ``c`` gets messages from ``q`` now, and RabbitMQ's ``activity_status``: ``up``, or on a
+    single-active-consumer queue ``single_active`` for the first consumer and ``waiting`` for the rest."""
+    if not q.arguments.get("x-single-active-consumer"):
+        return True, "up"
+    active = bool(q.consumers) and q.consumers[0] is c
+    return active, "single_active" if active else "waiting"
+
+
 def consumer_json(conn: Any, ch: Any, c: Any) -> dict:
     host, port = split_peer(conn.peer)
     q = c.queue
+    active, activity = consumer_activity(q, c)
     return {
         "consumer_tag": c.tag,
         "queue": {"name": q.name, "vhost": q.vhost.name},
@@ -234,9 +254,18 @@ def consumer_json(conn: Any, ch: Any, c: Any) -> dict:
         "prefetch_count": c.prefetch,
         "arguments": c.arguments or {},
         "priority": c.priority,
-        "active": True,
-        "activity_status": "up",
+        "active": active,
+        "activity_status": activity,
     }
+
+
+def queue_consumers_json(q: Any) -> list[dict]:
+    """A queue's ``consumer_details`` (its single-queue GET): its consumers, in its delivery order."""
+    out = []
+    for c in q.consumers:
+        ch: Any = c.channel
+        out.append(consumer_json(ch.conn, ch, c))
+    return out
 
 
 # -- list queries (RabbitMQ's sort / columns / pagination parameters) ------------------

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol
 
 from storage.log import LogStore, QueueLog
 
+from ..flow import QueueFlow
 from ..message import Message
 from .settings import effective_arguments
 
@@ -150,6 +151,7 @@ class Queue(abc.ABC):
         self.log: QueueLog | None = None  # the store this queue writes messages to, if any
         # why the latest logged messages left without an ack (ref -> expired, rejected, maxlen), for `broker where`
         self.drop_reasons: dict[int, str] = {}
+        self.flow = QueueFlow()  # whether its consumers are behind (see broker.flow)
         self.had_consumers = False
         self.deleted = False
         self.last_used = time.monotonic()
@@ -184,6 +186,10 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     def dispatch(self) -> None:
         """Hand ready messages to subscribers that have credit."""
+
+    def check_consume(self, no_ack: bool, prefetch: int, global_prefetch: int, arguments: dict) -> None:
+        """Refuse (raise a ChannelError or ConnectionError) a Basic.Consume this queue cannot
+        serve, before Consume-Ok goes out; every consumer is welcome by default."""
 
     @abc.abstractmethod
     def get(self) -> Message | None:
@@ -246,6 +252,15 @@ class Queue(abc.ABC):
 
     def open_store(self, store: LogStore) -> None:
         """A durable queue of a broker with a data directory opens its log (raises OSError)."""
+
+    def use_scratch(self, store: LogStore) -> None:
+        """Where a queue without a log of its own may page a backlog of transient messages
+        (its files are removed at start); a type that keeps no such backlog ignores it."""
+
+    @property
+    def store_log(self) -> Any:
+        """The log this queue keeps in the store (its ``dir`` is checked), if any."""
+        return self.log
 
     def recover(self) -> Recovered | None:
         """Rebuild from the store at start-up; None if this queue keeps nothing there."""

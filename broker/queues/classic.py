@@ -11,7 +11,12 @@ redelivered.
 
 A durable queue writes every message to its log (``self.log``); the entry kept
 in ``messages`` is the :class:`Message` while the queue is short and just the
-int ref (its place in the log) once it holds a backlog, so memory stays flat.
+int ref (its place in the log) once it holds a backlog (``KEEP_IN_MEMORY``
+messages or ``KEEP_BYTES``), so memory stays flat.  A queue without a log of
+its own keeps its messages in memory until it holds such a backlog; then it
+*pages*: it opens a log in the broker's scratch store (``use_scratch``) and
+works like a durable queue until it is empty with nothing unacked, when that
+log is dropped and the queue is back in memory.
 At start-up :meth:`ClassicQueue.recover` rebuilds the ready messages from the
 log; a failed write tells the queue which refs it lost (``_records_lost``).
 
@@ -37,6 +42,7 @@ from protocol import framing
 from storage.log import LogStore
 
 from .. import deadletter
+from ..flow import FLOW_HIGH
 from ..logsafe import printable
 from ..message import Message
 from .arguments import int_arg, str_arg
@@ -45,7 +51,8 @@ from .priority import PriorityMessages, merge_sorted, seq_of
 
 log = logging.getLogger("broker.queue")
 
-KEEP_IN_MEMORY = 4096
+KEEP_IN_MEMORY = 4096  # ready messages kept as objects; beyond, only refs to the log
+KEEP_BYTES = 16 * 1024 * 1024  # ... and beyond this many ready body bytes
 
 
 def now_ms() -> int:
@@ -77,6 +84,8 @@ class ClassicQueue(Queue):
         self.expires_timer: asyncio.TimerHandle | None = None
         self.consumer_priorities = False
         self._store: LogStore | None = None
+        self._scratch: LogStore | None = None  # where a backlog is paged when the queue has no log
+        self.paging = False  # self.log is a scratch log
         self.configure()
         if self.max_priority is not None:
             self.messages = PriorityMessages(self.max_priority)
@@ -113,12 +122,18 @@ class ClassicQueue(Queue):
             return PUSH_REJECTED
         qlog = self.log
         self.bytes_ready += len(msg.body)
+        if qlog is None and self._scratch is not None and (
+            len(self.messages) >= KEEP_IN_MEMORY or self.bytes_ready > KEEP_BYTES
+        ):
+            qlog = self._start_paging()
         if qlog is None:
             self.seq += 1
             msg.seq = self.seq
             self.messages.append(msg)
             status = PUSH_OK
         else:
+            if self.paging:
+                persistent = False  # a scratch log is never recovered: nothing to wait for
             try:
                 ref = qlog.append(
                     persistent, msg.ex_raw, msg.rk_raw, msg.header, msg.body, msg.deadline, self._marked(msg)
@@ -142,6 +157,8 @@ class ClassicQueue(Queue):
                 self._dispatch_special(expire_first=len(self.messages) > 1)
         if not self.plain:
             self._after_push()
+        if len(self.messages) > FLOW_HIGH and self.consumers:
+            self.flow.check_behind(self.delivered)
         return status
 
     def _marked(self, msg: Message) -> bool:
@@ -150,7 +167,8 @@ class ClassicQueue(Queue):
 
     def _keep_in_memory(self, msg: Message) -> bool:
         """A short queue keeps its logged messages in memory; a backlog keeps only refs."""
-        return len(self.messages) < KEEP_IN_MEMORY or self.max_priority is not None
+        short = len(self.messages) < KEEP_IN_MEMORY and self.bytes_ready <= KEEP_BYTES
+        return short or self.max_priority is not None
 
     def _admit(self, msg: Message) -> bool:
         """TTL deadline, priority and the reject-publish overflow check."""
@@ -202,7 +220,7 @@ class ClassicQueue(Queue):
 
     def _take(self) -> Message:
         m = self._pop()
-        if self.log is not None:
+        if self.log is not None and m.ref is not None:  # a paging queue's first messages have no ref
             self.log.mark_delivered(m.ref)
         self.unacked += 1
         self.delivered += 1
@@ -214,7 +232,10 @@ class ClassicQueue(Queue):
             self.expire()
         if not self.messages:
             return None
-        return self._take()
+        m = self._take()
+        if self.flow.behind:
+            self.flow.check_caught_up(len(self.messages))
+        return m
 
     def peek(self, offset: int, count: int) -> list[Message]:
         """Ready messages in delivery order, read back from the log where only a ref is
@@ -227,11 +248,15 @@ class ClassicQueue(Queue):
         self.acked += 1
         if msg.ref is not None and self.log is not None:
             self.log.settle(msg.ref)
+        if self.paging and not self.unacked and not self.messages:
+            self._stop_paging()
 
     def reject(self, msg: Message) -> None:
         """Rejected or nacked without requeue: gone, or dead-lettered."""
         self.unacked -= 1
         self._drop(msg, "rejected")
+        if self.paging and not self.unacked and not self.messages:
+            self._stop_paging()
 
     def _drop(self, msg: Message, reason: str) -> None:
         """A message leaves the queue without being acked: dead-letter it if we can."""
@@ -279,9 +304,14 @@ class ClassicQueue(Queue):
         qlog = self.log
         if qlog is not None:
             for e in self.messages:
-                qlog.settle(e if type(e) is int else e.ref)
+                ref = e if type(e) is int else e.ref
+                if ref is not None:
+                    qlog.settle(ref)
         self.messages.clear()
         self.bytes_ready = 0
+        self.flow.caught_up()
+        if self.paging and not self.unacked:
+            self._stop_paging()
         return n
 
     def _records_lost(self, lo: int, hi: int) -> None:
@@ -302,6 +332,7 @@ class ClassicQueue(Queue):
     def delete(self) -> int:
         self.deleted = True
         self.cancel_timers()
+        self.flow.caught_up()
         n = self.ready
         qlog, self.log = self.log, None
         if qlog is not None and self._store is not None:
@@ -317,6 +348,34 @@ class ClassicQueue(Queue):
         qlog.on_lost = self._records_lost
         self.log = qlog
         self._store = store
+
+    def use_scratch(self, store: LogStore) -> None:
+        if self.log is None:
+            self._scratch = store
+
+    def _start_paging(self) -> Any:
+        """A backlog in a queue without a log: from now on messages go to a scratch log."""
+        assert self._scratch is not None
+        try:
+            qlog = self._scratch.queue_log(self.vhost.name, self.name)
+        except OSError as exc:
+            log.error("queue '%s': cannot page its backlog to disk (%s); it stays in memory",
+                      printable(self.name), exc)
+            self._scratch = None
+            return None
+        qlog.on_lost = self._records_lost
+        self.log = qlog
+        self._store = self._scratch
+        self.paging = True
+        return qlog
+
+    def _stop_paging(self) -> None:
+        """The paged queue is empty with nothing unacked: drop its scratch log."""
+        qlog, self.log = self.log, None
+        self.paging = False
+        if qlog is not None and self._store is not None:
+            self._store.drop_queue_log(qlog)
+        self._store = None
 
     def recover(self) -> Recovered | None:
         """Rebuild the ready messages from the log, in order; those at or below the
@@ -449,6 +508,8 @@ class ClassicQueue(Queue):
             self.exclusive_consumer = None
         if self.rr >= len(self.consumers):
             self.rr = 0
+        if not self.consumers:
+            self.flow.caught_up()  # a queue without consumers absorbs its backlog
 
     def dispatch(self) -> None:
         """Hand ready messages to consumers with credit, round-robin."""
@@ -465,6 +526,8 @@ class ClassicQueue(Queue):
             c = consumers[0]
             while msgs and c.can_take():
                 c.deliver(self, take())
+            if self.flow.behind:
+                self.flow.check_caught_up(len(msgs))
             return
         idle = 0
         i = self.rr
@@ -483,6 +546,8 @@ class ClassicQueue(Queue):
             else:
                 idle += 1
         self.rr = i if i < n else 0
+        if self.flow.behind:
+            self.flow.check_caught_up(len(msgs))
 
     def _dispatch_special(self, expire_first: bool = True) -> None:
         """Dispatch with TTL, single active consumer and consumer priorities."""
@@ -496,6 +561,8 @@ class ClassicQueue(Queue):
             c.deliver(self, self._take())
             if msgs and not self.plain:
                 self.expire()
+        if self.flow.behind:
+            self.flow.check_caught_up(len(msgs))
 
     def _pick(self) -> Subscriber | None:
         cs = self.consumers

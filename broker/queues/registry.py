@@ -1,8 +1,7 @@
 """The queue types, chosen once from ``x-queue-type``: the only place that names them.
 
-A new type (stream) is a :class:`~broker.queues.base.Queue` subclass added
-to :data:`QUEUE_TYPES`; until one lands, declaring it is refused with 406 and a
-text that says what to declare instead.
+A queue type is a :class:`~broker.queues.base.Queue` subclass listed in
+:data:`QUEUE_TYPES`; any other ``x-queue-type`` is refused with RabbitMQ's 406.
 """
 
 from __future__ import annotations
@@ -13,10 +12,14 @@ from protocol.errors import ChannelError
 from .base import Queue
 from .classic import ClassicQueue
 from .quorum import QuorumQueue
+from .stream import StreamQueue
 
 DEFAULT_TYPE = "classic"
-QUEUE_TYPES: dict[str, type[Queue]] = {ClassicQueue.type_name: ClassicQueue, QuorumQueue.type_name: QuorumQueue}
-NOT_YET = ("stream",)  # RabbitMQ's types that BurrowMQ does not have yet
+QUEUE_TYPES: dict[str, type[Queue]] = {
+    ClassicQueue.type_name: ClassicQueue,
+    QuorumQueue.type_name: QuorumQueue,
+    StreamQueue.type_name: StreamQueue,
+}
 
 
 def queue_class(arguments: dict, what: str) -> type[Queue]:
@@ -26,12 +29,6 @@ def queue_class(arguments: dict, what: str) -> type[Queue]:
     cls = QUEUE_TYPES.get(v) if isinstance(v, str) else None
     if cls is not None:
         return cls
-    if v in NOT_YET:
-        raise ChannelError(
-            errors.PRECONDITION_FAILED,
-            f"invalid arg 'x-queue-type' for {what}: {v} queues are not supported by BurrowMQ; "
-            "declare a durable classic queue",
-        )
     raise ChannelError(
         errors.PRECONDITION_FAILED, f"invalid arg 'x-queue-type' for {what}: \"unsupported queue type '{v}'\""
     )

@@ -1,7 +1,9 @@
-// Admin: users, virtual hosts, permissions (administrators), and policies and limits when the
-// broker's API has them (administrators and policymakers); each section says why it is empty.
+// Admin: users, virtual hosts, permissions, operator policies and limits (administrators) and
+// policies (administrators and policymakers); each section says why it is empty.
 
-import { clear, emptyState, errorBox, field, form, h, json, loading, num, parseTable, select, table } from "./dom.js";
+import { clear, emptyState, errorBox, field, form, h, loading, num, table } from "./dom.js";
+import { limitSection } from "./limits.js";
+import { policySection } from "./policies.js";
 
 const e = encodeURIComponent;
 
@@ -30,9 +32,12 @@ export function adminPage(app) {
   const vhosts = section("Virtual hosts");
   const perms = section("Permissions");
   const policies = section("Policies");
-  const limits = section("Virtual host limits");
+  const opPolicies = section("Operator policies");
+  const vhostLimits = section("Virtual host limits");
+  const userLimits = section("User limits");
   const userOptions = h("select", { name: "user", required: true });
   const vhostOptions = h("select", { name: "vhost", required: true });
+  const limitUserOptions = h("select", { name: "user", required: true });
 
   const addUser = form("Add a user", [
     field("Username", h("input", { name: "username", required: true, maxlength: 255, autocomplete: "off" })),
@@ -67,37 +72,22 @@ export function adminPage(app) {
     app.rewatch();
     return `Permission set for '${d.get("user")}' on '${d.get("vhost")}'.`;
   });
-  const addPolicy = form("Add / update a policy", [
-    field("Virtual host", app.vhostSelect("vhost")),
-    field("Name", h("input", { name: "name", required: true, autocomplete: "off" })),
-    field("Pattern", h("input", { name: "pattern", required: true, placeholder: "^amq\\.", autocomplete: "off" })),
-    field("Apply to", select("apply-to", [["all", "Exchanges and queues"], ["queues", "Queues"], ["exchanges", "Exchanges"]], "all")),
-    field("Priority", h("input", { name: "priority", type: "number", value: 0 })),
-    field("Definition", h("textarea", { name: "definition", rows: 3, placeholder: "max-length = 1000" }), "One a line: key = value."),
-  ], "Add / update policy", async (d) => {
-    const name = d.get("name");
-    await app.api.put(`/api/policies/${e(d.get("vhost"))}/${e(name)}`, {
-      pattern: d.get("pattern"), "apply-to": d.get("apply-to"), priority: Number(d.get("priority")),
-      definition: parseTable(d.get("definition"), "Definition"),
-    });
-    app.rewatch();
-    return `Policy '${name}' saved.`;
-  });
-  const setLimit = form("Set a virtual host limit", [
-    field("Virtual host", app.vhostSelect("vhost")),
-    field("Limit", select("limit", [["max-connections", "max-connections"], ["max-queues", "max-queues"]], "max-connections")),
-    field("Value", h("input", { name: "value", type: "number", required: true, min: -1 }), "-1 removes the limit."),
-  ], "Set limit", async (d) => {
-    await app.api.put(`/api/vhost-limits/${e(d.get("vhost"))}/${e(d.get("limit"))}`, { value: Number(d.get("value")) });
-    app.rewatch();
-    return "Limit set.";
-  });
+  const policy = policySection(app, false);
+  const opPolicy = policySection(app, true);
+  const vhostLimit = limitSection(app, "vhost", app.vhostSelect("vhost"));
+  const userLimit = limitSection(app, "user", limitUserOptions);
+  // each watched path: its section, and how to show the answer there
+  const parts = new Map([[policy.path, [policies, policy]]].concat(admin ? [
+    [opPolicy.path, [opPolicies, opPolicy]], [vhostLimit.path, [vhostLimits, vhostLimit]], [userLimit.path, [userLimits, userLimit]],
+  ] : []));
 
   users.body.after(addUser);
   vhosts.body.after(addVhost);
   perms.body.after(setPerm);
-  const shown = (admin ? [["Users", users], ["Virtual hosts", vhosts], ["Permissions", perms]] : [])
-    .concat([["Policies", policies], ["Limits", limits]]);
+  const shown = admin
+    ? [["Users", users], ["Virtual hosts", vhosts], ["Permissions", perms], ["Policies", policies],
+      ["Operator policies", opPolicies], ["Limits", vhostLimits], ["User limits", userLimits]]
+    : [["Policies", policies]];
   const root = h("section", { "aria-labelledby": "page-title" }, h("h2", { id: "page-title", text: "Admin" }),
     h("nav", { class: "subnav", "aria-label": "Admin sections" }, shown.map(([t, sec]) =>
       h("button", { type: "button", class: "link", onclick: () => {
@@ -106,45 +96,20 @@ export function adminPage(app) {
       } }, t))),
     shown.map(([, sec]) => sec.el));
 
-  function showOptional(sec, status, body, render, formEl, what) {
-    if (status === 404 || status === 405) {
-      clear(sec.body, emptyState(`${what} are not available on this broker`,
-        `This version of the broker has no ${what.toLowerCase()} API yet; this section lights up when it has.`));
-      formEl.hidden = true;
-      return;
-    }
-    formEl.hidden = false;
-    if (status !== 200) {
-      clear(sec.body, errorBox({ status, reason: body && body.reason }, `Reading ${what.toLowerCase()}`));
-      return;
-    }
-    render(body);
-  }
-  policies.body.after(addPolicy);
-  limits.body.after(setLimit);
+  for (const [sec, part] of parts.values()) sec.body.after(part.form);
 
   return {
     title: "Admin",
     root,
     watches() {
-      return (admin ? ["/api/users", "/api/vhosts", "/api/permissions"] : []).concat(["/api/policies", "/api/vhost-limits"]);
+      return (admin ? ["/api/users", "/api/vhosts", "/api/permissions"] : []).concat([...parts.keys()]);
     },
     update(path, status, body) {
-      if (path === "/api/policies") {
-        return showOptional(policies, status, body, (rows) => clear(policies.body, rows.length ? table([
-          { key: "vhost", label: "Virtual host" }, { key: "name", label: "Name" }, { key: "pattern", label: "Pattern" },
-          { key: "apply-to", label: "Apply to" }, { label: "Definition", cell: (p) => json(p.definition) },
-          { key: "priority", label: "Priority", num: true },
-          { label: "", cell: (p) => removeButton(app, `Delete policy ${p.name}`, `Delete policy '${p.name}'?`,
-            `/api/policies/${e(p.vhost)}/${e(p.name)}`, "Deleting the policy") },
-        ], rows, { label: "Policies" }) : emptyState("No policies", "A policy applies arguments (max-length, message-ttl, dead-letter-exchange…) to every queue or exchange whose name matches its pattern.")),
-        addPolicy, "Policies");
-      }
-      if (path === "/api/vhost-limits") {
-        return showOptional(limits, status, body, (rows) => clear(limits.body, rows.length ? table([
-          { key: "vhost", label: "Virtual host" }, { label: "Limits", cell: (l) => json(l.value) },
-        ], rows, { label: "Virtual host limits" }) : emptyState("No limits", "Set a limit on connections or queues per virtual host below.")),
-        setLimit, "Limits");
+      if (parts.has(path)) {
+        const [sec, part] = parts.get(path);
+        if (status !== 200) clear(sec.body, errorBox({ status, reason: body && body.reason }, `Reading ${sec.el.getAttribute("aria-label").toLowerCase()}`));
+        else part.render(sec.body, body);
+        return undefined;
       }
       const target = { "/api/users": users, "/api/vhosts": vhosts, "/api/permissions": perms }[path];
       if (status !== 200) {
@@ -154,6 +119,8 @@ export function adminPage(app) {
       if (path === "/api/users") {
         const current = userOptions.value;
         clear(userOptions, body.map((u) => h("option", { value: u.name, selected: u.name === current || null }, u.name)));
+        const currentLimit = limitUserOptions.value;
+        clear(limitUserOptions, body.map((u) => h("option", { value: u.name, selected: u.name === currentLimit || null }, u.name)));
         clear(users.body, table([
           { key: "name", label: "Name" },
           { label: "Tags", cell: (u) => (u.tags || []).join(", ") || "(none: no management access)" },
@@ -161,8 +128,11 @@ export function adminPage(app) {
             `Delete user '${u.name}'?`, `/api/users/${e(u.name)}`, "Deleting the user")) },
         ], body, { label: "Users" }));
       } else if (path === "/api/vhosts") {
-        const current = vhostOptions.value;
-        clear(vhostOptions, body.map((v) => h("option", { value: v.name, selected: v.name === current || null }, v.name)));
+        // every form's vhost choice follows the list (a vhost added here can take a policy at once)
+        for (const sel of root.querySelectorAll("form select[name=vhost]")) {
+          const current = sel.value;
+          clear(sel, body.map((v) => h("option", { value: v.name, selected: v.name === current || null }, v.name)));
+        }
         clear(vhosts.body, table([
           { key: "name", label: "Name" }, { key: "description", label: "Description" },
           { label: "Messages", cell: (v) => num(v.messages), num: true },

@@ -3,6 +3,7 @@
 
 import { checkbox, clear, emptyState, errorBox, field, form, h, json, kv, link, loading, parseTable, select, table } from "./dom.js";
 import { listPage, vpath } from "./lists.js";
+import { policyPairs } from "./policies.js";
 import { publishForm } from "./publish.js";
 
 const e = encodeURIComponent;
@@ -120,7 +121,7 @@ export function exchangePage(app, vhost, name) {
         clear(info, h("h3", { text: heading }), kv([
           ["Virtual host", body.vhost], ["Type", body.type], ["Durable", String(body.durable)],
           ["Auto delete", String(body.auto_delete)], ["Internal", String(body.internal)],
-          ["Arguments", json(body.arguments) || "none"],
+          ["Arguments", json(body.arguments) || "none"], ...policyPairs(body),
         ]));
       } else if (path.endsWith("/source")) {
         clear(source, h("h3", { text: heading }), bindingsTable(app, body, "source", vhost));

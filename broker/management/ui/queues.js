@@ -1,11 +1,14 @@
 // Queues: the list (filter, regex, sort, pages) with "Add a new queue", and a queue's page:
 // details, consumers, bindings, Publish message, Get messages, the message browser (peek,
-// which leaves messages in place), Purge and Delete.
+// which leaves messages in place; a stream's pages by offset: streambrowser.js), Purge and Delete.
 
 import { bytes, checkbox, clear, emptyState, errorBox, field, form, h, json, kv, link, loading, num, parseTable, rate, select, table } from "./dom.js";
 import { bindingsTable } from "./exchanges.js";
 import { listPage, vpath } from "./lists.js";
+import { messageView } from "./messages.js";
+import { policyPairs } from "./policies.js";
 import { publishForm } from "./publish.js";
+import { streamBrowser } from "./streambrowser.js";
 
 const e = encodeURIComponent;
 
@@ -55,17 +58,6 @@ export function queuesPage(app) {
   });
 }
 
-function messageView(m, i, heading) {
-  return h("article", { class: "message" },
-    h("h4", { text: heading || `Message ${i + 1}` }),
-    kv([
-      ["Exchange", m.exchange === "" ? "(AMQP default)" : m.exchange], ["Routing key", m.routing_key],
-      ["Redelivered", String(m.redelivered)], ["Properties", json(m.properties) || "none"],
-      ["Payload", `${bytes(m.payload_bytes)}, encoding: ${m.payload_encoding}${m.payload_truncated ? " (cut short)" : ""}`],
-    ]),
-    h("pre", { class: "payload", tabindex: 0, "aria-label": "Payload" }, m.payload));
-}
-
 function getForm(app, base) {
   const out = h("div", { class: "messages", "aria-live": "polite" });
   const f = form("Get messages", [
@@ -80,7 +72,7 @@ function getForm(app, base) {
     const msgs = await app.api.post(`${base}/get`, {
       count: Number(d.get("count")), ackmode: d.get("ackmode"), encoding: d.get("encoding"), truncate: 50000,
     });
-    clear(out, msgs.length ? msgs.map((m, i) => messageView(m, i)) : emptyState("Queue is empty", "There was no message to get."));
+    clear(out, msgs.length ? msgs.map((m, i) => messageView(m, `Message ${i + 1}`)) : emptyState("Queue is empty", "There was no message to get."));
     if (msgs.length) out.prepend(h("p", { text: `The server reported ${num(msgs[msgs.length - 1].message_count)} messages remaining.` }));
     app.rewatch();
     return null;
@@ -98,7 +90,7 @@ function browser(app, base) {
     try {
       const msgs = await app.api.post(`${base}/peek`, { offset, count: PAGE, truncate: 2000 });
       pos.textContent = msgs.length ? `Messages ${offset + 1}–${offset + msgs.length}` : "";
-      clear(out, msgs.length ? msgs.map((m) => messageView(m, m.position, `Position ${m.position + 1}`))
+      clear(out, msgs.length ? msgs.map((m) => messageView(m, `Position ${m.position + 1}`))
         : emptyState(offset ? "No messages past this point" : "No ready messages", offset ? "Go back to the first page." : "Messages published to this queue appear here."));
       prev.disabled = offset === 0;
       next.disabled = msgs.length < PAGE;
@@ -134,9 +126,38 @@ function dangerZone(app, base, name) {
         async () => { await app.api.del(base); app.go("#/queues"); }, `Queue '${name}' deleted.`, "Deleting the queue") }, "Delete Queue")));
 }
 
+// the fields the details list shows; any other field of the queue's JSON (a quorum queue's
+// leader and members, a stream's offsets…) is listed under "All fields" as it comes
+const SHOWN = new Set(["name", "vhost", "type", "state", "durable", "auto_delete", "exclusive", "arguments",
+  "messages", "messages_ready", "messages_unacknowledged", "message_bytes_ready", "consumers", "consumer_details",
+  "message_stats", "policy", "operator_policy", "effective_policy_definition"]);
+
+// (`view.open`: whether the list is unfolded, kept across the page's live updates)
+function otherFields(q, view) {
+  const rest = Object.entries(q).filter(([k, v]) => !SHOWN.has(k) && !k.endsWith("_details") && v !== null && v !== undefined)
+    .sort(([a], [b]) => a.localeCompare(b));
+  if (!rest.length) return null;
+  return h("details", { class: "more", open: view.open, ontoggle: (ev) => { view.open = ev.target.open; } },
+    h("summary", { text: "All fields" }),
+    kv(rest.map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)])));
+}
+
+function consumersTable(q) {
+  const rows = q.consumer_details || [];
+  return rows.length ? table([
+    { label: "Channel", cell: (c) => c.channel_details.name },
+    { key: "consumer_tag", label: "Consumer tag" },
+    { label: "Ack required", cell: (c) => String(c.ack_required) },
+    { label: "Exclusive", cell: (c) => String(c.exclusive) },
+    { label: "Prefetch", cell: (c) => num(c.prefetch_count), num: true },
+    { label: "Active", cell: (c) => (c.active ? "yes" : "no") + (c.activity_status && c.activity_status !== "up" ? ` (${c.activity_status})` : "") },
+    { label: "Arguments", cell: (c) => json(c.arguments) },
+  ], rows, { label: "Consumers" }) : emptyState("No consumers", "Messages wait here until a client consumes from this queue (basic_consume).");
+}
+
 export function queuePage(app, vhost, name) {
   const base = `/api/queues/${e(vhost)}/${e(name)}`;
-  const consumersPath = `/api/consumers/${e(vhost)}`;
+  const more = { open: false };
   const info = h("div", { class: "panel" }, loading());
   const consumers = h("div", { class: "panel" }, h("h3", { text: "Consumers" }), loading());
   const bindings = h("div", { class: "panel" }, h("h3", { text: "Bindings" }), loading());
@@ -151,42 +172,40 @@ export function queuePage(app, vhost, name) {
     app.rewatch();
     return "Binding added.";
   });
+  // the classic browser until the queue's JSON says it is a stream, which pages by offset
+  let messages = browser(app, base);
   const root = h("section", { "aria-labelledby": "page-title" },
     h("p", { class: "crumbs" }, link("#/queues", "Queues"), " › ", vhost),
     h("h2", { id: "page-title", text: `Queue: ${name}` }),
-    info, consumers, bindings, bind, publishForm(app, vhost, "", name), getForm(app, base), browser(app, base),
+    info, consumers, bindings, bind, publishForm(app, vhost, "", name), getForm(app, base), messages,
     dangerZone(app, base, name));
   return {
     title: `Queue ${name}`,
     root,
-    watches: () => [base, `${base}/bindings`, consumersPath],
+    watches: () => [base, `${base}/bindings`],
     update(path, status, body) {
-      const [target, heading] = path === base ? [info, "Details"] : path === consumersPath ? [consumers, "Consumers"] : [bindings, "Bindings"];
+      const [target, heading] = path === base ? [info, "Details"] : [bindings, "Bindings"];
       if (status !== 200) {
         clear(target, h("h3", { text: heading }), errorBox({ status, reason: body && body.reason }, `Reading ${heading.toLowerCase()}`));
+        if (path === base) clear(consumers, h("h3", { text: "Consumers" }));
         return;
       }
       if (path === base) {
         const q = body;
         const ms = q.message_stats || {};
+        if (q.type === "stream" && !messages.classList.contains("stream")) {
+          const sb = streamBrowser(app, base);
+          messages.replaceWith(sb);
+          messages = sb;
+        }
         clear(info, h("h3", { text: heading }), kv([
           ["Virtual host", q.vhost], ["Type", q.type], ["State", q.state], ["Features", features(q) || "none"],
           ["Ready", num(q.messages_ready)], ["Unacked", num(q.messages_unacknowledged)], ["Total", num(q.messages)],
           ["Ready bytes", bytes(q.message_bytes_ready)], ["Consumers", num(q.consumers)],
           ["Incoming", rate(ms.publish_details)], ["Deliver / get", rate(ms.deliver_get_details)], ["Ack", rate(ms.ack_details)],
-          ["Arguments", json(q.arguments) || "none"], ["Policy", q.policy || "none"],
-        ]));
-      } else if (path === consumersPath) {
-        const mine = body.filter((c) => c.queue && c.queue.name === name);
-        clear(consumers, h("h3", { text: heading }), mine.length ? table([
-          { label: "Channel", cell: (c) => c.channel_details.name },
-          { key: "consumer_tag", label: "Consumer tag" },
-          { label: "Ack required", cell: (c) => String(c.ack_required) },
-          { label: "Exclusive", cell: (c) => String(c.exclusive) },
-          { label: "Prefetch", cell: (c) => num(c.prefetch_count), num: true },
-          { label: "Priority", cell: (c) => num(c.priority), num: true },
-          { label: "Arguments", cell: (c) => json(c.arguments) },
-        ], mine, { label: "Consumers" }) : emptyState("No consumers", "Messages wait here until a client consumes from this queue (basic_consume)."));
+          ["Arguments", json(q.arguments) || "none"], ...policyPairs(q),
+        ]), otherFields(q, more));
+        clear(consumers, h("h3", { text: "Consumers" }), consumersTable(q));
       } else {
         clear(bindings, h("h3", { text: heading }), bindingsTable(app, body, "destination", vhost));
       }
