@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pamqp import decode
 
 from .patterns import PatternError, Regex, compile_pattern
+from .topic_permissions import TopicPermissions
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -129,6 +130,7 @@ class UserStore:
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
         self._decisions: dict[tuple[str, str, str, str], bool] = {}
+        self.topics = TopicPermissions()  # write/read regexes on topic exchanges' routing keys
 
     def _changed(self) -> None:
         self._decisions.clear()
@@ -163,6 +165,7 @@ class UserStore:
             return False
         for key in [k for k in self.permissions if k[0] == name]:
             del self.permissions[key]
+        self.topics.drop_user(name)
         self._changed()
         return True
 
@@ -187,6 +190,7 @@ class UserStore:
     def drop_vhost(self, vhost: str) -> None:
         for key in [k for k in self.permissions if k[1] == vhost]:
             del self.permissions[key]
+        self.topics.drop_vhost(vhost)
         self._changed()
 
     def authenticate(self, username: str, password: str) -> User:

@@ -211,6 +211,15 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--http-keepalive-timeout", envvar="BROKER_HTTP_KEEPALIVE_TIMEOUT", default=60.0,
                  show_default=True, type=click.FloatRange(min=0, min_open=True),
                  help="Seconds an HTTP connection may stay idle between requests."),
+    click.option("--consumer-timeout", envvar="BROKER_CONSUMER_TIMEOUT", default=1_800_000, show_default=True,
+                 type=click.IntRange(min=1, max=2**31 - 1),
+                 help="Milliseconds a delivery may stay unacknowledged (queues and consumers may set "
+                      "x-consumer-timeout)."),
+    click.option("--consumer-timeout-response", envvar="BROKER_CONSUMER_TIMEOUT_RESPONSE",
+                 default="notify-consumer", show_default=True,
+                 type=click.Choice(("notify-consumer", "close-channel")),
+                 help="On a consumer timeout: cancel that consumer (clients that understand basic.cancel) "
+                      "or close the channel."),
     click.option("--max-connections", envvar="BROKER_MAX_CONNECTIONS", default=0, show_default=True,
                  type=click.IntRange(min=0),
                  help="Open AMQP connections the broker allows (RabbitMQ's connection_max); more are refused "
@@ -268,6 +277,8 @@ class ServeSettings:
     management_tls_key: str | None
     metrics_tls_cert: str | None
     metrics_tls_key: str | None
+    consumer_timeout: int = 1_800_000
+    consumer_timeout_response: str = "notify-consumer"
 
 
 _SOURCE_NAMES = {

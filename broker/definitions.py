@@ -10,7 +10,7 @@ import, and nothing is dropped silently: everything left out becomes a
 entry is *failed* when an item itself was not created (or only in part: a
 user whose password hash cannot be used): RabbitMQ refuses such a document,
 so the HTTP import answers 400.  The other entries name what this broker has
-no equivalent for (runtime parameters of plugins, topic permissions, vhost
+no equivalent for (runtime parameters of plugins, vhost
 descriptions) or does not know (an unknown section or field): the rest of the
 document is applied and the import says what it left out.
 
@@ -33,12 +33,16 @@ from .auth import Permission
 from .limits import USER_LIMITS, VHOST_LIMITS, LimitError, parse_limits
 from .patterns import PatternError
 from .policies import PolicyError, parse_policy
+from .topic_permissions import make_permission
 from .vhost import VHost
 
 log = logging.getLogger("broker.definitions")
 
 # sections this broker applies, in the order they depend on each other
-APPLIED_SECTIONS = ("vhosts", "users", "permissions", "policies", "exchanges", "queues", "bindings", "parameters")
+APPLIED_SECTIONS = (
+    "vhosts", "users", "permissions", "topic_permissions", "policies", "exchanges", "queues", "bindings",
+    "parameters",
+)
 # runtime parameter components applied from the parameters section
 PARAMETER_COMPONENTS = ("operator_policy", "vhost-limits")
 # top-level keys that describe the document, not the broker
@@ -47,13 +51,13 @@ INFO_KEYS = frozenset(
 )
 UNSUPPORTED_SECTIONS = {
     "global_parameters": "global parameters are not supported",
-    "topic_permissions": "topic permissions are not supported; the user's permissions apply to topics",
 }
 # per section: fields applied, and fields known but not applied (with why)
 ITEM_FIELDS: dict[str, frozenset[str]] = {
     "vhosts": frozenset(("name", "limits")),
     "users": frozenset(("name", "password", "password_hash", "hashing_algorithm", "tags", "limits")),
     "permissions": frozenset(("user", "vhost", "configure", "write", "read")),
+    "topic_permissions": frozenset(("user", "vhost", "exchange", "write", "read")),
     "policies": frozenset(("vhost", "name", "pattern", "apply-to", "definition", "priority")),
     "parameters": frozenset(("vhost", "component", "name", "value")),
     "exchanges": frozenset(("name", "vhost", "type", "durable", "auto_delete", "internal", "arguments")),
@@ -308,6 +312,21 @@ class _Import:
                 return
             self.broker.users.set_permissions(user, vhost, perm)
             self.report.counts["permissions"] += 1
+
+    def _topic_permissions(self, tp: dict) -> None:
+        user, vhost = tp.get("user"), tp.get("vhost")
+        if user not in self.broker.users.users:
+            self.left_out("topic_permissions", str(user), f"no user '{user}'", vhost=str(vhost), failed=True)
+        elif vhost not in self.broker.vhosts:
+            self.left_out("topic_permissions", str(user), f"no vhost '{vhost}'", vhost=str(vhost), failed=True)
+        else:
+            try:
+                perm = make_permission(tp.get("exchange"), tp.get("write", ""), tp.get("read", ""))
+            except PatternError as exc:
+                self.left_out("topic_permissions", str(user), str(exc), vhost=str(vhost), failed=True)
+                return
+            self.broker.users.topics.set(user, vhost, perm)
+            self.report.counts["topic_permissions"] += 1
 
     def _exchanges(self, x: dict) -> None:
         vh = self._vhost_of(x)

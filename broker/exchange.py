@@ -48,6 +48,7 @@ class Exchange:
     """Base exchange: name, flags, arguments and its bindings as a source."""
 
     type_name = ""
+    delays = False  # holds messages until their x-delay is over (broker.delayed)
 
     def __init__(
         self,
@@ -113,6 +114,10 @@ class Exchange:
 
     def match(self, routing_key: str, msg: "Message | None") -> Collection[Any]:
         raise NotImplementedError
+
+    def info(self) -> dict:
+        """Type-specific fields of the management API's exchange JSON."""
+        return {}
 
     def describe(self) -> dict:
         return {

@@ -107,6 +107,8 @@ def make_broker(settings: ServeSettings) -> Broker:
         memory_high_watermark=settings.memory_high_watermark,
         disk_free_limit=settings.disk_free_limit,
         definitions_file=settings.definitions,
+        consumer_timeout=settings.consumer_timeout,
+        consumer_timeout_response=settings.consumer_timeout_response,
         tls=tls,
         tls_port=settings.tls_port if settings.tls_port is not None else DEFAULT_TLS_PORT,
         tls_login_from=settings.tls_login_from,

@@ -16,6 +16,7 @@ and flow-control events to a :class:`~broker.amqp.connection.Connection`.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ from .amqp.connection import Connection
 from .amqps import AMQPSListener
 from .auth import Permission, UserStore
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
+from .delayed import remove_orphans
 from .login_throttle import LoginThrottle
 from .logsafe import printable
 from .metadata import MetadataJournal
@@ -90,6 +92,16 @@ class AMQPProtocol(asyncio.Protocol):
         self.conn.resume_writing()  # type: ignore[union-attr]
 
 
+def _trim_heap() -> None:
+    """Give memory the C heap freed back to the system (glibc; nothing elsewhere).  Recovery
+    reads whole segment files: glibc keeps tens of MB of what it freed after a large recovery
+    (measured: 300,000 held delayed messages, 21 MB more RSS, 15 MB of it given back here)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Broker:
     """An AMQP 0-9-1 broker bound to one address, running on the current loop."""
 
@@ -110,6 +122,8 @@ class Broker:
         disk_free_limit: str | int = "50MB",
         alarm_interval: float = 0.5,
         definitions_file: str | None = None,
+        consumer_timeout: int = 1_800_000,
+        consumer_timeout_response: str = "notify-consumer",
         tls: ReloadableContext | None = None,
         tls_port: int = DEFAULT_TLS_PORT,
         tls_login_from: str = "common_name",
@@ -164,6 +178,8 @@ class Broker:
             stats=self.stats,
             limits=ConnectionLimits(frame_max, channel_max, heartbeat, handshake_timeout, max_connections),
             vhosts=self.vhosts,
+            consumer_timeout_ms=consumer_timeout,
+            consumer_timeout_response=consumer_timeout_response,
             tls_login_from=tls_login_from,
             scratch=self.scratch,
         )
@@ -249,6 +265,8 @@ class Broker:
         # logs that no declared queue owns: kept aside, never deleted
         for d in sorted(self.store.existing_queue_dirs() - set(self.store.logs)):
             self._quarantine(d)
+        remove_orphans(self.store, {h.log.dir for vh in self.vhosts.values()
+                                    for h in vh.delayed.held.values() if h.log is not None})
         for p in problems:
             log.error("recovery: %s", p)
         self.journal.dirty = False
@@ -259,6 +277,7 @@ class Broker:
             time.monotonic() - t0, f"; {len(problems)} problems (see errors above)" if problems else "",
             f"; {len(report.not_applied)} definitions not applied (see above)" if report.not_applied else "",
         )
+        _trim_heap()
 
     def _open_scratch(self) -> None:
         """Empty the scratch store (what an earlier process paged is worthless now) and open it."""
@@ -326,6 +345,7 @@ class Broker:
             "permissions": [
                 dict(user=user, vhost=vhost, **perm.as_dict()) for (user, vhost), perm in self.users.permissions.items()
             ],
+            "topic_permissions": self.users.topics.listing(),
             "policies": [],
             "parameters": [],
             "exchanges": [],
@@ -356,6 +376,7 @@ class Broker:
                 conn.close(errors.CONNECTION_FORCED, f"CONNECTION_FORCED - vhost '{name}' is deleted")
         for q in list(vh.queues.values()):
             vh.delete_queue(q)
+        vh.delayed.drop_all()
         self.users.drop_vhost(name)
         self.journal.changed()
         log.info("vhost '%s' deleted", printable(name))
@@ -475,6 +496,8 @@ class Broker:
             self._housekeeper.cancel()
         if self.store is not None:
             self.journal.close()
+            for vh in self.vhosts.values():
+                vh.delayed.close()
             self.store.close()
         self._close_scratch()
         log.info("broker stopped")

@@ -71,6 +71,9 @@ class Services:
     replies: ReplyRegistry = field(default_factory=ReplyRegistry)
     connections: ConnectionRegistry = field(init=False)
     loop: asyncio.AbstractEventLoop | None = None  # set when the broker starts
+    # how long a delivery may stay unacked (ms), and what then: notify-consumer or close-channel
+    consumer_timeout_ms: int = 1_800_000
+    consumer_timeout_response: str = "notify-consumer"
     scratch: LogStore | None = None  # where queues without a log page a backlog (emptied at start)
 
     def __post_init__(self) -> None:

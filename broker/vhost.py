@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError, ConnectionError
 from protocol.names import name_problem
 from storage.records import RECORD_OVERHEAD_MAX, record_size
 
+from .delayed import DelayedExchange, DelayedMessages
 from .exchange import (
     EXCHANGE_TYPES,
     Binding,
@@ -41,6 +43,8 @@ from .stats import Stats
 from .tracing import TRACE_EXCHANGE, Tracer
 
 # queue arguments RabbitMQ compares on a redeclare (classic queues)
+log = logging.getLogger("broker.vhost")
+
 QUEUE_EQUIV_ARGS = (
     "x-expires",
     "x-message-ttl",
@@ -151,6 +155,7 @@ class VHost:
         self.exchanges[""] = self.default_exchange
         for xname, xtype in PREDECLARED:
             self.exchanges[xname] = EXCHANGE_TYPES[xtype](self, xname, durable=True)
+        self.delayed = DelayedMessages(self)  # messages held by x-delayed-message exchanges
         self.exchanges[TRACE_EXCHANGE] = EXCHANGE_TYPES["topic"](self, TRACE_EXCHANGE, durable=True, internal=True)
         self.tracer: Tracer | None = None  # the firehose, while tracing is on (broker.tracing)
 
@@ -217,6 +222,9 @@ class VHost:
             self.policies.apply_to_exchange(x)
             self.exchanges[name] = x
             created = True
+            if isinstance(x, DelayedExchange):
+                for problem in self.delayed.attach(x):
+                    log.error("recovery of delayed messages: %s", problem)
             if durable:
                 self.changed()
         else:
@@ -256,6 +264,8 @@ class VHost:
 
     def _remove_exchange(self, x: Exchange) -> None:
         self.exchanges.pop(x.name, None)
+        if isinstance(x, DelayedExchange):
+            self.delayed.detach(x)
         if x.durable:
             self.changed()
         for b in list(x.bindings.values()):
@@ -412,7 +422,7 @@ class VHost:
     def bind(self, source: Exchange, dest: Any, routing_key: str, arguments: dict) -> None:
         check_arguments_bounds(arguments, "binding arguments")
         check_name("routing key", routing_key)
-        if isinstance(source, HeadersExchange):
+        if isinstance(source, HeadersExchange) or (isinstance(source, DelayedExchange) and source.routes_headers):
             problem = validate_headers_binding(arguments or {})
             if problem:
                 raise ChannelError(errors.PRECONDITION_FAILED, problem)
@@ -462,14 +472,23 @@ class VHost:
         mandatory: bool = False,
         skip: Callable[[Queue], bool] | None = None,
         from_client: bool = True,
+        release: bool = False,
     ) -> PublishOutcome:
         """Route ``msg`` (checked by :func:`broker.publishing.check_properties`) from
         ``exchange`` into its queues (those ``skip`` refuses excepted), or to a direct
         reply-to consumer.  ``from_client`` publishes are counted (published, routed,
-        unroutable); the broker's own (dead letters) are not."""
+        unroutable); the broker's own (dead letters, released delayed messages) are not.
+        A delayed exchange holds a message with an ``x-delay`` (see :mod:`broker.delayed`)
+        and routes it when it is ``release``d."""
         st = self.stats
         if from_client:
             st.published += 1
+        if exchange.delays and not release:
+            held = self.delayed.hold(cast(DelayedExchange, exchange), msg)
+            if held is not None:
+                if from_client:
+                    st.routed += 1
+                return held
         if exchange is self.default_exchange and msg.routing_key.startswith(REPLY_TO_PREFIX):
             taken = self.services is not None and self.services.replies.deliver(msg)
             return PublishOutcome(taken, (), mandatory and not taken, PUSH_OK)

@@ -204,10 +204,10 @@ def hostile_definitions(uid: str, broken: bool = True) -> dict:
 
 def expected_not_applied(uid: str, broken: bool = True) -> set[tuple[str, str, str]]:
     """(section, item, field) of everything the import must report."""
-    vh, user = f"hd{uid}", f"hu{uid}"
+    vh = f"hd{uid}"
     out = {
         ("vhosts", vh, "description"), ("vhosts", vh, "tags"), ("vhosts", vh, "metadata"),
-        ("topic_permissions", user, ""), ("parameters", "up", ""),
+        ("parameters", "up", ""),
         ("global_parameters", "cluster_name", ""), ("federation_upstreams", "", ""),
         ("exchanges", "hx", "colour"), ("queues", "hq", "shiny"),
     }

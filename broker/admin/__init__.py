@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import click
 
-from . import access, node, policies, topology, tracing
+from . import access, node, policies, topics, topology, tracing
 
 COMMANDS: tuple[click.Command, ...] = (
-    *access.COMMANDS, *topology.COMMANDS, *node.COMMANDS, *tracing.COMMANDS, *policies.COMMANDS
+    *access.COMMANDS, *topology.COMMANDS, *node.COMMANDS, *tracing.COMMANDS, *policies.COMMANDS, *topics.COMMANDS
 )
 
 __all__ = ["COMMANDS"]

@@ -22,6 +22,7 @@ from protocol.errors import ChannelError, ConnectionError
 from ..message import Message
 from ..queues.arguments import validate_consumer_arguments
 from ..reply_to import REPLY_TO
+from .ack_timeout import AckTimer
 from .consumer import Consumer, ConsumerChannel, new_consumer_tag
 from .direct_reply import ReplyConsumer, check_consume, new_reply_token
 from .topology_methods import MethodChannel
@@ -35,6 +36,7 @@ class BasicChannel(ConsumerChannel, MethodChannel, Protocol):
     consumers: dict[str, Consumer]
     unacked_deliveries: UnackedDeliveries
     reply: ReplyConsumer | None
+    ack_timer: AckTimer
 
     @property
     def conn(self) -> Any: ...
@@ -134,6 +136,10 @@ def basic_get(ch: BasicChannel, m: C.Basic.Get) -> None:
     if m.no_ack:
         q.settle(msg)
     else:
+        timer = ch.ack_timer
+        timer.get_queues.add(q)
+        if timer.handle is None:
+            timer.start(tag - 1)
         led.track(tag, msg, q, None)
     parts = framing.content_frames(ch.number, msg.header, msg.body, ch.conn.max_body)
     parts.insert(0, framing.get_ok_frame(ch.number, tag, msg.redelivered, msg.ex_raw, msg.rk_raw, q.ready))

@@ -20,7 +20,15 @@ The channel's state is kept by small pieces, each with its own module:
   until tx.commit;
 - :class:`~broker.amqp.direct_reply.ReplyConsumer`: the direct reply-to consumer;
 - :class:`~broker.amqp.consumer.Consumer`: one subscription on a queue;
-- :mod:`broker.amqp.topology_methods`: the exchange and queue classes.
+- :mod:`broker.amqp.topology_methods`: the exchange and queue classes;
+- :class:`~broker.amqp.ack_timeout.AckTimer`: the consumer timeout.
+
+When a consumer's delivery times out and the client understands ``basic.cancel``
+(and the broker answers timeouts with ``notify-consumer``), the consumer is
+detached from its queue, its unacked deliveries are requeued and Basic.Cancel
+is sent; the consumer is forgotten when the client's Basic.Cancel-Ok comes
+(RabbitMQ's ``accept_consumer_cancel_ok``) or after :data:`CANCEL_OK_WAIT`
+seconds.  Otherwise the channel is closed with RabbitMQ's 406.
 
 Coalesced publisher acks are sent when the connection flushes its output
 (``emit_confirms``), so that a Basic.Return always precedes the ack of the same
@@ -44,7 +52,9 @@ from ..message import Message
 from ..publishing import CHECKED_FLAGS, check_properties
 from ..queues import PUSH_REJECTED, PUSH_SYNC, Queue
 from ..services import Services
+from ..topic_permissions import WRITE
 from . import basic_methods, topology_methods
+from .ack_timeout import NOTIFY_CONSUMER, AckTimer, timed_out_text
 from .confirms import ACK, COMMIT_OK, NACK, Confirms, Signal
 from .consumer import Consumer
 from .content import ContentAssembler, Publish
@@ -55,6 +65,8 @@ from .unacked import Entry, UnackedDeliveries, by_queue, unknown_tag
 __all__ = ["HANDLERS", "Channel"]
 
 log = logging.getLogger("broker.amqp.channel")
+
+CANCEL_OK_WAIT = 5.0  # seconds a timed-out consumer waits for the client's Basic.Cancel-Ok
 
 
 class ChannelConnection(Protocol):
@@ -103,10 +115,12 @@ class Channel:
 
     def __init__(self, conn: ChannelConnection, number: int) -> None:
         self.conn = conn
+        services = conn.services
         self.number = number
         self.vhost = conn.vhost
         self.services = conn.services
         self.stats = conn.services.stats
+        self.topics = services.users.topics
         self.closing = False
         self.flow = True
         self.active = True  # flow on and not closing
@@ -126,6 +140,12 @@ class Channel:
         # Basic.Cancel of our own consumers, held while this channel deletes their
         # queue: RabbitMQ sends Queue.Delete-Ok first (py-amqp relies on it)
         self.held_cancels: list[str] | None = None
+        notify = services.consumer_timeout_response == NOTIFY_CONSUMER \
+            and bool(conn.capabilities.get("consumer_cancel_notify"))
+        assert services.loop is not None, "channels open once the broker runs"
+        self.ack_timer = AckTimer(self, services.loop, services.consumer_timeout_ms, notify)
+        # timed-out consumers waiting for the client's Basic.Cancel-Ok: tag -> (consumer, timer)
+        self.cancelling: dict[str, tuple[Consumer, Any]] = {}
 
     # -- views of the pieces' state (management API, direct reply-to) --------------
     @property
@@ -210,6 +230,8 @@ class Channel:
             x = self.vhost.exchange_for_publish(exchange)  # raises 404 / 403
         if bits & 2:
             raise ConnectionError(errors.NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        if self.topics.rules and x.type_name == "topic":
+            self.topics.check(WRITE, self.conn.username, self.vhost.name, exchange, rk)
         msg = Message(exchange, rk, ex_raw, rk_raw, header, body)
         if framing.property_flags(header) & CHECKED_FLAGS:  # the common publish skips the call
             check_properties(msg, self.conn.username, None if self.reply_consumer is None else self.reply_token)
@@ -309,6 +331,8 @@ class Channel:
         if c.no_ack:
             q.settle(msg)
         else:
+            if self.ack_timer.handle is None:
+                self.ack_timer.start(tag - 1)
             led.by_tag[tag] = (msg, q, c)
             c.unacked += 1
             led.global_unacked += 1
@@ -329,6 +353,8 @@ class Channel:
         led = self.unacked_deliveries
         entry = led.by_tag.pop(tag, None)
         if entry is None:
+            if led.expired.pop(tag, 0) is None:  # its consumer timed out: already requeued
+                return
             raise unknown_tag(tag, 60, 80)
         msg, q, c = entry
         if c is not None:
@@ -421,6 +447,43 @@ class Channel:
                 else:
                     self.write(methods.basic_cancel(self.number, c.tag))
 
+    # consumer timeout (the timer is broker.amqp.ack_timeout.AckTimer)
+    def consumer_timed_out(self, c: Consumer, timeout_ms: int) -> None:
+        """``c`` kept a delivery too long: cancel it, requeue what it holds."""
+        if self.consumers.get(c.tag) is not c or c.tag in self.cancelling:
+            return
+        log.warning(
+            "consumer %s on channel %s timed out after %s ms: cancelled, its unacked messages requeued",
+            c.tag, self.number, timeout_ms,
+        )
+        c.queue.remove_consumer(c)
+        self.write(methods.basic_cancel(self.number, c.tag))
+        self._apply(self.unacked_deliveries.expire_consumer(c), True)
+        assert self.services.loop is not None
+        handle = self.services.loop.call_later(CANCEL_OK_WAIT, self._forget_consumer, c.tag)
+        self.cancelling[c.tag] = (c, handle)
+
+    def _forget_consumer(self, tag: str) -> None:
+        """A timed-out consumer's Basic.Cancel-Ok came, or the wait for it is over."""
+        entry = self.cancelling.pop(tag, None)
+        if entry is None:
+            return
+        c, handle = entry
+        handle.cancel()
+        if self.consumers.get(tag) is c:
+            del self.consumers[tag]
+            self.drop_consumer(c, kick=True)
+
+    def m_basic_cancel_ok(self, m: C.Basic.CancelOk) -> None:
+        """The client's answer to our Basic.Cancel; any other is ignored, as RabbitMQ does."""
+        self._forget_consumer(m.consumer_tag or "")
+
+    def ack_timed_out(self, timeout_ms: int) -> None:
+        """A delivery timed out and its consumer cannot be cancelled: close the channel."""
+        self.conn.channel_error(
+            self.number, ChannelError(errors.PRECONDITION_FAILED, timed_out_text(self.number, timeout_ms))
+        )
+
     def m_basic_reject(self, m: C.Basic.Reject) -> None:
         self._settle(m.delivery_tag or 0, False, bool(m.requeue), 60, 90)
 
@@ -497,6 +560,10 @@ class Channel:
         self.conn.confirm_dirty.discard(self)
         self.confirms.clear()
         self.drop_reply_consumer()
+        self.ack_timer.stop()
+        for _c, handle in self.cancelling.values():
+            handle.cancel()
+        self.cancelling.clear()
         for c in list(self.consumers.values()):
             self.drop_consumer(c, kick=False)
         self.consumers.clear()
@@ -524,6 +591,7 @@ HANDLERS: dict[type, Callable[[Channel, Any], None]] = {
     C.Basic.Qos: B.basic_qos,
     C.Basic.Consume: B.basic_consume,
     C.Basic.Cancel: B.basic_cancel,
+    C.Basic.CancelOk: Channel.m_basic_cancel_ok,
     C.Basic.Get: B.basic_get,
     C.Basic.Ack: Channel.m_basic_ack,
     C.Basic.Reject: Channel.m_basic_reject,

@@ -52,7 +52,7 @@ class Consumer:
 
     __slots__ = (
         "channel", "queue", "tag", "tag_raw", "no_ack", "exclusive", "prefetch", "unacked", "arguments", "priority",
-        "ledger",
+        "ledger", "timeout_ms",
     )
 
     def __init__(
@@ -71,6 +71,9 @@ class Consumer:
         self.ledger = channel.unacked_deliveries
         p = arguments.get("x-priority", 0) if arguments else 0
         self.priority = p if isinstance(p, int) and not isinstance(p, bool) else 0
+        t = arguments.get("x-consumer-timeout") if arguments else None
+        # the consumer's own consumer timeout (ms), over the queue's and the broker's
+        self.timeout_ms: int | None = t if isinstance(t, int) and not isinstance(t, bool) else None
 
     def can_take(self) -> bool:
         """True if this consumer has credit for one more message now."""

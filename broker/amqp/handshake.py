@@ -51,6 +51,7 @@ CAPABILITIES = {
     "connection.blocked": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
+    "accept_consumer_cancel_ok": True,
 }
 
 

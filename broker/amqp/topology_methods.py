@@ -19,6 +19,7 @@ from protocol.errors import ChannelError
 
 from ..reply_to import REPLY_TO
 from ..services import Services
+from ..topic_permissions import READ
 from .direct_reply import reply_token
 
 
@@ -74,12 +75,20 @@ def exchange_delete(ch: TopologyChannel, m: C.Exchange.Delete) -> None:
         ch.send(C.Exchange.DeleteOk())
 
 
+def _check_topic_read(ch: TopologyChannel, source: Any, routing_key: str) -> None:
+    """RabbitMQ's topic read check of a binding key on a topic source exchange."""
+    topics = ch.services.users.topics
+    if topics.rules and source is not None and source.type_name == "topic":
+        topics.check(READ, ch.conn.username, ch.vhost.name, source.name, routing_key)
+
+
 def exchange_bind(ch: TopologyChannel, m: C.Exchange.Bind) -> None:
     _no_default_exchange(m.destination, m.source)
     ch.check("write", "exchange", m.destination)
     ch.check("read", "exchange", m.source)
     dest = ch.vhost.get_exchange(m.destination)
     src = ch.vhost.get_exchange(m.source)
+    _check_topic_read(ch, src, m.routing_key)
     ch.vhost.bind(src, dest, m.routing_key, m.arguments or {})
     if not m.nowait:
         ch.send(C.Exchange.BindOk())
@@ -92,6 +101,7 @@ def exchange_unbind(ch: TopologyChannel, m: C.Exchange.Unbind) -> None:
     ch.check("read", "exchange", m.source)
     src = ch.vhost.exchanges.get(m.source)
     dest = ch.vhost.exchanges.get(m.destination)
+    _check_topic_read(ch, src, m.routing_key)
     if src is not None and dest is not None:
         ch.vhost.unbind(src, dest, m.routing_key, m.arguments or {})
     if not m.nowait:
@@ -134,6 +144,7 @@ def queue_bind(ch: TopologyChannel, m: C.Queue.Bind) -> None:
     ch.check("write", "queue", ch.queue_name(m.queue))
     ch.check("read", "exchange", m.exchange)
     x = ch.vhost.get_exchange(m.exchange)
+    _check_topic_read(ch, x, m.routing_key)
     q = ch.find_queue(m.queue)
     ch.vhost.bind(x, q, m.routing_key, m.arguments or {})
     if not m.nowait:
@@ -147,6 +158,7 @@ def queue_unbind(ch: TopologyChannel, m: C.Queue.Unbind) -> None:
     ch.check("read", "exchange", m.exchange)
     q = ch.vhost.queues.get(ch.queue_name(m.queue))
     x = ch.vhost.exchanges.get(m.exchange)
+    _check_topic_read(ch, x, m.routing_key)
     if q is not None and x is not None:
         ch.vhost.unbind(x, q, m.routing_key, m.arguments or {})
     ch.send(C.Queue.UnbindOk())

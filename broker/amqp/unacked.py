@@ -17,6 +17,11 @@ a delivery gives its credit back.  Inside a transaction the deliveries are taken
 but their credit is kept until the commit (:meth:`take_held`, :meth:`release`);
 a rollback puts them back in tag order (:meth:`restore`).
 
+A consumer whose deliveries timed out (:mod:`broker.amqp.ack_timeout`) loses
+them: they go back to their queue and their tags are remembered in ``expired``
+(the most recent :data:`EXPIRED_KEPT` of them), so that a late ack, nack or
+reject of one is ignored instead of closing the channel, as RabbitMQ does.
+
 The channel reads and writes ``by_tag``, ``next_tag`` and ``global_unacked``
 directly on the delivery and single-ack hot paths; everything else goes through
 the methods here.  Nothing here touches a queue: callers settle what they took.
@@ -38,6 +43,8 @@ class Credit(Protocol):
     unacked: int
 
 
+EXPIRED_KEPT = 65536  # timed-out tags remembered per channel, for late acks
+
 Entry = tuple[Message, Any, "Credit | None"]  # (message, its queue, its consumer; None for Basic.Get)
 
 
@@ -57,7 +64,7 @@ def by_queue(entries: list[Entry]) -> dict[Any, list[Message]]:
 class UnackedDeliveries:
     """Delivery tags and the deliveries awaiting an ack on one channel."""
 
-    __slots__ = ("by_tag", "next_tag", "prefetch", "global_prefetch", "global_unacked")
+    __slots__ = ("by_tag", "next_tag", "prefetch", "global_prefetch", "global_unacked", "expired")
 
     def __init__(self) -> None:
         self.by_tag: dict[int, Entry] = {}
@@ -65,6 +72,7 @@ class UnackedDeliveries:
         self.prefetch = 0  # basic.qos(global=False): for consumers started from now on
         self.global_prefetch = 0  # basic.qos(global=True): for the whole channel
         self.global_unacked = 0
+        self.expired: dict[int, None] = {}  # tags taken back by a consumer timeout, oldest first
 
     def __len__(self) -> int:
         return len(self.by_tag)
@@ -87,7 +95,11 @@ class UnackedDeliveries:
         if multiple and tag == 0:
             return list(u)
         if tag not in u:
-            raise unknown_tag(tag, class_id, method_id)
+            if self.expired.pop(tag, 0) is None:  # timed out already: nothing left to settle
+                if not multiple:
+                    return []
+            else:
+                raise unknown_tag(tag, class_id, method_id)
         if not multiple:
             return [tag]
         keys = []
@@ -103,6 +115,8 @@ class UnackedDeliveries:
         if not multiple:
             e = u.pop(tag, None)
             if e is None:
+                if self.expired.pop(tag, 0) is None:
+                    return []
                 raise unknown_tag(tag, class_id, method_id)
             out = [e]
         else:
@@ -134,8 +148,23 @@ class UnackedDeliveries:
         self.by_tag.clear()
         self.by_tag.update(sorted(merged.items()))
 
+    def expire_consumer(self, consumer: Credit) -> list[Entry]:
+        """Take back every delivery of ``consumer`` (its consumer timeout fired); a late
+        settlement of one of their tags will be ignored."""
+        u = self.by_tag
+        tags = [t for t, e in u.items() if e[2] is consumer]
+        out = [u.pop(t) for t in tags]
+        self.release(out)
+        expired = self.expired
+        for t in tags:
+            expired[t] = None
+        while len(expired) > EXPIRED_KEPT:
+            del expired[next(iter(expired))]
+        return out
+
     def take_all(self) -> list[Entry]:
         """Remove every outstanding delivery (the channel is going; credit no longer matters)."""
         out = list(self.by_tag.values())
         self.by_tag.clear()
+        self.expired.clear()
         return out

@@ -13,7 +13,9 @@ from protocol.errors import ChannelError
 
 from ..exchange import freeze
 from ..queues import Queue
+from ..topic_permissions import READ
 from .http import Ctx, Router, bad_request, field_arguments, not_found
+from .topic_permissions import check_topic
 from .views import apply_query, exchange_name, properties_key, vhost_bindings
 
 routes = Router()
@@ -69,6 +71,7 @@ def _binding_routes(dtype: str) -> None:
             raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
         ctx.check(vh, "write", "queue" if dtype == "q" else "exchange", dest.name)
         ctx.check(vh, "read", "exchange", src.name)
+        check_topic(ctx, vh, READ, src, rk)
         vh.bind(src, dest, rk, args)
         ctx.commit()
         pk = properties_key(rk, args)
@@ -96,6 +99,7 @@ def _binding_routes(dtype: str) -> None:
             raise ChannelError(errors.ACCESS_REFUSED, "operation not permitted on the default exchange")
         ctx.check(vh, "write", "queue" if dtype == "q" else "exchange", dest.name)
         ctx.check(vh, "read", "exchange", src.name)
+        check_topic(ctx, vh, READ, src, b["routing_key"])
         # the engine's binding with exactly these arguments (same frozen key)
         for eb in list(src.bindings.values()):
             if eb.destination is dest and eb.routing_key == b["routing_key"] and \

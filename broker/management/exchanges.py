@@ -9,8 +9,10 @@ from typing import Any
 from protocol import names
 
 from ..publishing import check_properties
+from ..topic_permissions import WRITE
 from .http import Ctx, Router, bad_request, field_arguments, field_bool, not_found
 from .messages import make_message, parse_properties, wait_fsync
+from .topic_permissions import check_topic
 from .views import apply_query, exchange_json, exchange_name, vhost_bindings
 
 routes = Router()
@@ -112,6 +114,7 @@ async def publish(ctx: Ctx) -> Any:
     props = parse_properties(body.get("properties"))
     ctx.check(vh, "write", "exchange", x.name or "amq.default")
     x = vh.exchange_for_publish(x.name)  # 403 for an internal exchange
+    check_topic(ctx, vh, WRITE, x, rk)
     msg = make_message(x.name, rk, props, data)
     check_properties(msg, ctx.username, None)
     out = vh.publish(x, msg)

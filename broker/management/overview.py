@@ -24,6 +24,7 @@ def _exchange_types() -> list[dict]:
         "fanout": "AMQP fanout exchange, as per the AMQP specification",
         "topic": "AMQP topic exchange, as per the AMQP specification",
         "headers": "AMQP headers exchange, as per the AMQP specification",
+        "x-delayed-message": "Delayed Message Exchange.",
     }
     return [{"name": n, "description": desc.get(n, ""), "enabled": True} for n in EXCHANGE_TYPES]
 

@@ -50,6 +50,7 @@ from .policies import routes as policy_routes
 from .queues import routes as queue_routes
 from .static import UiFiles
 from .stats import Stats
+from .topic_permissions import routes as topic_permission_routes
 from .users import routes as user_routes
 from .vhosts import routes as vhost_routes
 from .where import routes as where_routes
@@ -74,6 +75,7 @@ for _routes in (
     certificate_routes,
     policy_routes,
     limit_routes,
+    topic_permission_routes,
 ):
     ROUTES.include(_routes)
 

@@ -39,6 +39,7 @@ def exchange_name(name: str) -> str:
 
 def exchange_json(vh: Any, x: Any) -> dict:
     d = x.describe()
+    d.update(x.info())
     d["vhost"] = vh.name
     d["user_who_performed_action"] = "rmq-internal" if (not x.name or x.name.startswith("amq.")) else ""
     if x.policy is not None:  # RabbitMQ shows an exchange's policy only when it has one

@@ -33,6 +33,7 @@ _INT_ARGS_MIN = {
     "x-max-length": 0,
     "x-max-length-bytes": 0,
     "x-max-priority": 0,
+    "x-consumer-timeout": 0,
 }
 
 
@@ -74,12 +75,16 @@ def validate_queue_arguments(args: dict, what: str) -> None:
 
 
 def validate_consumer_arguments(args: dict, what: str) -> None:
-    """RabbitMQ's check of Basic.Consume arguments (x-priority)."""
-    if "x-priority" in args:
-        v = args["x-priority"]
+    """RabbitMQ's check of Basic.Consume arguments (x-priority, x-consumer-timeout)."""
+    for key in ("x-priority", "x-consumer-timeout"):
+        if key not in args:
+            continue
+        v = args[key]
         if isinstance(v, bool) or not isinstance(v, int):
             detail = f'"expected integer, got {_erl_type(v)}"'
-            raise ChannelError(errors.PRECONDITION_FAILED, f"invalid arg 'x-priority' for {what}: {detail}")
+            raise ChannelError(errors.PRECONDITION_FAILED, f"invalid arg '{key}' for {what}: {detail}")
+        if key == "x-consumer-timeout" and v < 0:
+            raise ChannelError(errors.PRECONDITION_FAILED, f"invalid arg '{key}' for {what}: {{value_negative,{v}}}")
 
 
 def _erl_type(v: Any) -> str:
