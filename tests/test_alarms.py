@@ -19,9 +19,10 @@ from conftest import BrokerProcess
 class Publisher(threading.Thread):
     """Publishes ``count`` messages, recording connection.blocked / unblocked."""
 
-    def __init__(self, port: int, queue: str, body: bytes, count: int, durable: bool, props=None):
+    def __init__(self, port: int, queue: str, body: bytes, count: int, durable: bool, props=None, arguments=None):
         super().__init__(daemon=True)
         self.port, self.queue, self.body, self.count, self.durable, self.props = port, queue, body, count, durable, props
+        self.arguments = arguments
         self.sent = 0
         self.blocked: str | None = None
         self.unblocked = False
@@ -36,7 +37,7 @@ class Publisher(threading.Thread):
             conn.add_on_connection_blocked_callback(lambda c, m: setattr(self, "blocked", m.method.reason))
             conn.add_on_connection_unblocked_callback(lambda c, m: setattr(self, "unblocked", True))
             ch = conn.channel()
-            ch.queue_declare(self.queue, durable=self.durable)
+            ch.queue_declare(self.queue, durable=self.durable, arguments=self.arguments)
             self.ready.set()
             for _ in range(self.count):
                 ch.basic_publish("", self.queue, self.body, self.props)
@@ -82,7 +83,8 @@ def _drain(port: int, queue: str, pub: Publisher, timeout: float = 60) -> int:
 @pytest.mark.slow
 def test_memory_alarm_blocks_publishers_and_consumers_drain(broker_factory):
     b = broker_factory(extra=["--memory-high-watermark", "150MB"])
-    pub = Publisher(b.port, "big", os.urandom(1024 * 1024), 400, durable=False)
+    # a priority queue keeps its messages in memory (a plain queue pages a transient backlog to disk)
+    pub = Publisher(b.port, "big", os.urandom(1024 * 1024), 400, durable=False, arguments={"x-max-priority": 2})
     pub.start()
     assert pub.ready.wait(10) and pub.error is None
     assert _wait_log(b, "memory alarm set"), "400 MiB published and no memory alarm"
