@@ -23,11 +23,25 @@ ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL = ("aiohttp", "cryptography", "prometheus_client", "pika", "uvloop")
 
 COLD = r"""
-import json, socket, sys, tempfile
+import json, socket, sys, tempfile, threading
+
+
+class WhoImports:
+    # records which thread first imports each optional package (finds nothing itself)
+    seen = {{}}
+
+    def find_spec(self, name, path=None, target=None):
+        if name in {OPTIONAL!r} and name not in self.seen:
+            self.seen[name] = threading.current_thread().name
+        return None
+
+
+sys.meta_path.insert(0, WhoImports())
 from broker.embedded import EmbeddedBroker
 
 b = EmbeddedBroker(tempfile.mkdtemp()).start(wait_for_management=False)
-loaded = sorted(m for m in {OPTIONAL!r} if m in sys.modules)
+# what start() itself imported (anything the management thread imports is not on this path)
+loaded = sorted(m for m, thread in WhoImports.seen.items() if thread != "burrowmq-management")
 s = socket.create_connection((b.host, b.port), timeout=30)
 s.sendall(b"AMQP\x00\x00\x09\x01")
 start = s.recv(7)
