@@ -194,3 +194,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium (Debian's package, driven by Playwright) for a browser-test module;
+    such a module imports ``ui_browser``, which skips it when either is missing."""
+    from ui_browser import CHROMIUM, sync_api
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()

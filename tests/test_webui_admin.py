@@ -13,7 +13,7 @@ import pytest
 
 from conftest import _make
 from test_management_api import Http, connect, mgmt_url, wait_for
-from test_webui_browser import CHROMIUM, Page, sync_api
+from ui_browser import Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -24,14 +24,6 @@ def ab(tmp_path_factory):
     b.url = mgmt_url(b)
     yield b
     b.stop()
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

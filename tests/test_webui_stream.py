@@ -15,17 +15,9 @@ import pika
 import pytest
 
 from test_management_api import Http, connect, mgmt_url
-from test_webui_browser import CHROMIUM, Page, sync_api
+from ui_browser import Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

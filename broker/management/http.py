@@ -237,6 +237,13 @@ class Ctx:
             raise HTTPError(403, "not_authorized", "Access refused.")
         return vh
 
+    def path_user(self) -> Any:
+        """The user named in the path (404 if there is none)."""
+        u = self.broker.users.users.get(self.params["user"])
+        if u is None:
+            raise not_found()
+        return u
+
     def vhost_for_write(self, name: str | None = None) -> Any:
         """Changing objects in a vhost needs permissions there (administrators need none)."""
         vh = self.vhost(name)

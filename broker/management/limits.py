@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..limits import USER_LIMITS, VHOST_LIMITS, LimitError, parse_limits
-from .http import Ctx, HTTPError, Router, bad_request, not_found
+from .http import Ctx, HTTPError, Router, bad_request
 
 routes = Router()
 
@@ -90,13 +90,6 @@ async def delete_vhost_limit(ctx: Ctx) -> Any:
 
 # -- user limits -------------------------------------------------------------------------
 
-def _user(ctx: Ctx) -> Any:
-    u = ctx.broker.users.users.get(ctx.params["user"])
-    if u is None:
-        raise not_found()
-    return u
-
-
 @routes.route("api/user-limits")
 async def user_limits(ctx: Ctx) -> Any:
     ctx.require_admin()
@@ -107,14 +100,14 @@ async def user_limits(ctx: Ctx) -> Any:
 async def one_user_limits(ctx: Ctx) -> Any:
     if not ctx.is_monitor and ctx.username != ctx.params["user"]:
         raise HTTPError(403, "not_authorized", "Not administrator user")
-    u = _user(ctx)
+    u = ctx.path_user()
     return [{"user": u.name, "value": dict(u.limits)}] if u.limits else []
 
 
 @routes.route("api/user-limits/:user", "PUT")
 async def put_user_limits(ctx: Ctx) -> Any:
     ctx.require_admin()
-    u = _user(ctx)
+    u = ctx.path_user()
     try:
         ctx.broker.users.set_limits(u.name, parse_limits(await ctx.body(), USER_LIMITS, "user-limits"))
     except LimitError as exc:
@@ -127,7 +120,7 @@ async def put_user_limits(ctx: Ctx) -> Any:
 @routes.route("api/user-limits/:user", "DELETE")
 async def delete_user_limits(ctx: Ctx) -> Any:
     ctx.require_admin()
-    ctx.broker.users.set_limits(_user(ctx).name, {})
+    ctx.broker.users.set_limits(ctx.path_user().name, {})
     ctx.broker.journal.changed()
     ctx.commit()
     return None
@@ -136,7 +129,7 @@ async def delete_user_limits(ctx: Ctx) -> Any:
 @routes.route("api/user-limits/:user/:name", "PUT")
 async def put_user_limit(ctx: Ctx) -> Any:
     ctx.require_admin()
-    u = _user(ctx)
+    u = ctx.path_user()
     ctx.broker.users.set_limits(u.name, await _value(ctx, u.limits, USER_LIMITS, "user-limits"))
     ctx.broker.journal.changed()
     ctx.commit()
@@ -146,7 +139,7 @@ async def put_user_limit(ctx: Ctx) -> Any:
 @routes.route("api/user-limits/:user/:name", "DELETE")
 async def delete_user_limit(ctx: Ctx) -> Any:
     ctx.require_admin()
-    u = _user(ctx)
+    u = ctx.path_user()
     if ctx.params["name"] in u.limits:
         ctx.broker.users.set_limits(u.name, {k: v for k, v in u.limits.items() if k != ctx.params["name"]})
         ctx.broker.journal.changed()

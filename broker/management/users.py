@@ -50,17 +50,10 @@ async def users_bulk_delete(ctx: Ctx) -> Any:
     return None
 
 
-def _user(ctx: Ctx) -> Any:
-    u = ctx.broker.users.users.get(ctx.params["user"])
-    if u is None:
-        raise not_found()
-    return u
-
-
 @routes.route("api/users/:user")
 async def get_user(ctx: Ctx) -> Any:
     ctx.require_admin()
-    return _user_json(_user(ctx))
+    return _user_json(ctx.path_user())
 
 
 @routes.route("api/users/:user", "PUT")
@@ -123,7 +116,7 @@ async def delete_user(ctx: Ctx) -> Any:
 @routes.route("api/users/:user/permissions")
 async def user_permissions(ctx: Ctx) -> Any:
     ctx.require_admin()
-    u = _user(ctx)
+    u = ctx.path_user()
     return [perm_json(n, v, p) for (n, v), p in ctx.broker.users.permissions.items() if n == u.name]
 
 
