@@ -36,6 +36,7 @@ from .amqps import AMQPSListener
 from .auth import Permission, UserStore
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
 from .delayed import remove_orphans
+from .flow import FLOW_THRESHOLD
 from .login_throttle import LoginThrottle
 from .logsafe import printable
 from .metadata import MetadataJournal
@@ -129,6 +130,7 @@ class Broker:
         tls_login_from: str = "common_name",
         plain: bool = True,
         max_connections: int = 0,
+        flow_threshold: int = FLOW_THRESHOLD,
         file_io: FileIO = OS,
     ) -> None:
         if not plain and tls is None:
@@ -182,6 +184,7 @@ class Broker:
             consumer_timeout_response=consumer_timeout_response,
             tls_login_from=tls_login_from,
             scratch=self.scratch,
+            flow_threshold=flow_threshold,
         )
         self.connections: set[Connection] = self.services.connections.all
         self.open_connections: set[Connection] = self.services.connections.open
