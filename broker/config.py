@@ -231,6 +231,15 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  help="Ready messages a queue with consumers may hold before the connections publishing to it "
                       "stop being read (RabbitMQ's flow state); they are read again at half. 0: no publisher "
                       "flow control."),
+    click.option("--tcp-recbuf", envvar="BROKER_TCP_RECBUF", default=0, show_default=True,
+                 type=click.IntRange(min=0, max=2**31 - 1),
+                 help="Receive buffer of each AMQP connection's socket, in bytes (RabbitMQ's "
+                      "tcp_listen_options.recbuf). Small bounds what a publisher in flow control has in "
+                      "flight, so its messages wait less; 0: the kernel's autotuning."),
+    click.option("--tcp-sndbuf", envvar="BROKER_TCP_SNDBUF", default=0, show_default=True,
+                 type=click.IntRange(min=0, max=2**31 - 1),
+                 help="Send buffer of each AMQP connection's socket, in bytes (RabbitMQ's "
+                      "tcp_listen_options.sndbuf); 0: the kernel's autotuning."),
     click.option("--handshake-timeout", envvar="BROKER_HANDSHAKE_TIMEOUT", default=10.0, show_default=True,
                  type=click.FloatRange(min=0, min_open=True),
                  help="Seconds a client has from connecting to Connection.Open; then it is dropped."),
@@ -287,6 +296,8 @@ class ServeSettings:
     consumer_timeout: int = 1_800_000
     consumer_timeout_response: str = "notify-consumer"
     flow_threshold: int = FLOW_THRESHOLD
+    tcp_recbuf: int = 0
+    tcp_sndbuf: int = 0
 
 
 _SOURCE_NAMES = {

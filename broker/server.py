@@ -40,6 +40,7 @@ from .flow import FLOW_THRESHOLD
 from .login_throttle import LoginThrottle
 from .logsafe import printable
 from .metadata import MetadataJournal
+from .net import set_buffer_sizes
 from .services import ConnectionLimits, Services
 from .stats import Stats
 from .tls import DEFAULT_TLS_PORT, Certificates, ReloadableContext
@@ -131,6 +132,7 @@ class Broker:
         plain: bool = True,
         max_connections: int = 0,
         flow_threshold: int = FLOW_THRESHOLD,
+        tcp_buffer_sizes: tuple[int, int] = (0, 0),
         file_io: FileIO = OS,
     ) -> None:
         if not plain and tls is None:
@@ -148,6 +150,7 @@ class Broker:
         self.frame_max = frame_max
         self.channel_max = channel_max
         self.handshake_timeout = handshake_timeout
+        self.tcp_buffer_sizes = tcp_buffer_sizes  # (recbuf, sndbuf) of AMQP connections, 0: the kernel's
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.server: asyncio.base_events.Server | None = None
         self.default_vhost = default_vhost
@@ -218,9 +221,11 @@ class Broker:
                 start_serving=False,
             )
             self.port = self.server.sockets[0].getsockname()[1]
+            for sock in self.server.sockets:
+                set_buffer_sizes(sock, *self.tcp_buffer_sizes)
         if self.tls is not None:
             self.tls_server = AMQPSListener(self.host, self.tls_port, self.tls, self.handshake_timeout,
-                                            lambda: AMQPProtocol(self))
+                                            lambda: AMQPProtocol(self), self.tcp_buffer_sizes)
             try:
                 self.tls_port = self.tls_server.bind()
             except OSError:

@@ -24,6 +24,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from amqp_raw import broker_socket_buffers
 from broker.flow import FLOW_THRESHOLD, NO_FLOW, STALL_AFTER, PublisherFlow, QueueFlow
 from protocol import framing
 
@@ -208,6 +209,16 @@ def test_flow_threshold_option(broker_factory, threshold):
         done.set()
         tc.join(30)
     pub.close()
+
+
+def test_tcp_buffer_options_apply_to_every_connection(broker_factory):
+    """``--tcp-recbuf`` / ``--tcp-sndbuf`` (RabbitMQ's tcp_listen_options) size the broker's side
+    of each AMQP connection; Linux reports twice the value set."""
+    b = broker_factory(extra=["--tcp-recbuf", "16384", "--tcp-sndbuf", "32768"])
+    conns = [connect(b) for _ in range(2)]
+    assert broker_socket_buffers(b.port) == [(32768, 65536)] * 2
+    for c in conns:
+        c.close()
 
 
 # -- paging of transient backlogs --------------------------------------------------
