@@ -170,7 +170,9 @@ class Broker:
         )
         self.store: LogStore | None = LogStore(data_dir, file_io) if data_dir else None
         # transient queues page a backlog here; nothing in it outlives the process
-        self.scratch: LogStore | None = LogStore(os.path.join(data_dir, SCRATCH_DIR), file_io) if data_dir else None
+        self.scratch: LogStore | None = (
+            LogStore(os.path.join(data_dir, SCRATCH_DIR), file_io, account=self.store) if data_dir else None
+        )
         self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions, file_io)
         self._housekeeper: asyncio.TimerHandle | None = None
         self.services = Services(

@@ -167,6 +167,7 @@ class QueueLog:
 
     def __init__(self, store: "LogStore", directory: str) -> None:
         self.store = store
+        self.account = store.account  # the store whose appended_bytes counts this log's records
         self.io = store.io
         self.dir = directory
         self.segments: dict[int, Segment] = {}
@@ -225,7 +226,7 @@ class QueueLog:
         self.wbuf += parts
         self.wbuf_size += n
         self.wbuf_count += 1
-        self.store.appended_bytes += n
+        self.account.appended_bytes += n
         self.last_append = self.store.now
         self.store.dirty(self)
         return ref
@@ -461,8 +462,11 @@ class QueueLog:
 class LogStore:
     """All queue logs under one data directory, with the group-commit fsync."""
 
-    def __init__(self, data_dir: str, io: FileIO = OS) -> None:
+    def __init__(self, data_dir: str, io: FileIO = OS, account: "LogStore | None" = None) -> None:
+        """``account``: another store on the same disk whose ``appended_bytes`` counts this one's
+        records too (the scratch store's go to the main store's: the disk alarm watches one count)."""
         self.io = io
+        self.account: LogStore = account if account is not None else self
         self.data_dir = os.path.abspath(data_dir)
         self.msg_dir = os.path.join(self.data_dir, "queues")
         self.logs: dict[str, OwnedLog] = {}

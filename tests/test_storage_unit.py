@@ -227,6 +227,22 @@ def test_acks_record_found_after_a_corrupt_record(stores):
     assert len(problems) == 1 and "corrupt" in problems[0], problems
 
 
+def test_scratch_store_counts_into_the_main_store(tmp_path):
+    """The disk alarm's estimate watches one count: records paged to a scratch store add to it."""
+    main = LogStore(str(tmp_path / "data"))
+    scratch = LogStore(str(tmp_path / "data" / "scratch"), account=main)
+    main.open()
+    scratch.open()
+    try:
+        main.queue_log("/", "durable").append(True, EX, RK, hdr(1), b"x" * 100)
+        counted = main.appended_bytes
+        scratch.queue_log("/", "paged").append(False, EX, RK, hdr(2), b"y" * 1000)
+        assert main.appended_bytes > counted + 1000
+    finally:
+        scratch.close()
+        main.close()
+
+
 def test_transient_records_not_recovered(stores):
     s = stores()
     q = s.queue_log("/", "q")
