@@ -272,6 +272,12 @@ class Broker:
                 nq += 1
                 nmsg += got.messages
                 nredel += got.redelivered
+        # a limit lowered while the broker was down (a policy in a definitions file, say) applies now,
+        # as RabbitMQ's queue does when it starts: once every queue is back, since a message trimmed
+        # from one may be dead-lettered into another
+        for vh in self.vhosts.values():
+            for q in list(vh.queues.values()):
+                q.policies_applied()
         # logs that no declared queue owns: kept aside, never deleted
         for d in sorted(self.store.existing_queue_dirs() - set(self.store.logs)):
             self._quarantine(d)
