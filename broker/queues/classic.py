@@ -12,7 +12,9 @@ redelivered.
 A durable queue writes every message to its log (``self.log``); the entry kept
 in ``messages`` is the :class:`Message` while the queue is short and just the
 int ref (its place in the log) once it holds a backlog (``KEEP_IN_MEMORY``
-messages or ``KEEP_BYTES``), so memory stays flat.  A queue without a log of
+messages or ``KEEP_BYTES``), so memory stays flat: ``messages`` is then a
+:class:`~broker.queues.ready.ReadyMessages`, which packs refs 8 bytes each, until
+the queue is empty again.  A queue without a log of
 its own keeps its messages in memory until it holds such a backlog; then it
 *pages*: it opens a log in the broker's scratch store (``use_scratch``) and
 works like a durable queue until it is empty with nothing unacked, when that
@@ -47,6 +49,7 @@ from ..message import Message
 from .arguments import int_arg, str_arg
 from .base import PUSH_OK, PUSH_REJECTED, PUSH_SYNC, Queue, QueueHost, Recovered, Subscriber
 from .priority import PriorityMessages, merge_sorted, seq_of
+from .ready import ReadyMessages
 
 log = logging.getLogger("broker.queue")
 
@@ -145,7 +148,10 @@ class ClassicQueue(Queue):
             if self._keep_in_memory(msg):
                 self.messages.append(msg)
             else:
-                self.messages.append(ref)
+                msgs = self.messages
+                if type(msgs) is deque:
+                    msgs = self.messages = ReadyMessages(msgs)  # a backlog: refs packed from now on
+                msgs.append(ref)
             status = PUSH_SYNC if persistent else PUSH_OK
         if self.consumers:
             if self.plain:
@@ -211,7 +217,10 @@ class ClassicQueue(Queue):
         return m
 
     def _pop(self) -> Message:
-        m = self.messages.popleft()
+        msgs = self.messages
+        m = msgs.popleft()
+        if not msgs and type(msgs) is ReadyMessages:
+            self.messages = deque()  # the backlog is gone
         if type(m) is int:
             m = self._load(m)
         self.bytes_ready -= len(m.body)
@@ -289,7 +298,7 @@ class ClassicQueue(Queue):
             self.bytes_ready += len(m.body)
             if m.deadline:
                 self.plain = False
-        if isinstance(self.messages, PriorityMessages):
+        if isinstance(self.messages, (PriorityMessages, ReadyMessages)):
             self.messages.requeue(back)
         else:
             merge_sorted(self.messages, back)
@@ -306,7 +315,10 @@ class ClassicQueue(Queue):
                 ref = e if type(e) is int else e.ref
                 if ref is not None:
                     qlog.settle(ref)
-        self.messages.clear()
+        if type(self.messages) is ReadyMessages:
+            self.messages = deque()
+        else:
+            self.messages.clear()
         self.bytes_ready = 0
         self.flow.caught_up()
         if self.paging and not self.unacked:
@@ -324,7 +336,8 @@ class ClassicQueue(Queue):
             n = self.messages.remove_if(lost)
         else:
             before = len(self.messages)
-            self.messages = deque(e for e in self.messages if not lost(e))
+            kept = (e for e in self.messages if not lost(e))
+            self.messages = ReadyMessages(kept) if type(self.messages) is ReadyMessages else deque(kept)
             n = before - len(self.messages)
         log.error("queue '%s': %d messages dropped after a failed write", printable(self.name), n)
 
@@ -389,8 +402,8 @@ class ClassicQueue(Queue):
                 m = self._load(r)
                 m.priority = framing.priority(m.header)
                 self.messages.append(m)
-        else:
-            self.messages = deque(refs)
+        elif refs:
+            self.messages = ReadyMessages.of_refs(refs)
         if refs:
             self.plain = False  # recovered messages may carry deadlines
             self.expire()
