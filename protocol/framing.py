@@ -20,6 +20,7 @@ byte-for-byte against pamqp (tests/test_protocol_unit.py).
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -195,6 +196,13 @@ def method_frame(channel: int, method: Any) -> bytes:
     """Marshal a control method with pamqp (one that carries no client-chosen
     name: those are in :mod:`protocol.methods`)."""
     return pframe.marshal(method, channel)
+
+
+@functools.lru_cache(maxsize=1024)
+def reply_frame(channel: int, method_class: type) -> bytes:
+    """The frame of a reply that carries no arguments (Channel.OpenOk, Basic.QosOk, Connection.OpenOk):
+    encoded by pamqp once per channel number and method, not once per reply."""
+    return pframe.marshal(method_class(), channel)
 
 
 def deliver_frame(channel: int, ctag: bytes, tag: int, redelivered: bool, exchange: bytes, rkey: bytes) -> bytes:
