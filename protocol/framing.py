@@ -30,6 +30,7 @@ from pamqp.exceptions import UnmarshalingException
 
 from .errors import COMMAND_INVALID, ConnectionError, FrameError
 from .names import shortstr
+from .setup_methods import DECODERS
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -130,7 +131,8 @@ def method_index(payload: bytes) -> int:
 
 
 def decode_method(payload: bytes) -> Any:
-    """Decode a method frame payload with pamqp (control methods)."""
+    """Decode a method frame payload: the methods of a connection's set-up by hand where they are
+    well-formed (:mod:`protocol.setup_methods`), everything else with pamqp (control methods)."""
     idx = method_index(payload)
     cls = commands.INDEX_MAPPING.get(idx)
     if cls is None:
@@ -140,6 +142,11 @@ def decode_method(payload: bytes) -> Any:
             idx >> 16,
             idx & 0xFFFF,
         )
+    fast = DECODERS.get(idx)
+    if fast is not None:
+        decoded = fast(payload)
+        if decoded is not None:
+            return decoded
     method = cls()
     try:
         method.unmarshal(payload[4:])
