@@ -61,7 +61,7 @@ class LoginThrottle:
         """True while ``host``'s source has ``max_pending`` delayed refusals open:
         its logins are then refused unchecked."""
         if not self._pending:  # the usual case: no refusal is waiting anywhere
-            return False
+            return self.max_pending <= 0
         return self._pending.get(source_of(host), 0) >= self.max_pending
 
     def failed(self, host: str, protocol: str) -> float:
