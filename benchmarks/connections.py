@@ -4,6 +4,10 @@
 Every client connection does the whole handshake (protocol header, Start-Ok, Tune-Ok, Open),
 opens channel 1 and starts a consumer on one shared queue, then stays idle.  The clients are
 raw asyncio sockets with frames built by pamqp, so one client process holds 10,000 of them.
+That client costs about as much CPU per connection as the broker, so on a small machine it
+slows the broker it measures: ``--client c`` runs benchmarks/conn_storm.c (librabbitmq, one
+blocking handshake after the other in each of ``--concurrency`` threads) instead, which costs
+a fraction of that (build it first: ``make -C benchmarks conn_storm``).
 
 Prints the accept rate (completed handshakes + consumer set-ups per second, with
 ``--concurrency`` of them in flight) and the broker's resident memory per connection
@@ -14,6 +18,7 @@ running on ``--port``; without, it starts a private one from this tree.
     python benchmarks/connections.py                          # 10,000 against a private broker
     python benchmarks/connections.py --count 2000 --json
     python benchmarks/connections.py --port 5672 --pid 1234   # a running broker
+    python benchmarks/connections.py --client c               # the C client (make -C benchmarks)
 
 The client and the broker each need a file descriptor per connection: the script raises its
 own soft limit to the hard one (``ulimit -n`` decides), and so does ``broker serve``.
@@ -152,15 +157,42 @@ def start_broker(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     sys.exit("could not start the broker:\n" + text)
 
 
+C_CLIENT = ROOT / "benchmarks" / "conn_storm"
+C_RESULT = re.compile(r"opened (\d+) failed (\d+) seconds ([\d.]+) client_cpu_ms_per_connection ([\d.]+)")
+
+
+async def open_all_c(args: argparse.Namespace, pid: int) -> tuple[subprocess.Popen, int, int, float, float, float]:
+    """Run the C client; (its process, opened, failed, seconds, its CPU ms per connection, broker CPU s)."""
+    if not os.access(C_CLIENT, os.X_OK):
+        sys.exit(f"{C_CLIENT} is not built: make -C {C_CLIENT.parent} conn_storm")
+    cpu0 = cpu_s(pid)
+    proc = subprocess.Popen([str(C_CLIENT), args.host, str(args.port), str(args.count), str(args.concurrency),
+                             f"conn-bench-{os.getpid()}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = await asyncio.to_thread(proc.stdout.readline)
+    cpu1 = cpu_s(pid)
+    m = C_RESULT.search(line)
+    if m is None:
+        proc.kill()
+        sys.exit(f"the C client did not report: {line!r}")
+    return proc, int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4)), cpu1 - cpu0
+
+
 async def main_async(args: argparse.Namespace, pid: int) -> dict:
     await asyncio.sleep(0.5)
     before = rss_kb(pid)
-    cpu0, my0 = cpu_s(pid), time.process_time()
-    clients, took, failures = await open_all(args)
-    cpu1, my1 = cpu_s(pid), time.process_time()
+    c_proc = None
+    if args.client == "c":
+        c_proc, n, failures, took, client_ms, broker_cpu = await open_all_c(args, pid)
+        clients: list[Client] = []
+    else:
+        cpu0, my0 = cpu_s(pid), time.process_time()
+        clients, took, failures = await open_all(args)
+        cpu1, my1 = cpu_s(pid), time.process_time()
+        n, broker_cpu = len(clients), cpu1 - cpu0
+        client_ms = (my1 - my0) * 1000 / max(n - 1, 1)
     await asyncio.sleep(args.settle)
     after = rss_kb(pid)
-    n = len(clients)
     result = {
         "connections": n,
         "failed": failures,
@@ -170,11 +202,14 @@ async def main_async(args: argparse.Namespace, pid: int) -> dict:
         "broker_rss_kb_after": after,
         "kb_per_connection": round((after - before) / n, 2) if n else None,
         # on a shared machine the rate follows the CPU the broker gets; its CPU per connection does not
-        "broker_cpu_ms_per_connection": round((cpu1 - cpu0) * 1000 / max(n - 1, 1), 3),
-        "client_cpu_ms_per_connection": round((my1 - my0) * 1000 / max(n - 1, 1), 3),
+        "broker_cpu_ms_per_connection": round(broker_cpu * 1000 / max(n - 1, 1), 3),
+        "client_cpu_ms_per_connection": round(client_ms, 3),
+        "client": args.client,
     }
     for c in clients:
         c.writer.close()
+    if c_proc is not None:
+        c_proc.communicate(timeout=60)
     return result
 
 
@@ -185,6 +220,8 @@ def main() -> None:
     ap.add_argument("--pid", type=int, default=0, help="that broker's process id (for its RSS)")
     ap.add_argument("--count", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=200, help="handshakes in flight at once")
+    ap.add_argument("--client", choices=("python", "c"), default="python",
+                    help="python: asyncio + pamqp in this process; c: benchmarks/conn_storm (librabbitmq)")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait before reading RSS")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

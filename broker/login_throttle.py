@@ -60,6 +60,8 @@ class LoginThrottle:
     def busy(self, host: str) -> bool:
         """True while ``host``'s source has ``max_pending`` delayed refusals open:
         its logins are then refused unchecked."""
+        if not self._pending:  # the usual case: no refusal is waiting anywhere
+            return self.max_pending <= 0
         return self._pending.get(source_of(host), 0) >= self.max_pending
 
     def failed(self, host: str, protocol: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import platform
 import socket
@@ -13,6 +14,7 @@ def node_name() -> str:
     return f"burrowmq@{platform.node() or 'localhost'}"
 
 
+@functools.lru_cache(maxsize=1024)  # asked at every login of a loopback-only user (the stock guest)
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a peer address as a socket reports it) is this machine's loopback.
 

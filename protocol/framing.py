@@ -20,6 +20,7 @@ byte-for-byte against pamqp (tests/test_protocol_unit.py).
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -29,6 +30,7 @@ from pamqp.exceptions import UnmarshalingException
 
 from .errors import COMMAND_INVALID, ConnectionError, FrameError
 from .names import shortstr
+from .setup_methods import DECODERS
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -129,7 +131,8 @@ def method_index(payload: bytes) -> int:
 
 
 def decode_method(payload: bytes) -> Any:
-    """Decode a method frame payload with pamqp (control methods)."""
+    """Decode a method frame payload: the methods of a connection's set-up by hand where they are
+    well-formed (:mod:`protocol.setup_methods`), everything else with pamqp (control methods)."""
     idx = method_index(payload)
     cls = commands.INDEX_MAPPING.get(idx)
     if cls is None:
@@ -139,6 +142,11 @@ def decode_method(payload: bytes) -> Any:
             idx >> 16,
             idx & 0xFFFF,
         )
+    fast = DECODERS.get(idx)
+    if fast is not None:
+        decoded = fast(payload)
+        if decoded is not None:
+            return decoded
     method = cls()
     try:
         method.unmarshal(payload[4:])
@@ -195,6 +203,13 @@ def method_frame(channel: int, method: Any) -> bytes:
     """Marshal a control method with pamqp (one that carries no client-chosen
     name: those are in :mod:`protocol.methods`)."""
     return pframe.marshal(method, channel)
+
+
+@functools.lru_cache(maxsize=1024)
+def reply_frame(channel: int, method_class: type) -> bytes:
+    """The frame of a reply that carries no arguments (Channel.OpenOk, Basic.QosOk, Connection.OpenOk):
+    encoded by pamqp once per channel number and method, not once per reply."""
+    return pframe.marshal(method_class(), channel)
 
 
 def deliver_frame(channel: int, ctag: bytes, tag: int, redelivered: bool, exchange: bytes, rkey: bytes) -> bytes:

@@ -63,11 +63,11 @@ def basic_qos(ch: BasicChannel, m: C.Basic.Qos) -> None:
         raise ConnectionError(errors.NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
     if m.global_:
         ch.unacked_deliveries.global_prefetch = m.prefetch_count
-        ch.send(C.Basic.QosOk())
+        ch.write(framing.reply_frame(ch.number, C.Basic.QosOk))
         ch.kick_all()
     else:
         ch.unacked_deliveries.prefetch = m.prefetch_count
-        ch.send(C.Basic.QosOk())
+        ch.write(framing.reply_frame(ch.number, C.Basic.QosOk))
 
 
 def _consumer_tag(ch: BasicChannel, m: C.Basic.Consume) -> str:

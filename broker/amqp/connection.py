@@ -588,7 +588,7 @@ class Connection(Handshake):
                 )
         ch = Channel(self, chn)
         self.channels[chn] = ch
-        self.write(framing.method_frame(chn, C.Channel.OpenOk()))
+        self.write(framing.reply_frame(chn, C.Channel.OpenOk))
 
     def channel_error(self, chn: int, e: ChannelError) -> None:
         ch = self.channels.get(chn)

@@ -70,6 +70,12 @@ def start_frame(mechanisms: str) -> bytes:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def tune_frame(channel_max: int, frame_max: int, heartbeat: int) -> bytes:
+    """Connection.Tune with the broker's limits: encoded once, not once per connection."""
+    return framing.method_frame(0, C.Connection.Tune(channel_max=channel_max, frame_max=frame_max, heartbeat=heartbeat))
+
+
 def server_properties() -> dict:
     return {
         "product": "BurrowMQ",
@@ -112,6 +118,8 @@ class Handshake:
         def transition(self, to: ConnState) -> None: ...
 
         def send0(self, method: Any) -> None: ...
+
+        def write(self, data: bytes) -> None: ...
 
         def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None: ...
 
@@ -174,9 +182,7 @@ class Handshake:
             return
         self.user = user
         self.transition(ConnState.TUNE)
-        self.send0(C.Connection.Tune(
-            channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.services.limits.heartbeat
-        ))
+        self.write(tune_frame(self.channel_max, self.frame_max, self.services.limits.heartbeat))
 
     def _certificate_user(self) -> str:
         """The user name in the verified client certificate (EXTERNAL)."""
@@ -247,7 +253,7 @@ class Handshake:
         self.transition(ConnState.OPENED)
         self._timeout_handle.cancel()
         self.name = f"{self.peer} ({self.username}@{vhname})"
-        self.send0(C.Connection.OpenOk())
+        self.write(framing.reply_frame(0, C.Connection.OpenOk))
         self.services.connections.opened(self)
         log.info("connection %s opened: user '%s', vhost '%s'", self.peer, printable(self.username), printable(vhname))
 
