@@ -45,8 +45,9 @@ from typing import Any, Protocol
 from protocol import errors, fields, framing
 from protocol.errors import ChannelError
 from storage.delay_log import SECOND, DelayBucket, DelayLog, bucket_width, existing_exchange_dirs
-from storage.log import LogStore, StorageError
+from storage.interfaces import StorageError
 from storage.records import RECORD_OVERHEAD_MAX
+from storage.store import LogStore
 
 from .exchange import EXCHANGE_TYPES, Exchange, HeadersExchange
 from .logsafe import printable

@@ -38,7 +38,7 @@ import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from storage.log import DataDirError
+from storage.interfaces import DataDirError
 
 from .metadata import MetadataSaveError
 from .server import Broker, DefinitionsError

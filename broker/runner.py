@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Protocol
 
-from storage.log import DataDirError
+from storage.interfaces import DataDirError
 
 from . import __version__
 from .alarms import parse_size

@@ -26,8 +26,9 @@ from typing import Any
 from protocol import errors
 from storage import meta
 from storage.fileio import OS, FileIO
-from storage.log import DataDirError, LogStore
+from storage.interfaces import DataDirError
 from storage.records import read_identity
+from storage.store import LogStore
 
 from . import __version__
 from .alarms import ResourceMonitor, parse_size, parse_watermark

@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.log import LogStore
+from storage.store import LogStore
 
 from .alarms import ResourceMonitor
 from .auth import UserStore

@@ -2,10 +2,10 @@
 
 What the engine uses:
 
-- :class:`storage.log.LogStore` (one per data directory): ``queue_log(vhost, name)``
+- :class:`storage.store.LogStore` (one per data directory): ``queue_log(vhost, name)``
   gives a durable queue its :class:`storage.log.QueueLog`; ``want_sync()`` asks for
   a group-commit fsync and returns the epoch to wait for, and
-  ``sync_waiters`` holds the :class:`storage.log.SyncWaiter` objects told when an
+  ``sync_waiters`` holds the :class:`storage.interfaces.SyncWaiter` objects told when an
   epoch is safe (or failed); ``drop_queue_log``, ``quarantine``, ``housekeep``.
 - :class:`storage.log.QueueLog` (one per durable queue): ``append`` a message
   record (returns its ref), ``read_full(ref)``, ``settle(ref)``,

@@ -27,8 +27,9 @@ from __future__ import annotations
 import os
 from array import array
 
-from .log import LogStore, QueueLog
+from .log import QueueLog
 from .records import U64, read_identity, write_identity
+from .store import LogStore
 
 SECOND = 1000
 MINUTE = 60 * SECOND

@@ -2,7 +2,7 @@
 
 Recovery never deletes message data it cannot match to the durable metadata: a
 queue log directory that no declared queue owns is moved, whole, to
-``<data dir>/lost+found/<id>`` (:meth:`storage.log.LogStore.quarantine`), with a
+``<data dir>/lost+found/<id>`` (:meth:`storage.store.LogStore.quarantine`), with a
 log line naming it.  This module lists those entries (which queue each was made
 for, from its ``queue.json``, and how many unsettled persistent messages it
 holds) and discards them; the broker re-imports one into a queue through its

@@ -52,8 +52,9 @@ from array import array
 from collections.abc import Callable
 
 from .files import open_private, write_all
-from .log import LogStore, WriteFailed
+from .interfaces import WriteFailed
 from .records import MAX_RECORD, REC_HEAD, write_identity
+from .store import LogStore
 from .stream_peek import PeekPlan, SegmentSpan
 
 log = logging.getLogger("storage")

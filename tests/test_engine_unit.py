@@ -19,7 +19,7 @@ from broker.reply_to import REPLY_TO_PREFIX
 from broker.vhost import VHost
 from protocol import fields, framing, names
 from protocol.errors import ChannelError
-from storage.log import LogStore
+from storage.store import LogStore
 
 
 class Recorder:

@@ -18,7 +18,7 @@ import pytest
 
 from powerloss import exercise
 from storage.crashfs import CrashFS
-from storage.log import LogStore
+from storage.store import LogStore
 
 DATA = "/data"
 

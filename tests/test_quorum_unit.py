@@ -16,7 +16,7 @@ from broker.queues.priority import TwoLevelMessages, seq_of
 from broker.queues.quorum import PendingCommits, QuorumQueue
 from broker.vhost import VHost
 from protocol import fields
-from storage.log import LogStore
+from storage.store import LogStore
 from test_engine_unit import message
 
 QQ = {"x-queue-type": "quorum"}

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storage.crashfs import CrashFS
-from storage.log import LogStore
 from storage.records import encode_message, scan_segment
+from storage.store import LogStore
 
 DATA = "/data"
 

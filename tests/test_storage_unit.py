@@ -14,16 +14,10 @@ import zlib
 import pytest
 
 import storage.log as slog
-from storage.log import (
-    REC_ACKS,
-    REC_HEAD,
-    REC_MSG,
-    DataDirLocked,
-    LogStore,
-    decode_message,
-    encode_message,
-)
+from storage.interfaces import DataDirLocked
+from storage.log import REC_ACKS, REC_HEAD, REC_MSG, decode_message, encode_message
 from storage.records import read_live_records
+from storage.store import LogStore
 
 EX = b"\x00"  # shortstr ''
 RK = b"\x01k"  # shortstr 'k'

@@ -14,7 +14,7 @@ from broker.queues.stream import _stamp_slow, stamp_header
 from broker.queues.stream_args import interval_ms, parse_filter, parse_offset
 from protocol import framing
 from protocol.errors import ChannelError
-from storage.log import LogStore
+from storage.store import LogStore
 from storage.stream_log import INDEX_EVERY, Cursor, StreamLog, open_stream_log
 
 

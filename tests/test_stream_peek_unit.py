@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from storage.log import LogStore
+from storage.store import LogStore
 from storage.stream_log import INDEX_EVERY, StreamLog, open_stream_log
 from storage.stream_peek import read_plan
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from storage import lostfound
-from storage.log import LogStore
+from storage.store import LogStore
 
 from ..message import Message
 from ..queues import PUSH_REJECTED

@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from storage.log import LogStore, QueueLog
+from storage.log import QueueLog
+from storage.store import LogStore
 
 from ..flow import QueueFlow
 from ..message import Message

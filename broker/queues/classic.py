@@ -41,7 +41,7 @@ from itertools import islice
 from typing import Any
 
 from protocol import framing
-from storage.log import LogStore
+from storage.store import LogStore
 
 from .. import deadletter
 from ..logsafe import printable

@@ -34,7 +34,7 @@ Ready for replication: a message's place in the log (its ref, see
 good (:meth:`storage.log.QueueLog.read_full` reads it), so a follower could be
 sent the log from any ref on.  When logged work is safe (a publisher confirm,
 an at-least-once dead letter leaving its source) is decided in one place, the
-store's fsync epochs (:class:`storage.log.SyncWaiter`); a cluster would extend
+store's fsync epochs (:class:`storage.interfaces.SyncWaiter`); a cluster would extend
 it to "and a majority of members has the epoch".
 """
 

@@ -56,7 +56,7 @@ from typing import Any
 
 from protocol import errors, fields
 from protocol.errors import ChannelError, ConnectionError
-from storage.log import LogStore
+from storage.store import LogStore
 from storage.stream_log import DEFAULT_SEGMENT_BYTES, Cursor, StreamLog, StreamRecord, open_stream_log
 from storage.stream_peek import PeekedRecord, read_plan
 
