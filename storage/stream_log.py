@@ -38,6 +38,10 @@ index file ``NNN.idx`` (count, size, timestamps and sparse index), so recovery
 reads that instead of the segment; a segment without a matching index file (the
 one being written at a crash) is scanned, every CRC checked and a torn or corrupt tail cut.  The offsets come back
 from the records, so they are the same after a restart.
+
+Every file operation (appends, index files, retention's deletes, recovery's reads
+and cuts) goes through the store's :class:`~storage.fileio.FileIO`, so a test can
+run a stream on a file system that simulates power loss.
 """
 
 from __future__ import annotations
@@ -45,13 +49,11 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import shutil
 import struct
 import zlib
 from array import array
 from collections.abc import Callable
 
-from .files import open_private, write_all
 from .log import LogStore, WriteFailed
 from .records import MAX_RECORD, REC_HEAD, write_identity
 from .stream_peek import PeekPlan, SegmentSpan
@@ -67,6 +69,7 @@ U32 = struct.Struct(">I")
 INDEX_EVERY = 512  # one sparse index entry per this many records
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
 READ_CHUNK = 256 * 1024  # bytes read from a segment file at a time
+SCAN_CHUNK = 8 * 1024 * 1024  # bytes read at a time by recovery's scan of a segment
 
 # (offset, timestamp ms, filter value or b"", exchange short string, routing key short string, header, body)
 StreamRecord = tuple[int, int, bytes, bytes, bytes, bytes, bytes]
@@ -159,6 +162,7 @@ class StreamLog:
 
     def __init__(self, store: LogStore, directory: str) -> None:
         self.store = store
+        self.io = store.io
         self.dir = directory
         self.segments: list[StreamSegment] = []
         self.firsts: list[int] = []  # first offsets of ``segments``, for bisect
@@ -194,7 +198,7 @@ class StreamLog:
     # -- writing ---------------------------------------------------------------------
     def _open_segment(self, first: int) -> StreamSegment:
         seg = StreamSegment(first, os.path.join(self.dir, f"{first:020d}.seg"))
-        seg.fd = open_private(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        seg.fd = self.io.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self.segments.append(seg)
         self.firsts.append(first)
         self.wseg = seg
@@ -232,7 +236,7 @@ class StreamLog:
         self.wbuf = []
         self.wbuf_size = 0
         try:
-            write_all(seg.fd, data)
+            self.io.write_all(seg.fd, data)
         except OSError as exc:
             self._write_failed(seg, exc)
             return
@@ -246,7 +250,7 @@ class StreamLog:
         """Forget the records of the failed batch (their publishers get nacks through the
         store) and give their offsets out again: offsets stay contiguous."""
         try:
-            os.ftruncate(seg.fd, seg.flushed)
+            self.io.truncate(seg.fd, seg.flushed)
         except OSError:
             pass
         lost_from = seg.first + seg.written
@@ -292,11 +296,9 @@ class StreamLog:
         seg = self.segments.pop(0)
         self.firsts.pop(0)
         self._close(seg)
-        for path in (seg.path, seg.path[:-4] + ".idx"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        self.io.unlink(seg.path)
+        self.io.unlink(seg.path[:-4] + ".idx")
+        self.store.new_files.add(self.dir)  # the next group commit makes the removal durable
 
     def _write_index(self, seg: StreamSegment) -> None:
         """Save a closed segment's index beside it (no fsync: a missing or stale index
@@ -306,25 +308,26 @@ class StreamLog:
         raw = b"".join((INDEX_HEAD.pack(INDEX_MAGIC, seg.count, seg.size, seg.first_ts, seg.last_ts,
                                         len(seg.positions)), seg.positions.tobytes(), seg.stamps.tobytes()))
         path = seg.path[:-4] + ".idx"
+        io = self.io
         try:
-            fd = open_private(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            fd = io.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
-                write_all(fd, raw)
+                io.write_all(fd, raw)
             finally:
-                os.close(fd)
-            os.replace(path + ".tmp", path)
+                io.close(fd)
+            io.replace(path + ".tmp", path)
         except OSError as exc:
             log.warning("cannot write the index of %s: %s (recovery will scan it)", seg.path, exc)
 
     def _read_index(self, seg: StreamSegment) -> bool:
         """Load a closed segment's index file if it matches the segment file."""
         try:
-            with open(seg.path[:-4] + ".idx", "rb") as f:
-                raw = f.read()
+            raw = self.io.read_file(seg.path[:-4] + ".idx")
             magic, count, size, first_ts, last_ts, n = INDEX_HEAD.unpack_from(raw, 0)
+            seg_size = self.io.file_size(seg.path)
         except (OSError, struct.error):
             return False
-        if magic != INDEX_MAGIC or size != os.path.getsize(seg.path) or len(raw) != INDEX_HEAD.size + 16 * n \
+        if magic != INDEX_MAGIC or size != seg_size or len(raw) != INDEX_HEAD.size + 16 * n \
                 or n != (count + INDEX_EVERY - 1) // INDEX_EVERY:
             return False
         seg.positions.frombytes(raw[INDEX_HEAD.size : INDEX_HEAD.size + 8 * n])
@@ -339,7 +342,7 @@ class StreamLog:
         if seg.fd >= 0:
             self.store.sync_fds.discard(seg.fd)
             try:
-                os.close(seg.fd)
+                self.io.close(seg.fd)
             except OSError:
                 pass
             seg.fd = -1
@@ -406,17 +409,17 @@ class StreamLog:
                 if seg is self.wseg or i >= len(self.segments):
                     break  # the end of what is written
                 if seg.fd >= 0 and seg.fd not in self.store.sync_fds:
-                    os.close(seg.fd)  # read through: a long stream must not hold a descriptor per segment
+                    self.io.close(seg.fd)  # read through: a long stream must not hold a descriptor per segment
                     seg.fd = -1
                 seg = self.segments[i]
                 cur.seg, cur.pos = seg, 0
                 continue
             if seg.fd < 0:
-                seg.fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-            data = os.pread(seg.fd, min(READ_CHUNK, limit - cur.pos), cur.pos)
+                seg.fd = self.io.open(seg.path, os.O_RDONLY)
+            data = self.io.pread(seg.fd, min(READ_CHUNK, limit - cur.pos), cur.pos)
             n = len(data)
             if n >= 9 and 8 + REC_HEAD.unpack_from(data, 0)[0] > n:
-                data = os.pread(seg.fd, 8 + REC_HEAD.unpack_from(data, 0)[0], cur.pos)  # one big record
+                data = self.io.pread(seg.fd, 8 + REC_HEAD.unpack_from(data, 0)[0], cur.pos)  # one big record
                 n = len(data)
             mv = memoryview(data)
             off = 0
@@ -497,14 +500,15 @@ class StreamLog:
         self.segments.clear()
         self.firsts.clear()
         self.wseg = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.io.rmtree(self.dir)
 
     # -- recovery ---------------------------------------------------------------------------
     def recover(self) -> list[str]:
         """Rebuild the segment table from the files; return the problems found.  A torn or
         corrupt tail is cut; the stream goes on writing into a new segment."""
         problems: list[str] = []
-        names = sorted(n for n in os.listdir(self.dir) if n.endswith(".seg"))
+        io = self.io
+        names = sorted(n for n in io.listdir(self.dir) if n.endswith(".seg"))
         for name in names:
             path = os.path.join(self.dir, name)
             try:
@@ -516,19 +520,22 @@ class StreamLog:
                 problems.append(f"{path}: overlaps the segment before it; ignored")
                 continue
             seg = StreamSegment(first, path)
-            size = os.path.getsize(path)
+            size = io.file_size(path)
             valid_end = size if self._read_index(seg) else self._scan(seg, problems)
             if valid_end < size:
                 problems.append(f"{path}: torn or corrupt tail cut at byte {valid_end} of {size}")
-                with open(path, "r+b") as f:
-                    f.truncate(valid_end)
-                    os.fsync(f.fileno())
+                fd = io.open(path, os.O_RDWR)
+                try:
+                    io.truncate(fd, valid_end)
+                    io.fdatasync(fd)
+                finally:
+                    io.close(fd)
             seg.size = seg.flushed = valid_end
             seg.written = seg.count
             self.next_offset = max(self.next_offset, first)
             if seg.count == 0:
                 if name != names[-1]:
-                    os.unlink(path)
+                    io.unlink(path)
                 # the last one stays, empty, to keep the next offset; the next append reopens it
                 continue
             self.segments.append(seg)
@@ -542,11 +549,13 @@ class StreamLog:
         pos = 0
         expect = seg.first
         crc32 = zlib.crc32
-        with open(seg.path, "rb") as f:
+        io = self.io
+        fd = io.open(seg.path, os.O_RDONLY)
+        try:
             buf = b""
             base = 0  # file position of buf[0]
             while True:
-                chunk = f.read(8 * 1024 * 1024)
+                chunk = io.pread(fd, SCAN_CHUNK, base + len(buf))
                 if not chunk:
                     return pos
                 buf = buf[pos - base :] + chunk
@@ -572,6 +581,8 @@ class StreamLog:
                     expect += 1
                     off = end
                 pos = base + off
+        finally:
+            io.close(fd)
 
 
 def open_stream_log(store: LogStore, vhost: str, name: str) -> StreamLog:

@@ -383,7 +383,7 @@ class StreamQueue(Queue):
             if not plan.spans:
                 return StreamPeek(plan.offset, [], plan.offset)
             try:
-                records = await asyncio.to_thread(read_plan, plan, count, body_budget, body_cut)
+                records = await asyncio.to_thread(read_plan, plan, count, body_budget, body_cut, s.io)
             except FileNotFoundError:
                 continue  # retention removed its first segment between the plan and the read: plan again
             if records:
