@@ -148,3 +148,28 @@ def test_power_loss_at_random_points():
     report = exercise(range(1, 5), crash_every=0.35, steps=50)
     assert report.crash_points > 1000, report
     assert not report.failures, "\n".join(report.failures)
+
+
+async def test_delivery_counts_survive_power_loss():
+    """Found by the power-loss test: recovery looked for a segment's returns file with
+    ``os.path`` instead of the store's file layer, so on any other file layer the
+    delivery counts of a quorum queue's messages were forgotten."""
+    fs = durable_root()
+    store = new_store(fs)
+    qlog = store.queue_log("/", "q")
+    try:
+        ref = await confirmed_append(store, qlog, b"a")
+        qlog.count_return(ref)
+        qlog.count_return(ref)
+        await confirmed_append(store, qlog, b"b")  # the group commit covers the returns file
+        image = fs.crash()
+    finally:
+        store.close()
+    store = LogStore(DATA, image)
+    store.open()
+    try:
+        qlog = store.queue_log("/", "q")
+        qlog.recover()
+        assert qlog.recovered_returns == {ref: 2}
+    finally:
+        store.close()
