@@ -24,9 +24,13 @@ per 512 records).  Readers hold a :class:`Cursor` (offset, segment, byte
 position) and read records from the file in bounded batches (:meth:`StreamLog.read`).
 
 Writes are buffered and written once per loop turn by the :class:`LogStore`'s
-flush, which also runs the group-commit fsync; readers see a record once it has
-been written to the file (:attr:`StreamLog.on_written` wakes them), publishers'
-confirms wait for the fsync as for any durable queue.
+flush, which also runs the group-commit fsync.  Readers see a record only once
+an fsync has made it durable (:class:`DurableMark` follows the group commit and
+:attr:`StreamLog.on_readable` wakes them), as publishers' confirms wait for it:
+so an offset a consumer was given never holds another message after a power
+loss (a record only written could be lost, and its offset given out again).
+Without an event loop there is no group commit: :meth:`StreamLog.sync` writes,
+fsyncs and makes readable at once (tools and tests).
 
 Retention removes whole segments from the head, never the one being written:
 while the stream is over ``max_bytes``, or while its oldest segment's newest
@@ -52,6 +56,7 @@ import os
 import struct
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Callable
 
 from .log import LogStore, WriteFailed
@@ -114,8 +119,8 @@ def decode_payload(p: bytes | memoryview) -> StreamRecord:
 class StreamSegment:
     """One segment file and the little the log remembers of it."""
 
-    __slots__ = ("first", "count", "written", "size", "flushed", "first_ts", "last_ts", "positions", "stamps",
-                 "path", "fd")
+    __slots__ = ("first", "count", "written", "size", "flushed", "durable", "durable_count", "given_up", "first_ts",
+                 "last_ts", "positions", "stamps", "path", "fd")
 
     def __init__(self, first: int, path: str) -> None:
         self.first = first  # offset of its first record
@@ -123,6 +128,9 @@ class StreamSegment:
         self.written = 0  # records written to the file
         self.size = 0  # bytes appended
         self.flushed = 0  # bytes written to the file
+        self.durable = 0  # bytes an fsync made durable: what readers may read
+        self.durable_count = 0  # records in those bytes
+        self.given_up = False  # an fsync of it failed: what was not durable then never will be
         self.first_ts = 0
         self.last_ts = 0
         self.positions = array("Q")  # byte position of record i * INDEX_EVERY
@@ -174,8 +182,9 @@ class StreamLog:
         self.max_bytes: int | None = None
         self.max_age_ms: int | None = None
         self.deleted = False
-        # the owning queue: records were written (readers may go on)
-        self.on_written: Callable[[], None] | None = None
+        # the owning queue: records became durable (readers may go on)
+        self.on_readable: Callable[[], None] | None = None
+        self.mark = DurableMark(self)
         self.dropped_segments = 0
 
     # -- what it holds ----------------------------------------------------------------
@@ -242,9 +251,10 @@ class StreamLog:
             return
         seg.flushed = seg.size
         seg.written = seg.count
-        self.store.sync_fds.add(seg.fd)
-        if self.on_written is not None:
-            self.on_written()
+        store = self.store
+        store.sync_fds.add(seg.fd)
+        if store.loop is not None:  # readable once the group commit that covers the write is done
+            self.mark.wait(store.want_sync(), seg)
 
     def _write_failed(self, seg: StreamSegment, exc: OSError) -> None:
         """Forget the records of the failed batch (their publishers get nacks through the
@@ -262,8 +272,32 @@ class StreamLog:
         self.next_offset = lost_from
         self.store.write_failed(WriteFailed(self, lost_from, exc))
 
+    def sync(self) -> None:
+        """Write what is buffered, fsync it and make it readable now (without an event
+        loop, where there is no group commit: tools and tests)."""
+        self.flush()
+        for seg in self.segments:
+            if seg.durable < seg.flushed and seg.fd >= 0:
+                self.io.fdatasync(seg.fd)
+                self.store.sync_fds.discard(seg.fd)
+                seg.durable, seg.durable_count = seg.flushed, seg.written
+
+    def became_durable(self, seg: StreamSegment, size: int, count: int) -> None:
+        """The group commit made ``seg``'s first ``size`` bytes (``count`` records) durable."""
+        if size > seg.durable:
+            seg.durable, seg.durable_count = size, count
+
+    def readable(self) -> None:
+        """Records became durable: readers may go on."""
+        if self.on_readable is not None and not self.deleted:
+            self.on_readable()
+
     def sync_failed(self, fds: set[int]) -> None:
-        """An fsync of the write segment failed: the next record starts a new segment."""
+        """An fsync failed: what it covered never becomes readable, and the next record
+        starts a new segment."""
+        for old in self.segments:
+            if old.fd in fds:
+                old.given_up = True
         seg = self.wseg
         if seg is not None and seg.fd in fds:
             self.flush()
@@ -349,11 +383,11 @@ class StreamLog:
 
     # -- reading -------------------------------------------------------------------------
     def readable_end(self) -> int:
-        """The offset just past the last record written to a file."""
-        seg = self.wseg
-        if seg is None:
-            return self.next_offset
-        return seg.first + seg.written
+        """The offset just past the last durable record (where readers stop)."""
+        for seg in reversed(self.segments):
+            if seg.durable_count:
+                return seg.first + seg.durable_count
+        return self.first_offset
 
     def offset_at_time(self, ts_ms: int) -> int:
         """The first offset whose record was appended at or after ``ts_ms``."""
@@ -376,7 +410,7 @@ class StreamLog:
 
     def _locate(self, cur: Cursor) -> bool:
         """Point ``cur`` at the index point at or before its offset (the oldest record
-        kept if that offset is gone); False if it is past what is written."""
+        kept if that offset is gone); False if it is past what is durable."""
         first = self.first_offset
         if cur.offset < first:
             cur.offset = first
@@ -391,7 +425,7 @@ class StreamLog:
         self, cur: Cursor, max_records: int, max_bytes: int, raw: list[bytes] | None = None
     ) -> list[StreamRecord]:
         """Up to ``max_records`` records (about ``max_bytes`` of headers and bodies) from
-        ``cur`` on, advancing it; only records already written to their file.  A cursor
+        ``cur`` on, advancing it; only records an fsync made durable.  A cursor
         whose segment was dropped by retention moves on to the oldest record kept.  With
         ``raw``, each record's bytes as stored are appended to it too."""
         seg = cur.seg
@@ -403,11 +437,11 @@ class StreamLog:
         out: list[StreamRecord] = []
         nbytes = 0
         while len(out) < max_records and nbytes < max_bytes:
-            limit = seg.flushed if seg is self.wseg else seg.size
+            limit = seg.durable
             if cur.pos >= limit:
                 i = bisect.bisect_right(self.firsts, seg.first)
-                if seg is self.wseg or i >= len(self.segments):
-                    break  # the end of what is written
+                if i >= len(self.segments) or (limit < seg.size and not seg.given_up):
+                    break  # the end of what is durable
                 if seg.fd >= 0 and seg.fd not in self.store.sync_fds:
                     self.io.close(seg.fd)  # read through: a long stream must not hold a descriptor per segment
                     seg.fd = -1
@@ -443,7 +477,7 @@ class StreamLog:
     def peek_plan(self, offset: int, max_segments: int) -> PeekPlan:
         """Where the records from ``offset`` on are (clamped to what is kept), in at
         most ``max_segments`` segments, for :func:`storage.stream_peek.read_plan` to
-        read off the loop.  Only records already written to their file are in it."""
+        read off the loop.  Only durable records are in it."""
         offset = max(offset, self.first_offset)
         if offset >= self.readable_end():
             return PeekPlan(offset, ())
@@ -466,7 +500,7 @@ class StreamLog:
         """Segments ``i``, ``i + 1``... (at most ``max_segments``), the first from byte ``start``."""
         spans = []
         for seg in self.segments[i : i + max_segments]:
-            spans.append(SegmentSpan(seg.path, start, seg.flushed if seg is self.wseg else seg.size))
+            spans.append(SegmentSpan(seg.path, start, seg.durable))
             start = 0
         return tuple(spans)
 
@@ -521,7 +555,16 @@ class StreamLog:
                 continue
             seg = StreamSegment(first, path)
             size = io.file_size(path)
-            valid_end = size if self._read_index(seg) else self._scan(seg, problems)
+            indexed = self._read_index(seg)
+            valid_end = size if indexed else self._scan(seg, problems)
+            if not indexed and valid_end == size and valid_end:
+                # found after a crash: it may have been read back from the page cache,
+                # and readers may be given it only once it is durable
+                fd = io.open(path, os.O_RDONLY)
+                try:
+                    io.fdatasync(fd)
+                finally:
+                    io.close(fd)
             if valid_end < size:
                 problems.append(f"{path}: torn or corrupt tail cut at byte {valid_end} of {size}")
                 fd = io.open(path, os.O_RDWR)
@@ -530,8 +573,8 @@ class StreamLog:
                     io.fdatasync(fd)
                 finally:
                     io.close(fd)
-            seg.size = seg.flushed = valid_end
-            seg.written = seg.count
+            seg.size = seg.flushed = seg.durable = valid_end
+            seg.written = seg.durable_count = seg.count
             self.next_offset = max(self.next_offset, first)
             if seg.count == 0:
                 if name != names[-1]:
@@ -583,6 +626,40 @@ class StreamLog:
                 pos = base + off
         finally:
             io.close(fd)
+
+
+class DurableMark:
+    """A stream log's :class:`~storage.log.SyncWaiter`: which of its writes wait for
+    which group-commit epoch, and what becomes readable when that epoch is durable."""
+
+    __slots__ = ("slog", "pending")
+
+    def __init__(self, slog: StreamLog) -> None:
+        self.slog = slog
+        self.pending: deque[tuple[int, StreamSegment, int, int]] = deque()  # (epoch, segment, bytes, records)
+
+    def wait(self, epoch: int, seg: StreamSegment) -> None:
+        """Everything written to ``seg`` so far is durable once ``epoch`` is."""
+        self.pending.append((epoch, seg, seg.flushed, seg.written))
+        self.slog.store.sync_waiters.add(self)
+
+    def synced(self, epoch: int) -> bool:
+        pending = self.pending
+        moved = False
+        while pending and pending[0][0] <= epoch:
+            _e, seg, size, count = pending.popleft()
+            self.slog.became_durable(seg, size, count)
+            moved = True
+        if moved:
+            self.slog.readable()
+        return bool(pending) and not self.slog.deleted
+
+    def sync_failed(self, epoch: int, exc: Exception) -> bool:
+        """Writes of a failed epoch never become readable (their segment is given up)."""
+        pending = self.pending
+        while pending and pending[0][0] <= epoch:
+            pending.popleft()
+        return bool(pending) and not self.slog.deleted
 
 
 def open_stream_log(store: LogStore, vhost: str, name: str) -> StreamLog:
