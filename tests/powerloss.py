@@ -222,26 +222,28 @@ async def run_workload(
     try:
         conn = await aio_pika.connect(host="127.0.0.1", port=broker.port, login="guest", password="guest")
         ch = await conn.channel(publisher_confirms=True)
-        names = list(CLASSIC)
-        queues = {n: await ch.declare_queue(n, durable=True) for n in CLASSIC}
-        if work.quorum:
-            names.append(QUORUM)
-            queues[QUORUM] = await ch.declare_queue(
-                QUORUM, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": -1})
-        if work.stream:
-            names.append(STREAM)
-            await ch.declare_queue(STREAM, durable=True, arguments={
-                "x-queue-type": "stream", "x-stream-max-segment-size-bytes": STREAM_SEGMENT,
-                "x-max-length-bytes": STREAM_MAX_BYTES})
-            sch = await conn.channel()
-            await sch.set_qos(prefetch_count=50)
-            sq = await sch.declare_queue(STREAM, passive=True)
+        sch = await conn.channel()
+        await sch.set_qos(prefetch_count=50)
 
-            async def on_stream(m: aio_pika.abc.AbstractIncomingMessage) -> None:
-                events.append((SEEN, int(m.headers["x-stream-offset"]), mid_of(m.body)))  # type: ignore[arg-type]
-                await m.ack()
+        async def on_stream(m: aio_pika.abc.AbstractIncomingMessage) -> None:
+            events.append((SEEN, int(m.headers["x-stream-offset"]), mid_of(m.body)))  # type: ignore[arg-type]
+            await m.ack()
 
-            await sq.consume(on_stream, arguments={"x-stream-offset": "first"})
+        async def declare(name: str) -> aio_pika.abc.AbstractQueue:
+            if name == QUORUM:
+                return await ch.declare_queue(name, durable=True, arguments={
+                    "x-queue-type": "quorum", "x-delivery-limit": -1})
+            if name == STREAM:
+                await ch.declare_queue(name, durable=True, arguments={
+                    "x-queue-type": "stream", "x-stream-max-segment-size-bytes": STREAM_SEGMENT,
+                    "x-max-length-bytes": STREAM_MAX_BYTES})
+                sq = await sch.declare_queue(STREAM, passive=True)  # its consumer reads from first
+                await sq.consume(on_stream, arguments={"x-stream-offset": "first"})
+                return sq
+            return await ch.declare_queue(name, durable=True)
+
+        names = list(CLASSIC) + [QUORUM] * work.quorum + [STREAM] * work.stream
+        queues = {n: await declare(n) for n in names}
         topo = _Topology(events)
         mch = None
         if work.metadata:
@@ -290,15 +292,15 @@ async def run_workload(
             elif r < 0.92:
                 assert broker.store is not None
                 broker.store.housekeep(idle=0.0)  # roll and drop settled write segments now
-            elif name in CLASSIC:
+            else:  # delete the queue, and declare it again
                 events.append((DEL, name, gens[name]))
                 events.append((MSEND, ("queue", name), False))
-                await queues[name].delete(if_unused=False, if_empty=False)
+                await ch.queue_delete(name)
                 events.append((DEL_OK, name, gens[name]))
                 events.append((MOK, ("queue", name), False))
                 gens[name] += 1
                 events.append((MSEND, ("queue", name), True))
-                queues[name] = await ch.declare_queue(name, durable=True)
+                queues[name] = await declare(name)
                 events.append((MOK, ("queue", name), True))
         await conn.close()
     finally:
@@ -361,8 +363,9 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
     nacked: dict[str, tuple[int, int]] = {}  # mid -> (event index, delivery count after it)
     deleting: set[tuple[str, int]] = set()
     deleted_at: dict[tuple[str, int], int] = {}
-    seen_at: dict[int, str] = {}  # stream offset -> the message the consumer saw there
-    seen_offset: dict[str, int] = {}  # the other way round
+    seen_at: dict[tuple[int, int], str] = {}  # (generation, offset) -> the message the consumer saw there
+    seen_offset: dict[str, int] = {}  # message -> the offset it was seen at
+    stream_gen = 0  # the stream's generation: how often it was deleted
     stream_pubs: list[str] = []
     meta: dict[tuple, tuple[bool, bool]] = {}  # key -> (state acknowledged, a change in flight)
     last_durable = -1  # index of the latest publish whose confirm says it is on disk
@@ -385,8 +388,10 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
             deleting.add((ev[1], ev[2]))
         elif kind == DEL_OK:
             deleted_at[(ev[1], ev[2])] = i
+            if ev[1] == STREAM:
+                stream_gen = ev[2] + 1
         elif kind == SEEN:
-            seen_at.setdefault(ev[1], ev[2])
+            seen_at.setdefault((int(ev[2].split(".")[1]), ev[1]), ev[2])
             seen_offset.setdefault(ev[2], ev[1])
         elif kind == MSEND:
             meta[ev[1]] = (meta.get(ev[1], (False, False))[0], True)
@@ -431,9 +436,14 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
                 problems.append(f"{qname}: {mid} came back with delivery count {count}, was {n[1]} before a "
                                 "later confirm")
     for sname, recs in rec.streams.items():
-        if seen_at and rec.next_offsets[sname] <= max(seen_at):
-            problems.append(f"{sname}: the next append would reuse offset {rec.next_offsets[sname]}, which held "
-                            f"{seen_at[rec.next_offsets[sname]]} before the crash")
+        # the offsets the consumer saw in the stream declared last (when no delete or
+        # declare of it was in flight) are never given out again
+        state, in_flight = meta.get(("queue", sname), (False, True))
+        seen_now = [o for g, o in seen_at if g == stream_gen]
+        nxt = rec.next_offsets[sname]
+        if state and not in_flight and seen_now and nxt <= max(seen_now):
+            problems.append(f"{sname}: the next append would reuse offset {nxt}, which held "
+                            f"{seen_at[(stream_gen, nxt)]} before the crash")
         prev = -1
         for offset, header, body in recs:
             if offset <= prev:
@@ -444,8 +454,12 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
             mid = recovered_mid(sname, body)
             if mid is None:
                 continue
-            if seen_at.get(offset, mid) != mid:
-                problems.append(f"{sname}: offset {offset} held {seen_at[offset]} before the crash, now {mid}")
+            gen = int(mid.split(".")[1])
+            d = deleted_at.get((sname, gen))
+            if d is not None and d < last_durable:
+                problems.append(f"{sname}: {mid} of a deleted stream came back")
+            if seen_at.get((gen, offset), mid) != mid:
+                problems.append(f"{sname}: offset {offset} held {seen_at[(gen, offset)]} before the crash, now {mid}")
             if seen_offset.get(mid, offset) != offset:
                 problems.append(f"{sname}: {mid} was at offset {seen_offset[mid]} before the crash, now at {offset}")
     # a stream keeps at least its newest STREAM_MAX_BYTES less one segment: a confirmed
