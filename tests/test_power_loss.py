@@ -3,7 +3,8 @@
 The store runs on :class:`storage.crashfs.CrashFS`; a crash keeps only what an
 fsync of the file (its bytes) or of its directory (its name) made durable.  The
 randomized test drives a real broker over a real socket and crashes it at
-random file operations (tests/powerloss.py); the others pin each bug it found.
+random file operations (tests/powerloss.py: classic and quorum queues, a stream with
+retention, exchange/binding/queue churn); the others pin each bug it found.
 ``benchmarks/power_loss.py`` runs the randomized one at a larger size.
 """
 
@@ -142,11 +143,19 @@ async def test_acks_are_durable_once_a_later_publish_is_confirmed():
         store.close()
 
 
+def test_power_loss_at_random_points_quick():
+    """Classic and quorum queues, a stream and metadata churn, crashed before a few hundred
+    random file operations (the slow test below and benchmarks/power_loss.py do more)."""
+    report = exercise(range(101, 104), crash_every=0.3, steps=50)
+    assert report.crash_points > 300, report
+    assert not report.failures, "\n".join(report.failures)
+
+
 @pytest.mark.slow
 def test_power_loss_at_random_points():
-    """A real broker, crashed before more than 1,000 random file operations, recovered each time."""
-    report = exercise(range(1, 5), crash_every=0.35, steps=50)
-    assert report.crash_points > 1000, report
+    """A real broker, crashed before more than 2,000 random file operations, recovered each time."""
+    report = exercise(range(1, 7), crash_every=0.4, steps=70)
+    assert report.crash_points > 2000, report
     assert not report.failures, "\n".join(report.failures)
 
 
