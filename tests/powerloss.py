@@ -13,8 +13,10 @@ workload (each part can be turned off, see :class:`Workload`):
 - a durable stream ``s`` with small segments and a small ``x-max-length-bytes``
   (retention drops old segments as it grows), read by a consumer from ``first``;
 - metadata churn: durable and transient exchanges declared and deleted,
-  exchange-to-queue and exchange-to-exchange bindings made and removed, and
-  queues ``m0``, ``m1`` declared and deleted.
+  exchange-to-queue and exchange-to-exchange bindings made and removed,
+  queues ``m0``, ``m1`` declared and deleted, and confirmed publishes through
+  those exchanges (each routed to the queues the client's model of the
+  bindings says, one copy per queue).
 
 Before each chosen file operation the file system's crash image is taken
 together with the client's event log so far (an append-only list, so taking its
@@ -65,9 +67,10 @@ from storage.crashfs import CrashFS
 from storage.stream_log import Cursor
 
 # event kinds in the client's log
-PUB, CONF, ACK, NACK, DEL, DEL_OK, SEEN, MSEND, MOK = (
-    "pub", "conf", "ack", "nack", "del", "del_ok", "seen", "msend", "mok"
+PUB, CONF, ACK, NACK, DEL, DEL_OK, SEEN, MSEND, MOK, ROUTE = (
+    "pub", "conf", "ack", "nack", "del", "del_ok", "seen", "msend", "mok", "route"
 )
+ROUTED = "x"  # the first part of the id of a message published through the churned exchanges
 CLASSIC = ("q0", "q1", "q2")
 QUORUM = "qq"
 STREAM = "s"
@@ -134,6 +137,23 @@ class _Topology:
         self.exchanges: set[str] = set()
         self.queues: set[str] = set(AUX_QUEUES)
         self.bindings: set[tuple[str, str, str]] = set()  # (source, destination, routing key)
+        self.gens = dict.fromkeys(AUX_QUEUES, 0)  # how often each queue was deleted
+
+    def route(self, exchange: str, rk: str) -> list[tuple[str, int]]:
+        """The queues (and their generations) a publish to ``exchange`` reaches: bindings
+        match the routing key exactly (direct, and topic with one-word keys) or always
+        (fanout), and exchange-to-exchange bindings route on with the same key."""
+        out: set[str] = set()
+        todo, done = [exchange], set()
+        while todo:
+            x = todo.pop()
+            if x in done:
+                continue
+            done.add(x)
+            for src, dst, key in self.bindings:
+                if src == x and (EXCHANGES[x][0] == "fanout" or key == rk):
+                    (out.add if dst in self.queues else todo.append)(dst)  # type: ignore[operator]
+        return sorted((q, self.gens[q]) for q in out)
 
     def _keys_gone_with(self, name: str) -> list[tuple]:
         return [("binding", *b) for b in self.bindings if name in (b[0], b[1])]
@@ -160,9 +180,12 @@ class _Topology:
             name = rng.choice(AUX_QUEUES)
             if name in self.queues:
                 keys = [("queue", name), *self._keys_gone_with(name)]
+                ev.append((DEL, name, self.gens[name]))
                 ev += [(MSEND, k, False) for k in keys]
                 await ch.queue_delete(name)
+                ev.append((DEL_OK, name, self.gens[name]))
                 ev += [(MOK, k, False) for k in keys]
+                self.gens[name] += 1
                 self.queues.discard(name)
                 self.bindings = {b for b in self.bindings if name != b[1]}
             else:
@@ -263,16 +286,25 @@ async def run_workload(
             elif r < 0.55:
                 k = rng.randint(1, 12)
                 sends = []
+                via = None
+                if mch is not None and topo.exchanges and rng.random() < 0.3:
+                    via = await ch.get_exchange(rng.choice(sorted(topo.exchanges)), ensure=False)
                 for _ in range(k):
                     counter += 1
                     persistent = rng.random() < 0.85
+                    msg_kw = dict(delivery_mode=aio_pika.DeliveryMode.PERSISTENT if persistent
+                                  else aio_pika.DeliveryMode.NOT_PERSISTENT)
+                    if via is not None:
+                        mid = f"{ROUTED}.0.{counter}"
+                        rk = rng.choice(("a", "b"))
+                        events.append((ROUTE, mid, topo.route(via.name, rk)))
+                        events.append((PUB, mid, persistent))
+                        sends.append((mid, via.publish(aio_pika.Message(body_of(mid), **msg_kw), routing_key=rk)))
+                        continue
                     mid = f"{name}.{gens[name]}.{counter}"
                     events.append((PUB, mid, persistent))
-                    msg = aio_pika.Message(
-                        body_of(mid),
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT,
-                    )
-                    sends.append((mid, ch.default_exchange.publish(msg, routing_key=name)))
+                    sends.append((mid, ch.default_exchange.publish(
+                        aio_pika.Message(body_of(mid), **msg_kw), routing_key=name)))
                 for mid, coro in sends:
                     await coro
                     events.append((CONF, mid))
@@ -366,6 +398,7 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
     seen_at: dict[tuple[int, int], str] = {}  # (generation, offset) -> the message the consumer saw there
     seen_offset: dict[str, int] = {}  # message -> the offset it was seen at
     stream_gen = 0  # the stream's generation: how often it was deleted
+    routes: dict[str, list[tuple[str, int]]] = {}  # routed message -> the (queue, generation)s it went to
     stream_pubs: list[str] = []
     meta: dict[tuple, tuple[bool, bool]] = {}  # key -> (state acknowledged, a change in flight)
     last_durable = -1  # index of the latest publish whose confirm says it is on disk
@@ -378,12 +411,15 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
                 stream_pubs.append(ev[1])
         elif kind == CONF:
             confirmed.add(ev[1])
-            if _must_persist(ev[1], published[ev[1]]):
+            # an unroutable message is confirmed at once: that says nothing about the disk
+            if _must_persist(ev[1], published[ev[1]]) and routes.get(ev[1], True):
                 last_durable = max(last_durable, pub_at[ev[1]])
         elif kind == ACK:
             acked_at[ev[1]] = i
         elif kind == NACK:
             nacked[ev[1]] = (i, ev[2])
+        elif kind == ROUTE:
+            routes[ev[1]] = ev[2]
         elif kind == DEL:
             deleting.add((ev[1], ev[2]))
         elif kind == DEL_OK:
@@ -397,7 +433,8 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
             meta[ev[1]] = (meta.get(ev[1], (False, False))[0], True)
         elif kind == MOK:
             meta[ev[1]] = (ev[2], False)
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # message -> the queue it was recovered in
+    seen_routed: set[tuple[str, str]] = set()  # (routed message, queue)
 
     def recovered_mid(qname: str, body: bytes) -> str | None:
         try:
@@ -411,6 +448,16 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
         if mid not in published:
             problems.append(f"{qname}: {mid} was never published")
             return None
+        if mid.split(".")[0] == ROUTED:
+            gens = [g for q, g in routes[mid] if q == qname]
+            if not gens:
+                problems.append(f"{mid} recovered into queue {qname}, not routed there")
+            elif all(deleted_at.get((qname, g), last_durable) < last_durable for g in gens):
+                problems.append(f"{qname}: {mid} of a deleted queue came back")
+            if (mid, qname) in seen_routed:
+                problems.append(f"{mid} recovered twice in {qname}")
+            seen_routed.add((mid, qname))
+            return mid
         if mid.split(".")[0] != qname:
             problems.append(f"{mid} recovered into queue {qname}")
         if mid in seen:
@@ -425,6 +472,8 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
                 continue
             if not _must_persist(mid, published[mid]) or not persistent:
                 problems.append(f"{qname}: transient {mid} survived the restart")
+            if mid.split(".")[0] == ROUTED:
+                continue
             q, gen, _n = mid.split(".")
             if mid in acked_at and acked_at[mid] < last_durable:
                 problems.append(f"{qname}: {mid} was acked before a later confirm, yet came back")
@@ -469,6 +518,11 @@ def check(events: list[tuple], rec: Recovered) -> list[str]:
     protected = set(stream_pubs[-kept:]) if kept else set()
     for mid in sorted(confirmed):
         if not _must_persist(mid, published[mid]) or mid in acked_at:
+            continue
+        if mid in routes:
+            for qg in routes[mid]:
+                if qg not in deleting and (mid, qg[0]) not in seen_routed:
+                    problems.append(f"confirmed {mid} lost from {qg[0]}")
             continue
         q, gen, _n = mid.split(".")
         if (q, int(gen)) in deleting:
