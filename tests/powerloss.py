@@ -161,7 +161,7 @@ class _Topology:
     async def step(self, ch: aio_pika.abc.AbstractChannel, rng: random.Random) -> None:
         r = rng.random()
         ev = self.events
-        if r < 0.3:
+        if r < 0.2:
             name = rng.choice(sorted(EXCHANGES))
             kind, durable = EXCHANGES[name]
             if name in self.exchanges:
@@ -176,7 +176,7 @@ class _Topology:
                 await ch.declare_exchange(name, kind, durable=durable)
                 ev.append((MOK, ("exchange", name), True))
                 self.exchanges.add(name)
-        elif r < 0.5:
+        elif r < 0.3:
             name = rng.choice(AUX_QUEUES)
             if name in self.queues:
                 keys = [("queue", name), *self._keys_gone_with(name)]
@@ -197,13 +197,15 @@ class _Topology:
             sources = sorted(self.exchanges)
             if not sources:
                 return
-            src = rng.choice(sources)
-            dests = sorted(self.queues | self.exchanges - {src})
-            if not dests:
-                return
-            dst = rng.choice(dests)
-            rk = rng.choice(("a", "b"))
-            b = (src, dst, rk)
+            if self.bindings and rng.random() < 0.3:
+                b = rng.choice(sorted(self.bindings))
+            else:
+                src = rng.choice(sources)
+                dests = sorted(self.queues | self.exchanges - {src})
+                if not dests:
+                    return
+                b = (src, rng.choice(dests), rng.choice(("a", "b")))
+            src, dst, rk = b
             key = ("binding", *b)
             bind = b not in self.bindings
             ev.append((MSEND, key, bind))
