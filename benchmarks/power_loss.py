@@ -11,6 +11,7 @@ says what is checked).
     python benchmarks/power_loss.py                      # 40 seeds, about 30,000 crash points
     python benchmarks/power_loss.py --seeds 200 --steps 120 --crash-every 0.5
     python benchmarks/power_loss.py --no-stream --no-metadata   # classic and quorum queues only
+    python benchmarks/power_loss.py --seeds 10 --recrash 0.2    # power lost again while recovering
 
 Prints runs, file operations, crash points and every failure found; exits 1 on any.
 """
@@ -41,6 +42,8 @@ def main() -> int:
     ap.add_argument("--no-stream", action="store_true", help="leave the stream out of the workload")
     ap.add_argument("--no-metadata", action="store_true",
                     help="leave exchange, binding and queue declare/delete churn out of the workload")
+    ap.add_argument("--recrash", type=float, default=0.0,
+                    help="chance of a second power loss before each file operation of a recovery (default 0)")
     args = ap.parse_args()
     work = Workload(quorum=not args.no_quorum, stream=not args.no_stream, metadata=not args.no_metadata)
     logging.disable(logging.CRITICAL)  # every recovery logs what it cut
@@ -48,7 +51,8 @@ def main() -> int:
     total_points = total_ops = total_runs = 0
     failures: list[str] = []
     for s in range(args.first_seed, args.first_seed + args.seeds):
-        rep = exercise(range(s, s + 1), args.crash_every, args.steps, args.segment_size, max_failures=50, work=work)
+        rep = exercise(range(s, s + 1), args.crash_every, args.steps, args.segment_size, max_failures=50, work=work,
+                       recrash=args.recrash)
         total_points += rep.crash_points
         total_ops += rep.ops
         total_runs += rep.runs

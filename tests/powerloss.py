@@ -551,6 +551,26 @@ def _must_persist(mid: str, persistent: bool) -> bool:
     return persistent or mid.split(".")[0] in (QUORUM, STREAM)
 
 
+class _Recrash:
+    """Crash images taken during a recovery (a power loss while recovering from one)."""
+
+    def __init__(self, chance: float, rng: random.Random) -> None:
+        self.chance = chance
+        self.rng = rng
+        self.images: list[Image] = []
+
+    def watch(self, fs: CrashFS) -> None:
+        def before_op(n: int, what: str, path: str) -> None:
+            if self.rng.random() < self.chance:
+                self.images.append(Image(fs.crash(self.rng), 0, n, f"{what} {path}"))
+
+        fs.before_op = before_op
+
+    def take(self) -> list[Image]:
+        out, self.images = self.images, []
+        return out
+
+
 @dataclass
 class Report:
     runs: int = 0
@@ -560,8 +580,10 @@ class Report:
 
 
 def exercise(seeds: range, crash_every: float, steps: int = 60, segment_size: int = 2048,
-             max_failures: int = 20, work: Workload = Workload()) -> Report:
-    """Run the workload for each seed, recover every crash image and check it."""
+             max_failures: int = 20, work: Workload = Workload(), recrash: float = 0.0) -> Report:
+    """Run the workload for each seed, recover every crash image and check it.  With
+    ``recrash``, the chance per file operation of recovery (and of the stop after it)
+    that power is lost again there: each such image is recovered and checked too."""
     report = Report()
     saved = slog.SEGMENT_SIZE, stream_queue.MIN_SEGMENT_SIZE
     slog.SEGMENT_SIZE = segment_size
@@ -572,18 +594,24 @@ def exercise(seeds: range, crash_every: float, steps: int = 60, segment_size: in
                 res = asyncio.run(run_workload(seed, data_dir, crash_every, steps, work))
             report.runs += 1
             report.ops += res.ops
+            again = _Recrash(recrash, random.Random(seed * 13 + 5))
             for img in res.images:
-                report.crash_points += 1
-                try:
-                    recovered = recover(img.fs, data_dir)
-                except Exception as exc:  # noqa: BLE001 - a recovery that fails is a finding
-                    problems = [f"recovery failed: {type(exc).__name__}: {exc}"]
-                else:
-                    problems = check(res.events[: img.events], recovered)
-                if problems and len(report.failures) < max_failures:
-                    report.failures.append(
-                        f"seed {seed}, crash before op {img.op} ({img.what}): " + "; ".join(problems[:5])
-                    )
+                if recrash:
+                    again.watch(img.fs)
+                todo = [(img.fs, f"crash before op {img.op} ({img.what})")]
+                while todo:
+                    fs, where = todo.pop()
+                    report.crash_points += 1
+                    try:
+                        recovered = recover(fs, data_dir)
+                    except Exception as exc:  # noqa: BLE001 - a recovery that fails is a finding
+                        problems = [f"recovery failed: {type(exc).__name__}: {exc}"]
+                    else:
+                        problems = check(res.events[: img.events], recovered)
+                    if problems and len(report.failures) < max_failures:
+                        report.failures.append(f"seed {seed}, {where}: " + "; ".join(problems[:5]))
+                    todo += [(a.fs, f"{where}, then again in recovery before op {a.op} ({a.what})")
+                             for a in again.take()]
     finally:
         slog.SEGMENT_SIZE, stream_queue.MIN_SEGMENT_SIZE = saved
     return report
