@@ -212,3 +212,38 @@ async def test_stream_readers_get_only_durable_records():
         assert lost.next_offset == 0
     finally:
         store.close()
+
+
+async def test_a_failed_stream_fsync_is_never_read_and_readers_move_on():
+    """An fsync of a stream segment that fails: its publishers are nacked, the records it
+    covered are never given to readers (they may be gone after a power loss), the next
+    records go to a new segment, and a reader moves past the one given up."""
+    import errno
+
+    from storage.stream_log import Cursor, open_stream_log
+
+    fs = durable_root()
+    store = new_store(fs)
+    s = open_stream_log(store, "/", "s")
+    readable = asyncio.Event()
+    s.on_readable = readable.set
+    try:
+        s.append(1, b"", b"\x00", b"\x01s", b"h", b"kept")
+        s.flush()
+        await asyncio.wait_for(readable.wait(), 5)
+        first_seg = s.wseg
+        fs.fail = lambda n, what, path: OSError(errno.EIO, "I/O error", path) if what == "fsync" else None
+        s.append(2, b"", b"\x00", b"\x01s", b"h", b"unsynced")
+        s.flush()
+        while s.mark.pending:  # the group commit fails
+            await asyncio.sleep(0.01)
+        fs.fail = None
+        assert store.write_errors >= 1 and s.wseg is None and first_seg is not None and first_seg.given_up
+        readable.clear()
+        s.append(3, b"", b"\x00", b"\x01s", b"h", b"after")
+        s.flush()
+        await asyncio.wait_for(readable.wait(), 5)
+        got = [(r[0], r[6]) for r in s.read(Cursor(0), 10, 1 << 20)]
+        assert got == [(0, b"kept"), (2, b"after")]
+    finally:
+        store.close()
