@@ -16,7 +16,8 @@ While the memory alarm is up, freed memory is handed back to the system
 
 The disk is guarded *before* writes, not only by the timer: between two
 readings of the file system the monitor estimates free space as the last
-reading minus the bytes appended to queue logs since (the store counts them).
+reading minus the bytes appended to queue logs since (the store counts them,
+and the scratch store, where transient backlogs are paged, counts into it).
 :attr:`ResourceMonitor.disk_mark` is the appended-bytes count at which that
 estimate reaches the limit, so a publish only compares two integers
 (``VHost.enqueue``).  A publish whose bytes (record size times the durable
@@ -218,7 +219,9 @@ class ResourceMonitor:
             self.disk_free = -1
             self.disk_mark = NO_MARK
             return
-        self.disk_free = st.f_bavail * st.f_frsize - store.buffered_bytes()
+        scratch = self.broker.scratch
+        buffered = store.buffered_bytes() + (scratch.buffered_bytes() if scratch is not None else 0)
+        self.disk_free = st.f_bavail * st.f_frsize - buffered
         self.disk_mark = store.appended_bytes + self.disk_free - self.disk_free_limit
 
     def _under_limit(self, free: int) -> str:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .logsafe import printable
+from .net import set_buffer_sizes
 from .tls import ReloadableContext
 
 log = logging.getLogger("broker.amqps")
@@ -38,8 +39,9 @@ class AMQPSListener:
     """One listening socket whose connections speak AMQP over TLS."""
 
     def __init__(self, host: str, port: int, context: ReloadableContext, handshake_timeout: float,
-                 make_protocol: Callable[[], asyncio.Protocol]) -> None:
+                 make_protocol: Callable[[], asyncio.Protocol], buffer_sizes: tuple[int, int] = (0, 0)) -> None:
         self.host = host
+        self.buffer_sizes = buffer_sizes  # (recbuf, sndbuf) of accepted sockets, 0: the kernel's
         self.port = port
         self.context = context
         self.handshake_timeout = handshake_timeout
@@ -59,6 +61,7 @@ class AMQPSListener:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
+            set_buffer_sizes(sock, *self.buffer_sizes)
             sock.listen(1024)
             sock.setblocking(False)
         except OSError:

@@ -22,6 +22,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from .flow import FLOW_THRESHOLD
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_VERIFY_MODES = ("none", "peer", "require")  # as broker.tls.VERIFY_MODES, kept here so the CLI stays light
 TLS_LOGIN_FROM = ("common_name", "distinguished_name")
@@ -224,6 +226,20 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  type=click.IntRange(min=0),
                  help="Open AMQP connections the broker allows (RabbitMQ's connection_max); more are refused "
                       "with 530 at Connection.Open. 0: no limit."),
+    click.option("--flow-threshold", envvar="BROKER_FLOW_THRESHOLD", default=FLOW_THRESHOLD, show_default=True,
+                 type=click.IntRange(min=0),
+                 help="Ready messages a queue with consumers may hold before the connections publishing to it "
+                      "stop being read (RabbitMQ's flow state); they are read again at half. 0: no publisher "
+                      "flow control."),
+    click.option("--tcp-recbuf", envvar="BROKER_TCP_RECBUF", default=0, show_default=True,
+                 type=click.IntRange(min=0, max=2**31 - 1),
+                 help="Receive buffer of each AMQP connection's socket, in bytes (RabbitMQ's "
+                      "tcp_listen_options.recbuf). Small bounds what a publisher in flow control has in "
+                      "flight, so its messages wait less; 0: the kernel's autotuning."),
+    click.option("--tcp-sndbuf", envvar="BROKER_TCP_SNDBUF", default=0, show_default=True,
+                 type=click.IntRange(min=0, max=2**31 - 1),
+                 help="Send buffer of each AMQP connection's socket, in bytes (RabbitMQ's "
+                      "tcp_listen_options.sndbuf); 0: the kernel's autotuning."),
     click.option("--handshake-timeout", envvar="BROKER_HANDSHAKE_TIMEOUT", default=10.0, show_default=True,
                  type=click.FloatRange(min=0, min_open=True),
                  help="Seconds a client has from connecting to Connection.Open; then it is dropped."),
@@ -279,6 +295,9 @@ class ServeSettings:
     metrics_tls_key: str | None
     consumer_timeout: int = 1_800_000
     consumer_timeout_response: str = "notify-consumer"
+    flow_threshold: int = FLOW_THRESHOLD
+    tcp_recbuf: int = 0
+    tcp_sndbuf: int = 0
 
 
 _SOURCE_NAMES = {

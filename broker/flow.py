@@ -8,10 +8,12 @@ lags is a *queue whose consumers do not keep up*: its ready messages pile up and
 one waits longer.  Two small objects carry the scheme:
 
 - :class:`QueueFlow`, one per queue.  The queue calls :meth:`QueueFlow.check_behind` when it
-  holds more than ``FLOW_HIGH`` ready messages while it has consumers (only then, so the
-  common publish pays one length comparison), and :meth:`QueueFlow.check_caught_up` after
-  delivering; at or below ``FLOW_LOW`` it is no longer behind (hysteresis), and so it is when
-  it loses its consumers, is purged or deleted.  A queue with no consumer is never behind: it
+  holds more than ``high`` ready messages (``--flow-threshold``, 400 by default: RabbitMQ's
+  default credit) while it has consumers (only then, so the common publish pays one length
+  comparison), and :meth:`QueueFlow.check_caught_up` after delivering; at or below ``low``
+  (half of it) it is no longer behind (hysteresis), and so it is when it loses its consumers,
+  is purged or deleted.  The threshold bounds what flow control adds to a message's wait:
+  400 messages are about 13 ms at 30k msg/s.  A queue with no consumer is never behind: it
   absorbs a backlog, and keeps its memory flat by paging messages to its log.
 - :class:`PublisherFlow`, one per connection (uvicorn's ``FlowControl`` is the model).  A
   publish routed to a behind queue *charges* it: the connection stops reading its socket
@@ -33,12 +35,14 @@ checks its queues only when some queue somewhere is behind.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-FLOW_HIGH = 2000  # ready messages of a queue with consumers: it is behind above this
-FLOW_LOW = 1000  # ... and caught up again at or below this
+if TYPE_CHECKING:  # the CLI reads FLOW_THRESHOLD: importing this module stays light
+    import asyncio
+
+FLOW_THRESHOLD = 400  # ready messages of a queue with consumers: it is behind above this, caught up at half
+NO_FLOW = 2**62  # the threshold 0 means no flow control: no queue is ever that long
 STALL_AFTER = 2.0  # seconds without a delivery before a behind queue stops charging publishers
 
 
@@ -50,24 +54,26 @@ def consumes(conn: object, queue: Any) -> bool:
 class QueueFlow:
     """Whether one queue is behind, and the publishers waiting for it to catch up."""
 
-    __slots__ = ("behind", "waiters", "stalled_at")
+    __slots__ = ("behind", "waiters", "stalled_at", "high", "low")
 
     behind_count = 0  # queues behind in this process: a publish looks only when this is not 0
 
-    def __init__(self) -> None:
+    def __init__(self, threshold: int = FLOW_THRESHOLD) -> None:
+        self.high = threshold if threshold > 0 else NO_FLOW  # behind above this many ready messages
+        self.low = threshold // 2  # ... and caught up again at or below this
         self.behind = False
         self.waiters: set[PublisherFlow] = set()
         self.stalled_at = -1  # the queue's delivery count when it was found stalled
 
     def check_behind(self, delivered: int) -> None:
-        """The queue is over ``FLOW_HIGH`` ready messages and has consumers."""
+        """The queue is over ``high`` ready messages and has consumers."""
         if not self.behind and delivered != self.stalled_at:
             self.behind = True
             QueueFlow.behind_count += 1
 
     def check_caught_up(self, ready: int) -> None:
-        """After deliveries: caught up at or below ``FLOW_LOW`` ready messages."""
-        if self.behind and ready <= FLOW_LOW:
+        """After deliveries: caught up at or below ``low`` ready messages."""
+        if self.behind and ready <= self.low:
             self.caught_up()
 
     def caught_up(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import platform
+import socket
+from typing import Any
 
 
 def node_name() -> str:
@@ -26,3 +28,14 @@ def is_loopback(host: str) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped.is_loopback
     return addr.is_loopback
+
+
+def set_buffer_sizes(sock: Any, recbuf: int, sndbuf: int) -> None:
+    """RabbitMQ's ``tcp_listen_options`` ``recbuf`` / ``sndbuf``: set on a listening socket
+    (a ``socket.socket`` or asyncio's wrapper of one) before it accepts, they apply to every
+    connection it accepts; 0 leaves the kernel's autotuning.  Linux doubles the value for its
+    own bookkeeping."""
+    if recbuf > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recbuf)
+    if sndbuf > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)

@@ -104,6 +104,8 @@ def make_broker(settings: ServeSettings) -> Broker:
         heartbeat=settings.heartbeat,
         handshake_timeout=settings.handshake_timeout,
         max_connections=settings.max_connections,
+        flow_threshold=settings.flow_threshold,
+        tcp_buffer_sizes=(settings.tcp_recbuf, settings.tcp_sndbuf),
         memory_high_watermark=settings.memory_high_watermark,
         disk_free_limit=settings.disk_free_limit,
         definitions_file=settings.definitions,

@@ -36,9 +36,11 @@ from .amqps import AMQPSListener
 from .auth import Permission, UserStore
 from .definitions import APPLIED_SECTIONS, ImportReport, import_definitions
 from .delayed import remove_orphans
+from .flow import FLOW_THRESHOLD
 from .login_throttle import LoginThrottle
 from .logsafe import printable
 from .metadata import MetadataJournal
+from .net import set_buffer_sizes
 from .services import ConnectionLimits, Services
 from .stats import Stats
 from .tls import DEFAULT_TLS_PORT, Certificates, ReloadableContext
@@ -129,6 +131,8 @@ class Broker:
         tls_login_from: str = "common_name",
         plain: bool = True,
         max_connections: int = 0,
+        flow_threshold: int = FLOW_THRESHOLD,
+        tcp_buffer_sizes: tuple[int, int] = (0, 0),
         file_io: FileIO = OS,
     ) -> None:
         if not plain and tls is None:
@@ -146,6 +150,7 @@ class Broker:
         self.frame_max = frame_max
         self.channel_max = channel_max
         self.handshake_timeout = handshake_timeout
+        self.tcp_buffer_sizes = tcp_buffer_sizes  # (recbuf, sndbuf) of AMQP connections, 0: the kernel's
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.server: asyncio.base_events.Server | None = None
         self.default_vhost = default_vhost
@@ -165,7 +170,9 @@ class Broker:
         )
         self.store: LogStore | None = LogStore(data_dir, file_io) if data_dir else None
         # transient queues page a backlog here; nothing in it outlives the process
-        self.scratch: LogStore | None = LogStore(os.path.join(data_dir, SCRATCH_DIR), file_io) if data_dir else None
+        self.scratch: LogStore | None = (
+            LogStore(os.path.join(data_dir, SCRATCH_DIR), file_io, account=self.store) if data_dir else None
+        )
         self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions, file_io)
         self._housekeeper: asyncio.TimerHandle | None = None
         self.services = Services(
@@ -182,6 +189,7 @@ class Broker:
             consumer_timeout_response=consumer_timeout_response,
             tls_login_from=tls_login_from,
             scratch=self.scratch,
+            flow_threshold=flow_threshold,
         )
         self.connections: set[Connection] = self.services.connections.all
         self.open_connections: set[Connection] = self.services.connections.open
@@ -215,9 +223,11 @@ class Broker:
                 start_serving=False,
             )
             self.port = self.server.sockets[0].getsockname()[1]
+            for sock in self.server.sockets:
+                set_buffer_sizes(sock, *self.tcp_buffer_sizes)
         if self.tls is not None:
             self.tls_server = AMQPSListener(self.host, self.tls_port, self.tls, self.handshake_timeout,
-                                            lambda: AMQPProtocol(self))
+                                            lambda: AMQPProtocol(self), self.tcp_buffer_sizes)
             try:
                 self.tls_port = self.tls_server.bind()
             except OSError:
@@ -262,6 +272,12 @@ class Broker:
                 nq += 1
                 nmsg += got.messages
                 nredel += got.redelivered
+        # a limit lowered while the broker was down (a policy in a definitions file, say) applies now,
+        # as RabbitMQ's queue does when it starts: once every queue is back, since a message trimmed
+        # from one may be dead-lettered into another
+        for vh in self.vhosts.values():
+            for q in list(vh.queues.values()):
+                q.policies_applied()
         # logs that no declared queue owns: kept aside, never deleted
         for d in sorted(self.store.existing_queue_dirs() - set(self.store.logs)):
             self._quarantine(d)

@@ -17,6 +17,7 @@ from storage.log import LogStore
 
 from .alarms import ResourceMonitor
 from .auth import UserStore
+from .flow import FLOW_THRESHOLD
 from .login_throttle import LoginThrottle
 from .metadata import MetadataJournal
 from .reply_to import ReplyRegistry
@@ -75,6 +76,7 @@ class Services:
     consumer_timeout_ms: int = 1_800_000
     consumer_timeout_response: str = "notify-consumer"
     scratch: LogStore | None = None  # where queues without a log page a backlog (emptied at start)
+    flow_threshold: int = FLOW_THRESHOLD  # ready messages above which publishers are held back (0: never)
 
     def __post_init__(self) -> None:
         self.connections = ConnectionRegistry(self.stats)

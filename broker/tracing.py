@@ -11,7 +11,9 @@ attribute check.  ``broker trace-on -p VHOST`` (``PUT /api/vhosts/VHOST`` with
 - every publish from a client channel makes a copy with routing key ``publish.<exchange>``
   (``publish.`` for the default exchange), after it was routed, with the ``routed_queues``;
 - every delivery (Basic.Deliver or Basic.Get-Ok) makes a copy with routing key
-  ``deliver.<queue>`` and ``redelivered``.
+  ``deliver.<queue>`` and ``redelivered``;
+- publishes and gets through the management API are traced the same way, with ``connection``
+  ``HTTP API`` and channel 1 (RabbitMQ's management plugin uses an internal channel for them).
 
 A copy has the original body and, as its only property, RabbitMQ's firehose headers:
 ``exchange_name``, ``routing_keys`` (the routing key and the CC / BCC keys), ``properties``
@@ -38,6 +40,7 @@ TRACE_EXCHANGE = "amq.rabbitmq.trace"
 _TRACE_EXCHANGE_RAW = shortstr(TRACE_EXCHANGE.encode())
 _HEADER_HEAD = struct.Struct(">HHQH")  # class, weight, body size, property flags
 MAX_KEY_BYTES = 255  # a routing key is a short string
+HTTP_CONNECTION = "HTTP API"  # the connection name traced for the management API's publishes and gets
 
 
 def node_name() -> str:

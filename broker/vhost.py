@@ -31,6 +31,7 @@ from .exchange import (
     validate_headers_binding,
 )
 from .exchange import field_type_name as _type_name
+from .flow import FLOW_THRESHOLD
 from .limits import reached
 from .message import Message
 from .policies import Policy, VHostPolicies
@@ -163,6 +164,11 @@ class VHost:
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The broker's event loop (None before it starts): queue timers run on it."""
         return self.services.loop if self.services is not None else None
+
+    @property
+    def flow_threshold(self) -> int:
+        """Ready messages above which a queue with consumers holds its publishers back (0: never)."""
+        return self.services.flow_threshold if self.services is not None else FLOW_THRESHOLD
 
     # -- lookups -------------------------------------------------------------
     def what(self, kind: str, name: str) -> str:

@@ -10,8 +10,11 @@ at recovery.
 
 A message is named by its *ref* (segment and offset, see
 :mod:`storage.records`); refs grow with the append order, so they double as the
-queue's sequence numbers.  Acks are never written in place: the offset of each
-settled record is appended to the segment's ``NNNNNNNN.ack`` file.  A segment
+queue's sequence numbers.  Acks are never written in place: the offsets of
+records settled in the segment being written go into an acks record appended to
+that segment, so one fsync covers a queue's publishes and acks; the offset of a
+settled record of an older segment is appended to that segment's
+``NNNNNNNN.ack`` file.  A segment
 whose records are all settled is deleted with its ack file; a quiet queue's
 fully settled write segment is rolled and deleted by :meth:`LogStore.housekeep`.
 Acks and deletions wait for no fsync, but the next group commit covers them
@@ -52,19 +55,22 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .fileio import OS, FileIO, fsync_all
-from .records import (  # noqa: F401  (REC_HEAD, REC_MSG, decode_message are part of this module's interface)
+from .records import (  # noqa: F401  (REC_ACKS, REC_HEAD, REC_MSG, decode_message, scan_records are part of this module's interface)
     LOST_FOUND,
+    REC_ACKS,
     REC_HEAD,
     REC_MSG,
     U32,
     U64,
     decode_message,
     decode_message_full,
+    encode_acks,
     encode_message,
     offset_of,
     read_acks,
     read_returns,
     ref_of,
+    scan_records,
     scan_segment,
     segment_end,
     segment_of,
@@ -161,6 +167,7 @@ class QueueLog:
 
     def __init__(self, store: "LogStore", directory: str) -> None:
         self.store = store
+        self.account = store.account  # the store whose appended_bytes counts this log's records
         self.io = store.io
         self.dir = directory
         self.segments: dict[int, Segment] = {}
@@ -219,20 +226,26 @@ class QueueLog:
         self.wbuf += parts
         self.wbuf_size += n
         self.wbuf_count += 1
-        self.store.appended_bytes += n
+        self.account.appended_bytes += n
         self.last_append = self.store.now
         self.store.dirty(self)
         return ref
 
     def _flush_writes(self) -> None:
-        if not self.wbuf or self.wseg is None:
+        """Write the buffered records to the write segment, followed by an acks record
+        for its records settled since the last write."""
+        seg = self.wseg
+        if seg is None or not (self.wbuf or seg.ack_buf):
             return
+        if seg.ack_buf:
+            acks = encode_acks(bytes(seg.ack_buf))
+            self.wbuf.append(acks)
+            seg.size += len(acks)
         data = b"".join(self.wbuf)
         count = self.wbuf_count
         self.wbuf = []
         self.wbuf_size = 0
         self.wbuf_count = 0
-        seg = self.wseg
         try:
             self.io.write_all(seg.fd, data)
         except OSError as exc:
@@ -246,9 +259,11 @@ class QueueLog:
             seg.live -= count
             # never reuse the lost offsets: a lost message still in flight must not
             # settle a newer one at the same ref
+            # the acks stay buffered, for the segment's ack file
             self.wseg = None
             raise WriteFailed(self, lost_from, exc) from None
         seg.flushed = seg.size
+        seg.ack_buf.clear()
         self.store.sync_fds.add(seg.fd)
 
     def settle(self, ref: int) -> None:
@@ -301,7 +316,9 @@ class QueueLog:
         self.store.new_files.add(self.dir)  # the next group commit makes the removal durable
 
     def flush(self) -> None:
-        """Write buffered records, acks and the delivery watermark (no fsync)."""
+        """Write buffered records, acks and the delivery watermark (no fsync).  The
+        write segment's acks go into the segment itself (:meth:`_flush_writes`),
+        other segments' into their ack files."""
         try:
             self._flush_writes()
         except WriteFailed as exc:
@@ -445,8 +462,11 @@ class QueueLog:
 class LogStore:
     """All queue logs under one data directory, with the group-commit fsync."""
 
-    def __init__(self, data_dir: str, io: FileIO = OS) -> None:
+    def __init__(self, data_dir: str, io: FileIO = OS, account: "LogStore | None" = None) -> None:
+        """``account``: another store on the same disk whose ``appended_bytes`` counts this one's
+        records too (the scratch store's go to the main store's: the disk alarm watches one count)."""
         self.io = io
+        self.account: LogStore = account if account is not None else self
         self.data_dir = os.path.abspath(data_dir)
         self.msg_dir = os.path.join(self.data_dir, "queues")
         self.logs: dict[str, OwnedLog] = {}

@@ -8,8 +8,11 @@ follows, bit 2: marked by the queue that wrote it, so that recovery finds such
 records without reading them again; a quorum queue marks its high-priority
 messages).  A message is named by its *ref* ``segment << 32 | offset``
 (:func:`ref_of`, :func:`segment_end`): refs grow with the append order, so they
-double as a queue's sequence numbers.  Each segment ``NNNNNNNN.seg`` has an ack
-file ``NNNNNNNN.ack`` of settled offsets (u32 each) and, for queues that count
+double as a queue's sequence numbers.  An acks record's payload is the offsets
+(u32 each) of earlier records in the same segment that were settled: a queue
+settles the records of the segment it is writing this way, so that one fsync
+covers its publishes and its acks.  Records of older segments are settled in
+the segment's ack file ``NNNNNNNN.ack`` (offsets, u32 each).  For queues that count
 deliveries (quorum queues), a returns file ``NNNNNNNN.ret`` with the offset of a
 record each time it went back to its queue; ``queue.json`` names the queue a
 directory was made for.
@@ -27,7 +30,9 @@ from collections.abc import Iterator
 from .fileio import OS, FileIO
 
 REC_MSG = 1
+REC_ACKS = 2
 REC_MSG_BYTE = bytes((REC_MSG,))
+REC_ACKS_BYTE = bytes((REC_ACKS,))
 REC_HEAD = struct.Struct(">IIB")  # length, crc, type
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
@@ -113,18 +118,19 @@ def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, byt
 
 
 
+def encode_acks(offsets: bytes) -> bytes:
+    """An acks record settling ``offsets`` (packed u32s) of the segment it is written to."""
+    crc = zlib.crc32(offsets, zlib.crc32(REC_ACKS_BYTE))
+    return REC_HEAD.pack(1 + len(offsets), crc, REC_ACKS) + offsets
+
+
 def _read_offsets(io: FileIO, path: str) -> array:
     """The u32 offsets of an ack or returns file (empty if there is none)."""
-    a = array("I")
     try:
         raw = io.read_file(path)
     except FileNotFoundError:
-        return a
-    n = len(raw) // 4
-    a.frombytes(raw[: n * 4])
-    if a.itemsize == 4 and struct.pack("=I", 1) != struct.pack(">I", 1):
-        a.byteswap()
-    return a
+        return array("I")
+    return _unpack_offsets(raw)
 
 
 def read_acks(io: FileIO, path: str) -> set[int]:
@@ -144,6 +150,8 @@ def scan_segment(
 ) -> tuple[int, list[int], list[str], int]:
     """Walk the records of one segment: (valid end, live persistent refs, problems,
     body bytes of the live records); the live refs of marked records are added to ``marked``.
+    A record is live unless its offset is in ``acked`` (the ack file) or in an acks
+    record of the segment itself.
 
     A record whose length or CRC is wrong is not the end of the segment if a valid
     record follows somewhere after it: the scan resynchronises on the next offset
@@ -152,12 +160,11 @@ def scan_segment(
     corrupt tail, and the valid end is where it starts."""
     off = 0
     n = len(data)
-    live: list[int] = []
-    live_bytes = 0
+    candidates: list[tuple[int, int]] = []  # (offset, body bytes) of persistent message records
+    inline_acks: set[int] = set()
     bad: list[str] = []
     unpack = REC_HEAD.unpack_from
     crc32 = zlib.crc32
-    base = sid << 32
     mv = memoryview(data)
     while off + 9 <= n:
         length, crc, rtype = unpack(data, off)
@@ -169,37 +176,60 @@ def scan_segment(
             bad.append(f"corrupt record at byte {off} skipped ({nxt - off} bytes)")
             off = nxt
             continue
-        if rtype == REC_MSG and off not in acked and data[off + 9] & 1:
-            live.append(base | off)
-            if marked is not None and data[off + 9] & 4:
-                marked.append(base | off)
+        if rtype == REC_MSG and data[off + 9] & 1:
             # body bytes, for x-max-length-bytes accounting
             o = off + 10 + (8 if data[off + 9] & 2 else 0)
             o += 1 + data[o]
             o += 1 + data[o]
             hl = U32.unpack_from(data, o)[0]
-            live_bytes += end - (o + 4 + hl)
+            candidates.append((off, end - (o + 4 + hl)))
+        elif rtype == REC_ACKS:
+            inline_acks.update(_unpack_offsets(mv[off + 9 : end]))
         off = end
+    base = sid << 32
+    live: list[int] = []
+    live_bytes = 0
+    for roff, nbytes in candidates:
+        if roff in acked or roff in inline_acks:
+            continue
+        live.append(base | roff)
+        live_bytes += nbytes
+        if marked is not None and data[roff + 9] & 4:
+            marked.append(base | roff)
     return off, live, bad, live_bytes
 
 
+def _unpack_offsets(raw: bytes | memoryview) -> array:
+    """Packed big-endian u32 offsets (a trailing partial one is ignored)."""
+    a = array("I")
+    a.frombytes(raw[: len(raw) // 4 * 4])
+    if struct.pack("=I", 1) != struct.pack(">I", 1):
+        a.byteswap()
+    return a
+
+
 def _resync(data: bytes, start: int) -> int:
-    """The first offset at or after ``start`` where a whole message record with a
-    valid CRC starts, or -1.  Candidates are found by their type byte, so the scan
-    costs one ``find`` per candidate rather than Python work per byte."""
+    """The first offset at or after ``start`` where a whole record (a message or an
+    acks record) with a valid CRC starts, or -1.  Candidates are found by their type
+    byte, so the scan costs one ``find`` per candidate rather than Python work per byte."""
     n = len(data)
     mv = memoryview(data)
-    pos = start + 8
-    while True:
-        pos = data.find(REC_MSG_BYTE, pos)
-        if pos < 0:
-            return -1
-        off = pos - 8
-        length, crc, _t = REC_HEAD.unpack_from(data, off)
-        end = off + 8 + length
-        if 1 <= length <= MAX_RECORD and end <= n and zlib.crc32(mv[off + 8 : end]) == crc:
-            return off
-        pos += 1
+    found = -1
+    for type_byte in (REC_MSG_BYTE, REC_ACKS_BYTE):
+        pos = start + 8
+        limit = n if found < 0 else found + 8
+        while True:
+            pos = data.find(type_byte, pos, limit)
+            if pos < 0:
+                break
+            off = pos - 8
+            length, crc, _t = REC_HEAD.unpack_from(data, off)
+            end = off + 8 + length
+            if 1 <= length <= MAX_RECORD and end <= n and zlib.crc32(mv[off + 8 : end]) == crc:
+                found = off
+                break
+            pos += 1
+    return found
 
 
 def scan_records(data: bytes) -> Iterator[tuple[int, int, memoryview]]:

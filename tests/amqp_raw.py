@@ -14,8 +14,10 @@ until a Connection.Close / Channel.Close arrives or the socket is closed.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
+import subprocess
 import time
 from typing import Any
 
@@ -246,3 +248,11 @@ class RawClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def broker_socket_buffers(port: int) -> list[tuple[int, int]]:
+    """(receive, send) buffer sizes of the broker's established sockets on ``port``, as ``ss``
+    (iproute2) reports them."""
+    out = subprocess.run(["ss", "-tmnH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return [(int(rb), int(tb)) for rb, tb in re.findall(r"rb(\d+),t\d+,tb(\d+)", out)]

@@ -60,6 +60,7 @@ def test_config_file_from_environment_variable(broker_factory, tmp_path):
         ('port = "abc"\n', "bad value for 'port'"),
         ('disk-free-limit = "lots"\n', "bad value for 'disk-free-limit'"),
         ('log-level = "loud"\n', "bad value for 'log-level'"),
+        ("flow-threshold = -1\n", "bad value for 'flow-threshold'"),
         ("port = \n", "cannot be read"),
     ],
 )

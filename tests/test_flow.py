@@ -24,7 +24,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from broker.flow import FLOW_HIGH, FLOW_LOW, STALL_AFTER, PublisherFlow, QueueFlow
+from amqp_raw import broker_socket_buffers
+from broker.flow import FLOW_THRESHOLD, NO_FLOW, STALL_AFTER, PublisherFlow, QueueFlow
 from protocol import framing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +137,7 @@ def test_fast_publisher_is_held_in_flow_until_its_consumer_catches_up(fresh_brok
             most_ready = max(most_ready, api(b, "/api/queues/%2F/flowq")["messages_ready"])
             time.sleep(0.1)
         assert tp.is_alive(), "the publisher finished although its consumer was slow"
-        assert most_ready <= FLOW_HIGH + 300, most_ready
+        assert most_ready <= FLOW_THRESHOLD + 300, most_ready
     finally:
         fast.set()
     tp.join(120)
@@ -160,12 +161,64 @@ def test_queue_without_consumers_is_not_behind(fresh_broker):
     conn = connect(b)
     ch = conn.channel()
     ch.queue_declare("absorb")
-    for _i in range(FLOW_HIGH * 3):
+    for _i in range(FLOW_THRESHOLD * 3):
         ch.basic_publish("", "absorb", b"x")
     states = {c["state"] for c in api(b, "/api/connections")}
     assert states == {"running"}, states
-    assert ch.queue_declare("absorb", passive=True).method.message_count == FLOW_HIGH * 3
+    assert ch.queue_declare("absorb", passive=True).method.message_count == FLOW_THRESHOLD * 3
     conn.close()
+
+
+@pytest.mark.parametrize("threshold", [0, 3000])
+def test_flow_threshold_option(broker_factory, threshold):
+    """``--flow-threshold`` moves the mark (0 turns flow control off): a queue whose consumer
+    takes 50 messages a second fills to 5 times the default mark and its publisher is never
+    held (at the default it would wait about 40 s for the consumer to catch up)."""
+    b = broker_factory(extra=["--flow-threshold", str(threshold)])
+    done = threading.Event()
+
+    def slow_consumer() -> None:
+        conn = connect(b)
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=1)
+        for method, _props, _body in ch.consume("held", inactivity_timeout=0.05):
+            if done.is_set():
+                break
+            if method is not None:
+                time.sleep(0.02)
+                ch.basic_ack(method.delivery_tag)
+        conn.close()
+
+    pub = connect(b)
+    pch = pub.channel()
+    pch.queue_declare("held")
+    tc = threading.Thread(target=slow_consumer)
+    tc.start()
+    try:
+        wait_for(lambda: api(b, "/api/queues/%2F/held")["consumers"] == 1, 10, "the consumer")
+        n = FLOW_THRESHOLD * 5
+        started = time.monotonic()
+        for i in range(n):
+            pch.basic_publish("", "held", str(i).encode())
+        ready = pch.queue_declare("held", passive=True).method.message_count  # a round trip
+        took = time.monotonic() - started
+        assert took < 15, f"the publisher was held for {took:.1f} s"
+        assert ready > FLOW_THRESHOLD * 3, ready
+        assert {c["state"] for c in api(b, "/api/connections")} == {"running"}
+    finally:
+        done.set()
+        tc.join(30)
+    pub.close()
+
+
+def test_tcp_buffer_options_apply_to_every_connection(broker_factory):
+    """``--tcp-recbuf`` / ``--tcp-sndbuf`` (RabbitMQ's tcp_listen_options) size the broker's side
+    of each AMQP connection; Linux reports twice the value set."""
+    b = broker_factory(extra=["--tcp-recbuf", "16384", "--tcp-sndbuf", "32768"])
+    conns = [connect(b) for _ in range(2)]
+    assert broker_socket_buffers(b.port) == [(32768, 65536)] * 2
+    for c in conns:
+        c.close()
 
 
 # -- paging of transient backlogs --------------------------------------------------
@@ -322,6 +375,12 @@ class FakeConsumer:
         self.channel = type("Ch", (), {"conn": conn})()
 
 
+def test_flow_threshold_zero_is_never_behind():
+    assert QueueFlow(0).high == NO_FLOW
+    f = QueueFlow(100)
+    assert (f.high, f.low) == (100, 50)
+
+
 def test_flow_objects_hysteresis_and_stall():
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -336,9 +395,9 @@ def test_flow_objects_hysteresis_and_stall():
         pf.charge([q])
         pf.charge([q])
         assert events == ["pause"] and pf.throttled
-        q.flow.check_caught_up(FLOW_LOW + 1)
+        q.flow.check_caught_up(FLOW_THRESHOLD // 2 + 1)
         assert pf.throttled  # hysteresis: not yet
-        q.flow.check_caught_up(FLOW_LOW)
+        q.flow.check_caught_up(FLOW_THRESHOLD // 2)
         assert events == ["pause", "resume"] and not pf.throttled
         assert QueueFlow.behind_count == base
         # a queue that delivers nothing is stalled, not behind: the publisher goes on

@@ -179,14 +179,14 @@ def test_data_dir_and_files_are_private_whatever_the_umask(tmp_path, umask):
         for i in range(3):  # a segment file
             ch.basic_publish("", "durable-q", b"m%d" % i, pika.BasicProperties(delivery_mode=2))
         m = ch.basic_get("durable-q")  # the delivery watermark file
-        ch.basic_ack(m[0].delivery_tag)  # an ack file
+        ch.basic_ack(m[0].delivery_tag)  # an acks record in the segment
         ch.basic_get("durable-q")
         conn.close()
     finally:
         b.stop()
     modes = modes_under(data)
     names = {Path(p).name for p in modes}
-    for expected in ("broker.lock", "definitions.json", "queues", "00000001.seg", "00000001.ack", "delivered"):
+    for expected in ("broker.lock", "definitions.json", "queues", "00000001.seg", "delivered"):
         assert expected in names, (expected, sorted(modes))
     wrong = {}
     for rel, mode in modes.items():

@@ -10,6 +10,7 @@ import pika.exceptions
 import pytest
 
 from conftest import _make
+from storage import meta
 from test_admin_cli import run
 from test_management_api import Http, connect, mgmt_url, q, wait_for
 
@@ -330,6 +331,35 @@ def test_policy_cli_verbs(api, pb, uid):
 
 
 # -- durable -----------------------------------------------------------------------------------
+
+def test_a_recovered_queue_is_trimmed_to_its_policy(fresh_broker):
+    """The metadata holds a max-length policy but the queue's log holds more (the trim's acks were
+    lost with the power, say): the queue is trimmed from the head as it comes back (RabbitMQ's queue
+    applies its limits when it starts), and the trimmed messages are dead-lettered to a queue that
+    came back too."""
+    b = fresh_broker
+    conn = connect(b)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("trimmed", durable=True)
+    ch.queue_declare("keep", durable=True)
+    for i in range(6):
+        ch.basic_publish("", "keep", f"k{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    b.stop()
+    defs = meta.load(str(b.data_dir))
+    defs.setdefault("policies", []).append({
+        "vhost": "/", "name": "cap", "pattern": "^keep$", "apply-to": "queues", "priority": 0,
+        "definition": {"max-length": 2, "dead-letter-exchange": "", "dead-letter-routing-key": "trimmed"}})
+    meta.save(str(b.data_dir), defs)
+    b.start()
+    conn = connect(b)
+    ch = conn.channel()
+    assert ch.queue_declare("keep", durable=True).method.message_count == 2
+    assert [ch.basic_get("keep", auto_ack=True)[2] for _ in range(2)] == [b"k4", b"k5"]
+    assert [ch.basic_get("trimmed", auto_ack=True)[2] for _ in range(4)] == [b"k0", b"k1", b"k2", b"k3"]
+    conn.close()
+
 
 def test_policies_and_limits_survive_a_restart_and_travel_with_definitions(fresh_broker, uid):
     b = fresh_broker

@@ -15,6 +15,7 @@ import pytest
 
 import storage.log as slog
 from storage.log import (
+    REC_ACKS,
     REC_HEAD,
     REC_MSG,
     DataDirLocked,
@@ -22,6 +23,7 @@ from storage.log import (
     decode_message,
     encode_message,
 )
+from storage.records import read_live_records
 
 EX = b"\x00"  # shortstr ''
 RK = b"\x01k"  # shortstr 'k'
@@ -162,6 +164,83 @@ def test_settle_before_flush_is_not_recovered(stores):
     q.settle(refs[1])  # acked before anything was written
     _s2, _q2, got, _u, _p = reopen(stores, s)
     assert got == [refs[0], refs[2]]
+
+
+def test_write_segment_acks_go_into_the_segment(stores):
+    """Acks of the segment being written are an acks record in it (one fsync covers both),
+    and recovery honours them even if the store was never closed."""
+    s = stores()
+    q = s.queue_log("/", "q")
+    refs = [q.append(True, EX, RK, hdr(i), body(i)) for i in range(6)]
+    q.flush()
+    q.settle(refs[1])
+    q.settle(refs[4])
+    later = q.append(True, EX, RK, hdr(6), body(6))
+    q.flush()
+    (path,) = seg_files(q.dir)
+    assert seg_files(q.dir, ".ack") == []
+    with open(path, "rb") as f:
+        data = f.read()
+    types = [t for _off, t, _p in slog.scan_records(data)]
+    assert types == [REC_MSG] * 6 + [REC_MSG, REC_ACKS]  # the later record, then the acks
+    assert s.sync_fds == {q.wseg.fd}
+    # as after a kill: nothing closed, the files read as they were written
+    live = [rec[5] for rec in read_live_records(q.dir)]
+    assert live == [body(i) for i in (0, 2, 3, 5, 6)]
+    _s2, _q2, got, _u, problems = reopen(stores, s)
+    assert problems == []
+    assert got == [r for r in refs if r not in (refs[1], refs[4])] + [later]
+
+
+def test_older_segment_acks_go_to_its_ack_file(stores, small_segments):
+    s = stores()
+    q = s.queue_log("/", "q")
+    refs = [q.append(True, EX, RK, hdr(i), body(i, 1000)) for i in range(12)]
+    q.flush()
+    in_first = [r for r in refs if r >> 32 == 1]
+    q.settle(in_first[0])
+    q.flush()
+    first = os.path.join(q.dir, "00000001.seg")
+    assert os.path.getsize(first[:-4] + ".ack") == 4
+    _s2, _q2, got, _u, problems = reopen(stores, s)
+    assert problems == [] and got == refs[1:]
+
+
+def test_acks_record_found_after_a_corrupt_record(stores):
+    """Resynchronising after damage finds an acks record too, so a settled message
+    behind a corrupt one does not come back."""
+    s = stores()
+    q = s.queue_log("/", "q")
+    refs = [q.append(True, EX, RK, hdr(i), body(i, 100)) for i in range(3)]
+    q.flush()
+    q.settle(refs[0])
+    s.close()
+    (path,) = seg_files(q.dir)
+    with open(path, "r+b") as f:  # damage the last message record, just before the acks record
+        pos = (refs[2] & 0xFFFFFFFF) + 30
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x5A]))
+    _s2, _q2, got, _u, problems = reopen(stores, None)
+    assert got == [refs[1]]
+    assert len(problems) == 1 and "corrupt" in problems[0], problems
+
+
+def test_scratch_store_counts_into_the_main_store(tmp_path):
+    """The disk alarm's estimate watches one count: records paged to a scratch store add to it."""
+    main = LogStore(str(tmp_path / "data"))
+    scratch = LogStore(str(tmp_path / "data" / "scratch"), account=main)
+    main.open()
+    scratch.open()
+    try:
+        main.queue_log("/", "durable").append(True, EX, RK, hdr(1), b"x" * 100)
+        counted = main.appended_bytes
+        scratch.queue_log("/", "paged").append(False, EX, RK, hdr(2), b"y" * 1000)
+        assert main.appended_bytes > counted + 1000
+    finally:
+        scratch.close()
+        main.close()
 
 
 def test_transient_records_not_recovered(stores):

@@ -38,6 +38,7 @@ from kombu import Queue as KombuQueue
 from pamqp import commands as C
 from pamqp import frame as pamqp_frame
 
+from amqp_raw import broker_socket_buffers
 from broker.server import Broker
 from broker.tls import CertFiles, ReloadableContext, TLSConfigError
 from cli import serve
@@ -241,6 +242,16 @@ def test_external_refused_for_unknown_user(tls_broker, pki):
     while "login refused: user 'nobody-here' - invalid credentials" not in tls_broker.log_text():
         assert time.monotonic() < deadline, tls_broker.log_text()[-2000:]
         time.sleep(0.05)
+
+
+def test_tcp_buffer_options_apply_to_the_amqps_listener(pki, tmp_path):
+    b = _make(tmp_path, tls_args(pki, "--tcp-recbuf", "16384", "--tcp-sndbuf", "32768")).start()
+    try:
+        conn = pika.BlockingConnection(pika_params(b, pki))
+        assert broker_socket_buffers(b.tls_port) == [(32768, 65536)]
+        conn.close()
+    finally:
+        b.stop()
 
 
 def _start_frame(sock) -> C.Connection.Start:

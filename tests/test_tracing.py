@@ -137,6 +137,30 @@ def test_unroutable_publish_is_traced_with_no_queues(amqp_broker, amqp_url):
     conn.close()
 
 
+def test_http_publish_and_get_are_traced(amqp_broker, amqp_url):
+    vq = urllib.parse.quote(vhost_of(amqp_url), safe="")
+    http(amqp_broker, "PUT", f"vhosts/{vq}", {"tracing": True})
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    tq = trace_queue(ch)
+    ch.queue_declare("web")
+    status, out = http(amqp_broker, "POST", f"exchanges/{vq}/amq.default/publish",
+                       {"routing_key": "web", "payload": "from http", "properties": {"message_id": "h-1"}})
+    assert (status, out) == (200, {"routed": True})
+    status, got = http(amqp_broker, "POST", f"queues/{vq}/web/get",
+                       {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})
+    assert status == 200 and got[0]["payload"] == "from http"
+    events = drain(ch, tq, 2)
+    assert [m.routing_key for m, _p, _b in events] == ["publish.", "deliver.web"]
+    (_pm, pp, pbody), (_dm, dp, dbody) = events
+    assert pbody == dbody == b"from http"
+    assert pp.headers["routed_queues"] == ["web"] and pp.headers["properties"] == {"message_id": "h-1"}
+    for h in (pp.headers, dp.headers):
+        assert (h["connection"], h["channel"], h["user"]) == ("HTTP API", 1, "guest")
+    assert dp.headers["redelivered"] == 0
+    conn.close()
+
+
 def test_no_copies_when_tracing_is_off(amqp_url):
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     ch = conn.channel()

@@ -79,6 +79,10 @@ def test_stream_page_browses_from_an_offset_and_pages_by_offset(page, broker, ui
     reader.get_by_role("button", name="Read from offset").click()
     browser.get_by_role("alert").get_by_text("'offset' must be a stream offset").wait_for()
     page.errors[:] = [e for e in page.errors if "status of 400" not in e]  # the refused POST, expected
+    # a stream's messages cannot be got or purged: the page offers neither, only Delete
+    assert page.p.get_by_role("form", name="Get messages").count() == 0
+    assert page.p.get_by_role("button", name="Purge Messages").count() == 0
+    assert page.p.get_by_role("button", name="Delete Queue").count() == 1
     # browsing took nothing and left no consumer behind
     q = Http(mgmt_url(broker)).get(f"/api/queues/%2F/{name}").json
     assert q["messages"] == 50 and q["consumers"] == 0
@@ -96,4 +100,6 @@ def test_a_classic_queue_keeps_its_browser(page, broker, uid):
     browser.get_by_role("button", name="Peek at messages").click()
     browser.get_by_text("Position 1").wait_for()
     assert browser.get_by_role("form", name="Read from offset").count() == 0
+    assert page.p.get_by_role("form", name="Get messages").count() == 1
+    assert page.p.get_by_role("button", name="Purge Messages").count() == 1
     api.ok("DELETE", f"/api/queues/%2F/{name}")

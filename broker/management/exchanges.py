@@ -10,6 +10,7 @@ from protocol import names
 
 from ..publishing import check_properties
 from ..topic_permissions import WRITE
+from ..tracing import HTTP_CONNECTION
 from .http import Ctx, Router, bad_request, field_arguments, field_bool, not_found
 from .messages import make_message, parse_properties, wait_fsync
 from .topic_permissions import check_topic
@@ -118,6 +119,8 @@ async def publish(ctx: Ctx) -> Any:
     msg = make_message(x.name, rk, props, data)
     check_properties(msg, ctx.username, None)
     out = vh.publish(x, msg)
+    if vh.tracer is not None:
+        vh.tracer.published(msg, out.queues, HTTP_CONNECTION, 1, ctx.username)
     if out.needs_sync and ctx.broker.store is not None:
         await wait_fsync(ctx)
     return {"routed": out.routed and not out.rejected}

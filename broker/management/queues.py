@@ -11,6 +11,7 @@ from protocol.errors import ChannelError
 from ..message import Message
 from ..queues import Queue
 from ..queues.stream import StreamQueue
+from ..tracing import HTTP_CONNECTION
 from .http import Ctx, Router, bad_request, field_arguments, field_bool, not_found
 from .messages import payload_json, properties_json
 from .stream_peek import peek_stream_json, stream_offset_spec
@@ -180,6 +181,8 @@ async def get_messages(ctx: Ctx) -> Any:
         if msg is None:
             break
         taken.append(msg)
+        if vh.tracer is not None:
+            vh.tracer.delivered(msg, q.name, msg.redelivered, HTTP_CONNECTION, 1, ctx.username)
         out.append(_message_json(q, msg, encoding, truncate))
     if ackmode.endswith("requeue_true"):
         q.requeue(taken)

@@ -90,6 +90,11 @@ class QueueHost(Protocol):
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
+    @property
+    def flow_threshold(self) -> int:
+        """Ready messages above which a queue with consumers holds its publishers back (0: never)."""
+        ...
+
     def publish_dead_letter(self, exchange: str, msg: Message, skip: Callable[[Any], bool]) -> int | None:
         """Route ``msg`` from exchange ``exchange`` into every queue but those ``skip`` refuses;
         the worst push status (PUSH_OK, PUSH_SYNC, PUSH_REJECTED), or None if no queue took it."""
@@ -151,7 +156,7 @@ class Queue(abc.ABC):
         self.log: QueueLog | None = None  # the store this queue writes messages to, if any
         # why the latest logged messages left without an ack (ref -> expired, rejected, maxlen), for `broker where`
         self.drop_reasons: dict[int, str] = {}
-        self.flow = QueueFlow()  # whether its consumers are behind (see broker.flow)
+        self.flow = QueueFlow(vhost.flow_threshold)  # whether its consumers are behind (see broker.flow)
         self.had_consumers = False
         self.deleted = False
         self.last_used = time.monotonic()

@@ -42,7 +42,6 @@ from protocol import framing
 from storage.log import LogStore
 
 from .. import deadletter
-from ..flow import FLOW_HIGH
 from ..logsafe import printable
 from ..message import Message
 from .arguments import int_arg, str_arg
@@ -157,7 +156,7 @@ class ClassicQueue(Queue):
                 self._dispatch_special(expire_first=len(self.messages) > 1)
         if not self.plain:
             self._after_push()
-        if len(self.messages) > FLOW_HIGH and self.consumers:
+        if len(self.messages) > self.flow.high and self.consumers:
             self.flow.check_behind(self.delivered)
         return status
 

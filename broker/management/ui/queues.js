@@ -120,7 +120,7 @@ function dangerZone(app, base, name) {
   }
   return h("section", { class: "panel", "aria-label": "Purge and delete" }, h("h3", { text: "Purge / Delete" }),
     h("div", { class: "actions" },
-      h("button", { type: "button", class: "danger", onclick: () => act(`Purge all ready messages of '${name}'?`,
+      h("button", { type: "button", class: "danger purge", onclick: () => act(`Purge all ready messages of '${name}'?`,
         () => app.api.del(`${base}/contents`), `Queue '${name}' purged.`, "Purging the queue") }, "Purge Messages"),
       h("button", { type: "button", class: "danger", onclick: () => act(`Delete queue '${name}' and its messages?`,
         async () => { await app.api.del(base); app.go("#/queues"); }, `Queue '${name}' deleted.`, "Deleting the queue") }, "Delete Queue")));
@@ -172,13 +172,15 @@ export function queuePage(app, vhost, name) {
     app.rewatch();
     return "Binding added.";
   });
-  // the classic browser until the queue's JSON says it is a stream, which pages by offset
+  // the classic browser until the queue's JSON says it is a stream, which pages by offset, and
+  // whose messages cannot be got or purged (the broker answers 540 NOT_IMPLEMENTED, as RabbitMQ)
   let messages = browser(app, base);
+  const get = getForm(app, base);
+  const danger = dangerZone(app, base, name);
   const root = h("section", { "aria-labelledby": "page-title" },
     h("p", { class: "crumbs" }, link("#/queues", "Queues"), " › ", vhost),
     h("h2", { id: "page-title", text: `Queue: ${name}` }),
-    info, consumers, bindings, bind, publishForm(app, vhost, "", name), getForm(app, base), messages,
-    dangerZone(app, base, name));
+    info, consumers, bindings, bind, publishForm(app, vhost, "", name), get, messages, danger);
   return {
     title: `Queue ${name}`,
     root,
@@ -197,6 +199,9 @@ export function queuePage(app, vhost, name) {
           const sb = streamBrowser(app, base);
           messages.replaceWith(sb);
           messages = sb;
+          get.remove();
+          danger.querySelector("button.purge").remove();
+          danger.querySelector("h3").textContent = "Delete";
         }
         clear(info, h("h3", { text: heading }), kv([
           ["Virtual host", q.vhost], ["Type", q.type], ["State", q.state], ["Features", features(q) || "none"],
