@@ -155,8 +155,12 @@ class _Topology:
                 continue
             done.add(x)
             for src, dst, key in self.bindings:
-                if src == x and (EXCHANGES[x][0] == "fanout" or key == rk):
-                    (out.add if dst in self.queues else todo.append)(dst)  # type: ignore[operator]
+                if src != x or (EXCHANGES[x][0] != "fanout" and key != rk):
+                    continue
+                if dst in self.queues:
+                    out.add(dst)
+                else:
+                    todo.append(dst)
         return sorted((q, self.gens[q]) for q in out)
 
     def _keys_gone_with(self, name: str) -> list[tuple]:
