@@ -196,6 +196,15 @@ class CrashFS:
                 raise _err(errno.EISDIR, path)
             return bytes(node.data)
 
+    def file_size(self, path: str) -> int:
+        with self._lock:
+            node = self._lookup(path)
+            if node is None:
+                raise _err(errno.ENOENT, path)
+            if isinstance(node, _Dir):
+                raise _err(errno.EISDIR, path)
+            return len(node.data)
+
     def listdir(self, path: str) -> list[str]:
         with self._lock:
             node = self._lookup(path)

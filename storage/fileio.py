@@ -50,6 +50,10 @@ class FileIO(Protocol):
         """The whole content of a file (``FileNotFoundError`` if there is none)."""
         ...
 
+    def file_size(self, path: str) -> int:
+        """The size of a file in bytes (``FileNotFoundError`` if there is none)."""
+        ...
+
     def listdir(self, path: str) -> list[str]: ...
 
     def isdir(self, path: str) -> bool: ...
@@ -113,6 +117,9 @@ class OsFileIO:
     def read_file(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
+
+    def file_size(self, path: str) -> int:
+        return os.stat(path, follow_symlinks=False).st_size
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)

@@ -370,7 +370,7 @@ class QueueLog:
             seg.size = seg.flushed = valid_end
             seg.live = len(live_refs)
             refs.extend(live_refs)
-            if live_refs and os.path.exists(seg.ret_path):
+            if live_refs and io.exists(seg.ret_path):
                 live = set(live_refs)
                 for off, n in read_returns(io, seg.ret_path).items():
                     if ref_of(sid, off) in live:

@@ -24,9 +24,13 @@ per 512 records).  Readers hold a :class:`Cursor` (offset, segment, byte
 position) and read records from the file in bounded batches (:meth:`StreamLog.read`).
 
 Writes are buffered and written once per loop turn by the :class:`LogStore`'s
-flush, which also runs the group-commit fsync; readers see a record once it has
-been written to the file (:attr:`StreamLog.on_written` wakes them), publishers'
-confirms wait for the fsync as for any durable queue.
+flush, which also runs the group-commit fsync.  Readers see a record only once
+an fsync has made it durable (:class:`DurableMark` follows the group commit and
+:attr:`StreamLog.on_readable` wakes them), as publishers' confirms wait for it:
+so an offset a consumer was given never holds another message after a power
+loss (a record only written could be lost, and its offset given out again).
+Without an event loop there is no group commit: :meth:`StreamLog.sync` writes,
+fsyncs and makes readable at once (tools and tests).
 
 Retention removes whole segments from the head, never the one being written:
 while the stream is over ``max_bytes``, or while its oldest segment's newest
@@ -38,6 +42,10 @@ index file ``NNN.idx`` (count, size, timestamps and sparse index), so recovery
 reads that instead of the segment; a segment without a matching index file (the
 one being written at a crash) is scanned, every CRC checked and a torn or corrupt tail cut.  The offsets come back
 from the records, so they are the same after a restart.
+
+Every file operation (appends, index files, retention's deletes, recovery's reads
+and cuts) goes through the store's :class:`~storage.fileio.FileIO`, so a test can
+run a stream on a file system that simulates power loss.
 """
 
 from __future__ import annotations
@@ -45,13 +53,12 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import shutil
 import struct
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Callable
 
-from .files import open_private, write_all
 from .interfaces import WriteFailed
 from .records import MAX_RECORD, REC_HEAD, write_identity
 from .store import LogStore
@@ -68,6 +75,7 @@ U32 = struct.Struct(">I")
 INDEX_EVERY = 512  # one sparse index entry per this many records
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
 READ_CHUNK = 256 * 1024  # bytes read from a segment file at a time
+SCAN_CHUNK = 8 * 1024 * 1024  # bytes read at a time by recovery's scan of a segment
 
 # (offset, timestamp ms, filter value or b"", exchange short string, routing key short string, header, body)
 StreamRecord = tuple[int, int, bytes, bytes, bytes, bytes, bytes]
@@ -112,8 +120,8 @@ def decode_payload(p: bytes | memoryview) -> StreamRecord:
 class StreamSegment:
     """One segment file and the little the log remembers of it."""
 
-    __slots__ = ("first", "count", "written", "size", "flushed", "first_ts", "last_ts", "positions", "stamps",
-                 "path", "fd")
+    __slots__ = ("first", "count", "written", "size", "flushed", "durable", "durable_count", "given_up", "first_ts",
+                 "last_ts", "positions", "stamps", "path", "fd")
 
     def __init__(self, first: int, path: str) -> None:
         self.first = first  # offset of its first record
@@ -121,6 +129,9 @@ class StreamSegment:
         self.written = 0  # records written to the file
         self.size = 0  # bytes appended
         self.flushed = 0  # bytes written to the file
+        self.durable = 0  # bytes an fsync made durable: what readers may read
+        self.durable_count = 0  # records in those bytes
+        self.given_up = False  # an fsync of it failed: what was not durable then never will be
         self.first_ts = 0
         self.last_ts = 0
         self.positions = array("Q")  # byte position of record i * INDEX_EVERY
@@ -160,6 +171,7 @@ class StreamLog:
 
     def __init__(self, store: LogStore, directory: str) -> None:
         self.store = store
+        self.io = store.io
         self.dir = directory
         self.segments: list[StreamSegment] = []
         self.firsts: list[int] = []  # first offsets of ``segments``, for bisect
@@ -171,8 +183,9 @@ class StreamLog:
         self.max_bytes: int | None = None
         self.max_age_ms: int | None = None
         self.deleted = False
-        # the owning queue: records were written (readers may go on)
-        self.on_written: Callable[[], None] | None = None
+        # the owning queue: records became durable (readers may go on)
+        self.on_readable: Callable[[], None] | None = None
+        self.mark = DurableMark(self)
         self.dropped_segments = 0
 
     # -- what it holds ----------------------------------------------------------------
@@ -195,7 +208,7 @@ class StreamLog:
     # -- writing ---------------------------------------------------------------------
     def _open_segment(self, first: int) -> StreamSegment:
         seg = StreamSegment(first, os.path.join(self.dir, f"{first:020d}.seg"))
-        seg.fd = open_private(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        seg.fd = self.io.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self.segments.append(seg)
         self.firsts.append(first)
         self.wseg = seg
@@ -233,21 +246,22 @@ class StreamLog:
         self.wbuf = []
         self.wbuf_size = 0
         try:
-            write_all(seg.fd, data)
+            self.io.write_all(seg.fd, data)
         except OSError as exc:
             self._write_failed(seg, exc)
             return
         seg.flushed = seg.size
         seg.written = seg.count
-        self.store.sync_fds.add(seg.fd)
-        if self.on_written is not None:
-            self.on_written()
+        store = self.store
+        store.sync_fds.add(seg.fd)
+        if store.loop is not None:  # readable once the group commit that covers the write is done
+            self.mark.wait(store.want_sync(), seg)
 
     def _write_failed(self, seg: StreamSegment, exc: OSError) -> None:
         """Forget the records of the failed batch (their publishers get nacks through the
         store) and give their offsets out again: offsets stay contiguous."""
         try:
-            os.ftruncate(seg.fd, seg.flushed)
+            self.io.truncate(seg.fd, seg.flushed)
         except OSError:
             pass
         lost_from = seg.first + seg.written
@@ -259,8 +273,32 @@ class StreamLog:
         self.next_offset = lost_from
         self.store.write_failed(WriteFailed(self, lost_from, exc))
 
+    def sync(self) -> None:
+        """Write what is buffered, fsync it and make it readable now (without an event
+        loop, where there is no group commit: tools and tests)."""
+        self.flush()
+        for seg in self.segments:
+            if seg.durable < seg.flushed and seg.fd >= 0:
+                self.io.fdatasync(seg.fd)
+                self.store.sync_fds.discard(seg.fd)
+                seg.durable, seg.durable_count = seg.flushed, seg.written
+
+    def became_durable(self, seg: StreamSegment, size: int, count: int) -> None:
+        """The group commit made ``seg``'s first ``size`` bytes (``count`` records) durable."""
+        if size > seg.durable:
+            seg.durable, seg.durable_count = size, count
+
+    def readable(self) -> None:
+        """Records became durable: readers may go on."""
+        if self.on_readable is not None and not self.deleted:
+            self.on_readable()
+
     def sync_failed(self, fds: set[int]) -> None:
-        """An fsync of the write segment failed: the next record starts a new segment."""
+        """An fsync failed: what it covered never becomes readable, and the next record
+        starts a new segment."""
+        for old in self.segments:
+            if old.fd in fds:
+                old.given_up = True
         seg = self.wseg
         if seg is not None and seg.fd in fds:
             self.flush()
@@ -293,11 +331,9 @@ class StreamLog:
         seg = self.segments.pop(0)
         self.firsts.pop(0)
         self._close(seg)
-        for path in (seg.path, seg.path[:-4] + ".idx"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        self.io.unlink(seg.path)
+        self.io.unlink(seg.path[:-4] + ".idx")
+        self.store.new_files.add(self.dir)  # the next group commit makes the removal durable
 
     def _write_index(self, seg: StreamSegment) -> None:
         """Save a closed segment's index beside it (no fsync: a missing or stale index
@@ -307,25 +343,26 @@ class StreamLog:
         raw = b"".join((INDEX_HEAD.pack(INDEX_MAGIC, seg.count, seg.size, seg.first_ts, seg.last_ts,
                                         len(seg.positions)), seg.positions.tobytes(), seg.stamps.tobytes()))
         path = seg.path[:-4] + ".idx"
+        io = self.io
         try:
-            fd = open_private(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            fd = io.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
-                write_all(fd, raw)
+                io.write_all(fd, raw)
             finally:
-                os.close(fd)
-            os.replace(path + ".tmp", path)
+                io.close(fd)
+            io.replace(path + ".tmp", path)
         except OSError as exc:
             log.warning("cannot write the index of %s: %s (recovery will scan it)", seg.path, exc)
 
     def _read_index(self, seg: StreamSegment) -> bool:
         """Load a closed segment's index file if it matches the segment file."""
         try:
-            with open(seg.path[:-4] + ".idx", "rb") as f:
-                raw = f.read()
+            raw = self.io.read_file(seg.path[:-4] + ".idx")
             magic, count, size, first_ts, last_ts, n = INDEX_HEAD.unpack_from(raw, 0)
+            seg_size = self.io.file_size(seg.path)
         except (OSError, struct.error):
             return False
-        if magic != INDEX_MAGIC or size != os.path.getsize(seg.path) or len(raw) != INDEX_HEAD.size + 16 * n \
+        if magic != INDEX_MAGIC or size != seg_size or len(raw) != INDEX_HEAD.size + 16 * n \
                 or n != (count + INDEX_EVERY - 1) // INDEX_EVERY:
             return False
         seg.positions.frombytes(raw[INDEX_HEAD.size : INDEX_HEAD.size + 8 * n])
@@ -340,18 +377,18 @@ class StreamLog:
         if seg.fd >= 0:
             self.store.sync_fds.discard(seg.fd)
             try:
-                os.close(seg.fd)
+                self.io.close(seg.fd)
             except OSError:
                 pass
             seg.fd = -1
 
     # -- reading -------------------------------------------------------------------------
     def readable_end(self) -> int:
-        """The offset just past the last record written to a file."""
-        seg = self.wseg
-        if seg is None:
-            return self.next_offset
-        return seg.first + seg.written
+        """The offset just past the last durable record (where readers stop)."""
+        for seg in reversed(self.segments):
+            if seg.durable_count:
+                return seg.first + seg.durable_count
+        return self.first_offset
 
     def offset_at_time(self, ts_ms: int) -> int:
         """The first offset whose record was appended at or after ``ts_ms``."""
@@ -374,7 +411,7 @@ class StreamLog:
 
     def _locate(self, cur: Cursor) -> bool:
         """Point ``cur`` at the index point at or before its offset (the oldest record
-        kept if that offset is gone); False if it is past what is written."""
+        kept if that offset is gone); False if it is past what is durable."""
         first = self.first_offset
         if cur.offset < first:
             cur.offset = first
@@ -389,7 +426,7 @@ class StreamLog:
         self, cur: Cursor, max_records: int, max_bytes: int, raw: list[bytes] | None = None
     ) -> list[StreamRecord]:
         """Up to ``max_records`` records (about ``max_bytes`` of headers and bodies) from
-        ``cur`` on, advancing it; only records already written to their file.  A cursor
+        ``cur`` on, advancing it; only records an fsync made durable.  A cursor
         whose segment was dropped by retention moves on to the oldest record kept.  With
         ``raw``, each record's bytes as stored are appended to it too."""
         seg = cur.seg
@@ -401,23 +438,23 @@ class StreamLog:
         out: list[StreamRecord] = []
         nbytes = 0
         while len(out) < max_records and nbytes < max_bytes:
-            limit = seg.flushed if seg is self.wseg else seg.size
+            limit = seg.durable
             if cur.pos >= limit:
                 i = bisect.bisect_right(self.firsts, seg.first)
-                if seg is self.wseg or i >= len(self.segments):
-                    break  # the end of what is written
+                if i >= len(self.segments) or (limit < seg.size and not seg.given_up):
+                    break  # the end of what is durable
                 if seg.fd >= 0 and seg.fd not in self.store.sync_fds:
-                    os.close(seg.fd)  # read through: a long stream must not hold a descriptor per segment
+                    self.io.close(seg.fd)  # read through: a long stream must not hold a descriptor per segment
                     seg.fd = -1
                 seg = self.segments[i]
                 cur.seg, cur.pos = seg, 0
                 continue
             if seg.fd < 0:
-                seg.fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-            data = os.pread(seg.fd, min(READ_CHUNK, limit - cur.pos), cur.pos)
+                seg.fd = self.io.open(seg.path, os.O_RDONLY)
+            data = self.io.pread(seg.fd, min(READ_CHUNK, limit - cur.pos), cur.pos)
             n = len(data)
             if n >= 9 and 8 + REC_HEAD.unpack_from(data, 0)[0] > n:
-                data = os.pread(seg.fd, 8 + REC_HEAD.unpack_from(data, 0)[0], cur.pos)  # one big record
+                data = self.io.pread(seg.fd, 8 + REC_HEAD.unpack_from(data, 0)[0], cur.pos)  # one big record
                 n = len(data)
             mv = memoryview(data)
             off = 0
@@ -441,7 +478,7 @@ class StreamLog:
     def peek_plan(self, offset: int, max_segments: int) -> PeekPlan:
         """Where the records from ``offset`` on are (clamped to what is kept), in at
         most ``max_segments`` segments, for :func:`storage.stream_peek.read_plan` to
-        read off the loop.  Only records already written to their file are in it."""
+        read off the loop.  Only durable records are in it."""
         offset = max(offset, self.first_offset)
         if offset >= self.readable_end():
             return PeekPlan(offset, ())
@@ -464,7 +501,7 @@ class StreamLog:
         """Segments ``i``, ``i + 1``... (at most ``max_segments``), the first from byte ``start``."""
         spans = []
         for seg in self.segments[i : i + max_segments]:
-            spans.append(SegmentSpan(seg.path, start, seg.flushed if seg is self.wseg else seg.size))
+            spans.append(SegmentSpan(seg.path, start, seg.durable))
             start = 0
         return tuple(spans)
 
@@ -498,14 +535,15 @@ class StreamLog:
         self.segments.clear()
         self.firsts.clear()
         self.wseg = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.io.rmtree(self.dir)
 
     # -- recovery ---------------------------------------------------------------------------
     def recover(self) -> list[str]:
         """Rebuild the segment table from the files; return the problems found.  A torn or
         corrupt tail is cut; the stream goes on writing into a new segment."""
         problems: list[str] = []
-        names = sorted(n for n in os.listdir(self.dir) if n.endswith(".seg"))
+        io = self.io
+        names = sorted(n for n in io.listdir(self.dir) if n.endswith(".seg"))
         for name in names:
             path = os.path.join(self.dir, name)
             try:
@@ -517,19 +555,31 @@ class StreamLog:
                 problems.append(f"{path}: overlaps the segment before it; ignored")
                 continue
             seg = StreamSegment(first, path)
-            size = os.path.getsize(path)
-            valid_end = size if self._read_index(seg) else self._scan(seg, problems)
+            size = io.file_size(path)
+            indexed = self._read_index(seg)
+            valid_end = size if indexed else self._scan(seg, problems)
+            if not indexed and valid_end == size and valid_end:
+                # found after a crash: it may have been read back from the page cache,
+                # and readers may be given it only once it is durable
+                fd = io.open(path, os.O_RDONLY)
+                try:
+                    io.fdatasync(fd)
+                finally:
+                    io.close(fd)
             if valid_end < size:
                 problems.append(f"{path}: torn or corrupt tail cut at byte {valid_end} of {size}")
-                with open(path, "r+b") as f:
-                    f.truncate(valid_end)
-                    os.fsync(f.fileno())
-            seg.size = seg.flushed = valid_end
-            seg.written = seg.count
+                fd = io.open(path, os.O_RDWR)
+                try:
+                    io.truncate(fd, valid_end)
+                    io.fdatasync(fd)
+                finally:
+                    io.close(fd)
+            seg.size = seg.flushed = seg.durable = valid_end
+            seg.written = seg.durable_count = seg.count
             self.next_offset = max(self.next_offset, first)
             if seg.count == 0:
                 if name != names[-1]:
-                    os.unlink(path)
+                    io.unlink(path)
                 # the last one stays, empty, to keep the next offset; the next append reopens it
                 continue
             self.segments.append(seg)
@@ -543,11 +593,13 @@ class StreamLog:
         pos = 0
         expect = seg.first
         crc32 = zlib.crc32
-        with open(seg.path, "rb") as f:
+        io = self.io
+        fd = io.open(seg.path, os.O_RDONLY)
+        try:
             buf = b""
             base = 0  # file position of buf[0]
             while True:
-                chunk = f.read(8 * 1024 * 1024)
+                chunk = io.pread(fd, SCAN_CHUNK, base + len(buf))
                 if not chunk:
                     return pos
                 buf = buf[pos - base :] + chunk
@@ -573,6 +625,42 @@ class StreamLog:
                     expect += 1
                     off = end
                 pos = base + off
+        finally:
+            io.close(fd)
+
+
+class DurableMark:
+    """A stream log's :class:`~storage.log.SyncWaiter`: which of its writes wait for
+    which group-commit epoch, and what becomes readable when that epoch is durable."""
+
+    __slots__ = ("slog", "pending")
+
+    def __init__(self, slog: StreamLog) -> None:
+        self.slog = slog
+        self.pending: deque[tuple[int, StreamSegment, int, int]] = deque()  # (epoch, segment, bytes, records)
+
+    def wait(self, epoch: int, seg: StreamSegment) -> None:
+        """Everything written to ``seg`` so far is durable once ``epoch`` is."""
+        self.pending.append((epoch, seg, seg.flushed, seg.written))
+        self.slog.store.sync_waiters.add(self)
+
+    def synced(self, epoch: int) -> bool:
+        pending = self.pending
+        moved = False
+        while pending and pending[0][0] <= epoch:
+            _e, seg, size, count = pending.popleft()
+            self.slog.became_durable(seg, size, count)
+            moved = True
+        if moved:
+            self.slog.readable()
+        return bool(pending) and not self.slog.deleted
+
+    def sync_failed(self, epoch: int, exc: Exception) -> bool:
+        """Writes of a failed epoch never become readable (their segment is given up)."""
+        pending = self.pending
+        while pending and pending[0][0] <= epoch:
+            pending.popleft()
+        return bool(pending) and not self.slog.deleted
 
 
 def open_stream_log(store: LogStore, vhost: str, name: str) -> StreamLog:

@@ -32,6 +32,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .fileio import OS, FileIO
 from .records import REC_HEAD
 
 # record head (length, crc, type) then the offset and timestamp of a stream record
@@ -73,7 +74,9 @@ class PeekedRecord:
     body_size: int
 
 
-def read_plan(plan: PeekPlan, max_records: int, body_budget: int, body_cut: int | None) -> list[PeekedRecord]:
+def read_plan(
+    plan: PeekPlan, max_records: int, body_budget: int, body_cut: int | None, io: FileIO = OS
+) -> list[PeekedRecord]:
     """Up to ``max_records`` records from ``plan.offset`` on (run in a worker thread).
     Bodies are cut to ``body_cut`` bytes each (no cut if None) and to ``body_budget``
     bytes in all; a record past the budget comes with an empty body.  FileNotFoundError
@@ -82,7 +85,7 @@ def read_plan(plan: PeekPlan, max_records: int, body_budget: int, body_cut: int 
     since = plan.since_ms  # once a record is taken, every later one is (clocks may step back)
     for n, span in enumerate(plan.spans):
         try:
-            fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = io.open(span.path, os.O_RDONLY)
         except FileNotFoundError:
             if n == 0:
                 raise  # retention dropped it since the plan: the caller plans again
@@ -90,7 +93,7 @@ def read_plan(plan: PeekPlan, max_records: int, body_budget: int, body_cut: int 
         try:
             pos = span.start
             while pos + _HEAD_AND_META <= span.limit and len(out) < max_records:
-                head = os.pread(fd, _HEAD_AND_META, pos)
+                head = io.pread(fd, _HEAD_AND_META, pos)
                 if len(head) < _HEAD_AND_META:
                     break
                 length = REC_HEAD.unpack_from(head, 0)[0]
@@ -101,19 +104,19 @@ def read_plan(plan: PeekPlan, max_records: int, body_budget: int, body_cut: int 
                 if offset >= plan.offset and ts >= since:
                     since = 0
                     want = body_budget if body_cut is None else min(body_cut, body_budget)
-                    out.append(_read_record(fd, pos, end, max(want, 0)))
+                    out.append(_read_record(io, fd, pos, end, max(want, 0)))
                     body_budget -= len(out[-1].body)
                 pos = end
         finally:
-            os.close(fd)
+            io.close(fd)
         if len(out) >= max_records:
             break
     return out
 
 
-def _read_record(fd: int, pos: int, end: int, body_wanted: int) -> PeekedRecord:
+def _read_record(io: FileIO, fd: int, pos: int, end: int, body_wanted: int) -> PeekedRecord:
     """The record at byte ``pos`` (ending at ``end``) with at most ``body_wanted`` bytes of body."""
-    data = os.pread(fd, min(end - pos, _FIRST_READ + body_wanted), pos)
+    data = io.pread(fd, min(end - pos, _FIRST_READ + body_wanted), pos)
     p = REC_HEAD.size
     offset, ts = _META.unpack_from(data, p)
     o = p + _META.size
@@ -126,7 +129,7 @@ def _read_record(fd: int, pos: int, end: int, body_wanted: int) -> PeekedRecord:
     o += 4
     body_at = o + hl
     if body_at + min(body_wanted, end - pos - body_at) > len(data):  # a big header, or more body than read
-        data = os.pread(fd, min(end - pos, body_at + body_wanted), pos)
+        data = io.pread(fd, min(end - pos, body_at + body_wanted), pos)
     body_size = end - pos - body_at
     return PeekedRecord(offset, ts, ex_raw, rk_raw, bytes(data[o:body_at]),
                         bytes(data[body_at : body_at + min(body_wanted, body_size)]), body_size)

@@ -30,7 +30,7 @@ def fill(s: StreamLog, n: int, start_ts: int = 1_000, body: bytes = b"") -> None
     for _i in range(n):
         off = s.next_offset
         s.append(start_ts + off, b"", b"\x00", b"\x01k", b"h", body or b"m%d" % off)
-    s.flush()
+    s.sync()
 
 
 def read_all(s: StreamLog, offset: int, batch: int = 100) -> list:
@@ -77,11 +77,13 @@ def test_memory_is_a_sparse_index_not_a_record_per_message(store):
     assert len(seg.positions) == len(seg.stamps) == -(-20_000 // INDEX_EVERY)  # 40 entries for 20k records
 
 
-def test_reads_see_only_what_is_written(store):
+def test_reads_see_only_what_is_durable(store):
     s = open_stream_log(store, "/", "s")
     s.append(1, b"", b"\x00", b"\x00", b"h", b"a")
     assert s.read(Cursor(0), 10, 1 << 20) == []  # buffered, not yet in the file
     store.flush()
+    assert s.read(Cursor(0), 10, 1 << 20) == []  # in the file, not yet fsync'd
+    s.sync()
     assert [r[6] for r in s.read(Cursor(0), 10, 1 << 20)] == [b"a"]
 
 

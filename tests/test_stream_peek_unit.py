@@ -27,7 +27,7 @@ def fill(s: StreamLog, n: int, body: bytes = b"", header: bytes = b"h") -> None:
     for _ in range(n):
         off = s.next_offset
         s.append(1_000 + off, b"", b"\x00", b"\x01k", header, body or b"m%d" % off)
-    s.flush()
+    s.sync()
 
 
 def test_a_plan_from_any_offset_reads_the_records_across_segments(store):

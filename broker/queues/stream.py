@@ -227,7 +227,7 @@ class StreamQueue(Queue):
     # -- the store ---------------------------------------------------------------------------
     def open_store(self, store: LogStore) -> None:
         s = open_stream_log(store, self.vhost.name, self.name)
-        s.on_written = self._written
+        s.on_readable = self._readable
         self.stream = s
         self.configure()
 
@@ -257,8 +257,8 @@ class StreamQueue(Queue):
             return PUSH_REJECTED
         return PUSH_SYNC
 
-    def _written(self) -> None:
-        """New records reached the file: every reader may go on."""
+    def _readable(self) -> None:
+        """New records are durable: every reader may go on."""
         if self.consumers:
             self._credited.clear()
             self._feed_all(None)
@@ -383,7 +383,7 @@ class StreamQueue(Queue):
             if not plan.spans:
                 return StreamPeek(plan.offset, [], plan.offset)
             try:
-                records = await asyncio.to_thread(read_plan, plan, count, body_budget, body_cut)
+                records = await asyncio.to_thread(read_plan, plan, count, body_budget, body_cut, s.io)
             except FileNotFoundError:
                 continue  # retention removed its first segment between the plan and the read: plan again
             if records:
