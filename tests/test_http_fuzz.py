@@ -1,0 +1,120 @@
+"""The management API under seeded random hostile requests, end to end against a real broker.
+
+Every route of the API (taken from its router, so new routes are fuzzed too) gets
+requests with wrong methods, hostile path segments, bad query strings, bad
+credentials, bodies that are not JSON or have fields of the wrong type or missing,
+huge headers and huge declared bodies (``tests/http_fuzz.py`` makes them).  Each
+must be answered within a second with a 2xx or the right 4xx in RabbitMQ's error
+shape: never a 5xx, a hang or a dropped connection.  Meanwhile a canary AMQP client
+publishes persistent messages with confirms and gets them back; afterwards it has
+lost nothing, the definitions export still imports, and a restart recovers the same
+definitions.  Each failure prints a reproducer (``seed:index`` and the request bytes);
+``benchmarks/fuzz_http.py`` runs the same generators for longer.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from conftest import _make
+from http_fuzz import (
+    Case,
+    FUZZ_PASSWORD,
+    FUZZ_USER,
+    Canary,
+    CaseMaker,
+    RawClient,
+    api_routes,
+    run_cases,
+    setup_requests,
+    verdict,
+)
+from test_management_api import Http, mgmt_url
+
+ANSWER_WITHIN = 1.0  # seconds, for every request
+CANARY_WORST = 3.0  # seconds, the canary's worst publish-confirm-get round trip (generous: 2 shared cores)
+
+
+@pytest.fixture
+def fuzzed(tmp_path):
+    """A private broker (the fuzzing changes users, vhosts, policies...) set up for the fuzzer."""
+    b = _make(tmp_path, extra=["--management-port", "0"]).start()
+    b.url = mgmt_url(b)
+    guest = Http(b.url)
+    for method, path, body in setup_requests():
+        guest.ok(method, path, body)
+    yield b
+    b.stop()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+def _definitions(api: Http) -> dict:
+    r = api.get("/api/definitions")
+    assert r.status == 200, r
+    d = r.json
+    d.pop("rabbit_version", None)
+    d.pop("rabbitmq_version", None)
+    return {k: sorted(json.dumps(x, sort_keys=True) for x in v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _check_after(b, canary: Canary) -> None:
+    """The canary lost nothing and stayed quick; the definitions export re-imports and survives a restart."""
+    canary.stop()
+    assert canary.error is None, f"the canary failed: {canary.error!r}"
+    assert canary.received > 10, "the canary made almost no round trips"
+    assert not canary.lost, f"the canary lost messages {canary.lost[:20]}"
+    assert canary.worst < CANARY_WORST, f"the canary's worst round trip took {canary.worst:.2f} s"
+    api = Http(b.url, FUZZ_USER, FUZZ_PASSWORD)
+    before = _definitions(api)
+    raw = api.get("/api/definitions").json
+    r = api.post("/api/definitions", raw)
+    assert r.status in (200, 201, 204), f"the broker's own export does not re-import: {r}"
+    assert _definitions(api) == before, "re-importing the export changed the definitions"
+    b.stop()
+    b.start()
+    b.url = mgmt_url(b)
+    api = Http(b.url, FUZZ_USER, FUZZ_PASSWORD)
+    assert _definitions(api) == before, "the definitions differ after a restart"
+    log = b.log_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:4000]
+
+
+def _fuzz(b, seed: int, count: int, big: bool = False) -> None:
+    host, port = _host_port(b.url)
+    canary = Canary("127.0.0.1", b.port).start()
+    report = run_cases(host, port, CaseMaker(api_routes(), seed), range(count), threads=3,
+                       answer_within=ANSWER_WITHIN, big=big)
+    print(f"{report.requests} requests in {report.seconds:.1f} s, slowest {report.slowest:.2f} s; "
+          f"statuses {report.histogram()}; canary {canary.received} round trips")
+    assert report.requests == count
+    assert not report.failures, f"{len(report.failures)} bad answers:\n" + "\n".join(report.failures[:30])
+    assert len([s for s in report.statuses if 200 <= s < 300]) >= 1, "nothing valid was ever accepted"
+    _check_after(b, canary)
+
+
+def test_every_route_is_fuzzed():
+    """The generators reach every route and every method the router has."""
+    routes = api_routes()
+    assert len(routes) > 50
+    maker = CaseMaker(routes, seed=1)
+    seen = {(c.route, c.method) for c in (maker.make(i) for i in range(6000)) if "method" not in c.attacks}
+    missing = [(p, m) for p, ms in routes for m in ms if (p, m) not in seen]
+    assert not missing, f"never fuzzed: {missing}"
+
+
+def test_http_fuzz(fuzzed):
+    _fuzz(fuzzed, seed=20240, count=2500)
+
+
+@pytest.mark.slow
+def test_http_fuzz_big(fuzzed):
+    """Bigger, with huge headers and bodies sent in full."""
+    _fuzz(fuzzed, seed=777, count=12000, big=True)
+
