@@ -132,6 +132,9 @@ async def read_body(request: web.Request, limits: HttpLimits) -> bytes:
 
     try:
         return await asyncio.wait_for(read(), limits.body_timeout)
+    except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body is not in
+        why = getattr(exc.__cause__, "message", None) or " ".join(str(exc).split())
+        raise bad_request(f"the request body cannot be read: {why}") from None
     except TimeoutError:
         raise HTTPError(408, "request_timeout", f"request body not received within {limits.body_timeout:g} s "
                         "(--http-body-timeout)") from None
