@@ -158,3 +158,16 @@ def test_body_in_an_encoding_it_is_not_in_is_400(plain):
     assert ans.status == 400, ans
     assert doc["error"] == "bad_request" and "request body" in doc["reason"], doc
     assert Http(plain.url).get("/api/queues/%2F/gz-q").status == 404  # nothing was half done
+
+
+def test_a_newline_in_a_path_is_answered_by_the_api(plain):
+    """``%0A`` in a path segment fell through the catch-all route (``.*`` stops at a newline):
+    aiohttp answered a plain-text 404 before login and name checks ran."""
+    ans, doc = _raw(plain, "GET", "/api/queues/%2F/a%0Ab")
+    assert ans.status == 404 and doc == {"error": "Object Not Found", "reason": "Not Found"}, ans
+    ans, doc = _raw(plain, "GET", "/api/queues/%2F/a%0Ab", password="wrong")
+    assert ans.status == 401 and doc["error"] == "not_authorized", ans
+    ans, doc = _raw(plain, "PUT", "/api/queues/%2F/a%0Ab", [("Content-Type", "application/json")], b"{}")
+    assert ans.status in (201, 204), ans  # a newline is allowed in an AMQP queue name
+    ans, doc = _raw(plain, "DELETE", "/api/queues/%2F/a%0Ab")
+    assert ans.status == 204, ans
