@@ -171,3 +171,13 @@ def test_a_newline_in_a_path_is_answered_by_the_api(plain):
     assert ans.status in (201, 204), ans  # a newline is allowed in an AMQP queue name
     ans, doc = _raw(plain, "DELETE", "/api/queues/%2F/a%0Ab")
     assert ans.status == 204, ans
+
+
+@pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(plain, word):
+    """Python's parser took ``NaN`` / ``Infinity`` in bodies; JSON has neither: 400 before any handler."""
+    body = b'{"arguments": {"x-message-ttl": ' + word.encode() + b"}}"
+    ans, doc = _raw(plain, "PUT", "/api/queues/%2F/nan-q", [("Content-Type", "application/json")], body)
+    assert ans.status == 400, ans
+    assert doc == {"error": "bad_request", "reason": f"invalid JSON: {word} is not a JSON value"}, doc
+    assert Http(plain.url).get("/api/queues/%2F/nan-q").status == 404

@@ -87,7 +87,7 @@ def json_object(raw: bytes | bytearray | str, what: str) -> dict:
     Nesting is bounded (``MAX_JSON_DEPTH``): a deeper document is refused
     before anything recursive (validation, metadata saving) can see it."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_not_json)
     except RecursionError:
         raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -97,6 +97,11 @@ def json_object(raw: bytes | bytearray | str, what: str) -> dict:
     if _too_deep(data, MAX_JSON_DEPTH):
         raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     return data
+
+
+def _not_json(word: str) -> Any:
+    """Python's parser takes NaN and Infinity; JSON (and RabbitMQ) does not."""
+    raise ValueError(f"{word} is not a JSON value")
 
 
 def _too_deep(value: Any, limit: int) -> bool:
