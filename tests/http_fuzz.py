@@ -33,8 +33,8 @@ import random
 import socket
 import time
 import urllib.parse
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 # names the fuzzer must never touch: its own login and the canary's
@@ -59,7 +59,7 @@ def setup_requests() -> list[tuple[str, str, Any]]:
     reqs: list[tuple[str, str, Any]] = [
         ("PUT", f"/api/users/{FUZZ_USER}", {"password": FUZZ_PASSWORD, "tags": "administrator"}),
         ("PUT", f"/api/users/{CANARY_USER}", {"password": CANARY_PASSWORD, "tags": ""}),
-        ("PUT", f"/api/users/fuzz-user", {"password": "pw", "tags": "management"}),
+        ("PUT", "/api/users/fuzz-user", {"password": "pw", "tags": "management"}),
         ("PUT", f"/api/vhosts/{CANARY_VHOST}", {}),
         ("PUT", f"/api/permissions/{CANARY_VHOST}/{CANARY_USER}", {"configure": ".*", "write": ".*", "read": ".*"}),
     ]
@@ -102,6 +102,12 @@ SEGMENT_POOL = {
     "id": ["0", "1", "abc", "-1"],
     "message_id": ["m1", "nope"],
 }
+
+# what a DELETE of a whole vhost or user names, so that the fuzzing keeps reaching deep into
+# the others (a PUT with a hostile body may create these names too)
+THROWAWAY = {(("api", "vhosts", ":vhost"), ":vhost"): "tmp-vh", (("api", "users", ":user"), ":user"): "tmp-user"}
+SEGMENT_POOL["vhost"].append("tmp-vh")
+SEGMENT_POOL["user"].append("tmp-user")
 
 
 def json_junk(rng: random.Random, depth: int = 0) -> Any:
@@ -228,13 +234,15 @@ class CaseMaker:
         for p in pattern:
             if p.startswith(":"):
                 pool = SEGMENT_POOL.get(p[1:], ["x"])
+                if method == "DELETE" and (pattern, p) in THROWAWAY:
+                    pool = [THROWAWAY[pattern, p]]  # the objects the other requests need stay
                 segs.append(rng.choice(HOSTILE_SEGMENTS) if "segment" in attacks and rng.random() < 0.6
                             else rng.choice(pool))
             else:
                 segs.append(p)
         if "segment" in attacks and not any(p.startswith(":") for p in pattern):
-            segs.append(rng.choice(HOSTILE_SEGMENTS))  # one segment too many: 404
-            case.route = None
+            segs.append(rng.choice(HOSTILE_SEGMENTS))  # one segment more: another route, or none (404)
+            case.route = self.route_of(segs)
         path = "/" + "/".join(segs)
         if rng.random() < 0.02:
             path += "/"
@@ -248,6 +256,10 @@ class CaseMaker:
             others = [m for m in ("GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE", "FOO", "HEAD")
                       if m not in methods and not (m == "HEAD" and "GET" in methods)]
             case.method = rng.choice(others)
+        if case.route is not None and case.route != pattern:  # the method is judged by the route it reached
+            table = dict(self.routes)[case.route]
+            wrong = case.method not in table and not (case.method == "HEAD" and "GET" in table)
+            case.attacks = sorted((set(case.attacks) - {"method"}) | ({"method"} if wrong else set()))
         case.headers.append(("Authorization", self._auth(rng) if "auth" in attacks else _basic(FUZZ_USER,
                                                                                                FUZZ_PASSWORD)))
         if "headers" in attacks:
@@ -275,6 +287,14 @@ class CaseMaker:
             else:
                 case.body = b'{"a":"' + b"b" * rng.choice([1 << 20, 3 << 20]) + b'"}'
         return case
+
+    def route_of(self, raw_segments: list[str]) -> tuple[str, ...] | None:
+        """The pattern a path's raw segments match, the listener's way (the first that matches)."""
+        segs = [urllib.parse.unquote(x) for x in raw_segments]
+        for pat, _methods in self.routes:
+            if len(pat) == len(segs) and all(p[0] == ":" or p == x for p, x in zip(pat, segs)):
+                return pat
+        return None
 
     def _query(self, rng: random.Random) -> str:
         keys = ["page", "page_size", "sort", "sort_reverse", "columns", "name", "use_regex", "lengths_age",
