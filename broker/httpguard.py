@@ -154,6 +154,17 @@ class GuardedRequestHandler(RequestHandler):
         resp.force_close()
         return resp
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A body the handler left unread that aiohttp then fails to read away (e.g. it is not in
+        the Content-Encoding it claims) is the peer's fault too: rate-limited, no traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            peer = _peer(self.transport) if self.transport is not None else "?"
+            self._listener.bad_bodies.event("%s: closed a connection from %s whose request body is malformed: %s",
+                                              self._listener.name, peer, printable(" ".join(str(exc).split()))[:300])
+            return
+        super().log_exception(*args, **kw)
+
     def _start_head_timer(self) -> None:
         self._head_timer = self._loop.call_later(self._listener.limits.header_timeout, self._head_timed_out)
 
@@ -199,6 +210,7 @@ class HttpListener:
         self.refusals = RateLimitedLog(log)
         self.head_timeouts = RateLimitedLog(log)
         self.bad_requests = RateLimitedLog(log)
+        self.bad_bodies = RateLimitedLog(log)
         self.refusal = b""
         self.head_timeout_answer = _canned(
             "408 Request Timeout", "request_timeout",

@@ -201,3 +201,16 @@ def test_malformed_requests_do_not_flood_the_log(plain):
     assert "Traceback" not in log, log[:3000]
     lines = [ln for ln in log.splitlines() if "malformed request" in ln]
     assert 1 <= len(lines) <= 2, log[:3000]
+
+
+def test_an_unread_body_that_cannot_be_decoded_is_not_logged_as_a_crash(plain):
+    """A GET with a broken gzip body: the answer goes out, then aiohttp reads the body away,
+    fails, and logged 'Unhandled exception' with a traceback (per request)."""
+    before = len(plain.log_text())
+    for _ in range(10):
+        ans, doc = _raw(plain, "GET", "/api/overview", [("Content-Encoding", "gzip")], b'{"not":"gzip"}')
+        assert ans.status == 200, ans
+    time.sleep(0.3)
+    log = plain.log_text()[before:]
+    assert "Traceback" not in log and "Unhandled exception" not in log, log[:3000]
+    assert len([ln for ln in log.splitlines() if "request body is malformed" in ln]) == 1, log[:3000]
