@@ -161,7 +161,7 @@ class GuardedRequestHandler(RequestHandler):
         if isinstance(exc, web.RequestPayloadError):
             peer = _peer(self.transport) if self.transport is not None else "?"
             self._listener.bad_bodies.event("%s: closed a connection from %s whose request body is malformed: %s",
-                                              self._listener.name, peer, printable(" ".join(str(exc).split()))[:300])
+                                            self._listener.name, peer, printable(" ".join(str(exc).split()))[:300])
             return
         super().log_exception(*args, **kw)
 
