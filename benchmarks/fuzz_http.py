@@ -75,6 +75,7 @@ def fuzz(b, host: str, port: int, args: argparse.Namespace) -> int:
         total.requests += chunk.requests
         total.seconds += chunk.seconds
         total.slowest = max(total.slowest, chunk.slowest)
+        total.slow = sorted(total.slow + chunk.slow, reverse=True)[:5]
         for s, n in chunk.statuses.items():
             total.statuses[s] = total.statuses.get(s, 0) + n
         for f in chunk.failures:
@@ -90,6 +91,8 @@ def fuzz(b, host: str, port: int, args: argparse.Namespace) -> int:
     print(f"requests {total.requests} in {total.seconds:.0f} s ({total.requests / max(total.seconds, 1e-9):.0f}/s), "
           f"slowest {total.slowest:.2f} s")
     print(f"statuses {total.histogram()}")
+    for secs, what in total.slow:
+        print(f"slow: {secs:.3f} s  {what}")
     print(f"canary: {canary.sent} sent, {canary.received} received, lost {len(canary.lost)}, "
           f"worst round trip {canary.worst:.2f} s, error {canary.error!r}")
     print(f"failing {len(total.failures)}")

@@ -569,11 +569,14 @@ class Report:
     slowest: float = 0.0
     statuses: dict[int, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    slow: list[tuple[float, str]] = field(default_factory=list)  # the 5 slowest: (seconds, case key)
 
     def add(self, case: Case, ans: Answer, problem: str | None, base: str) -> None:
         self.requests += 1
         self.statuses[ans.status] = self.statuses.get(ans.status, 0) + 1
         self.slowest = max(self.slowest, ans.seconds)
+        self.slow = sorted(self.slow + [(ans.seconds, f"{case.key} {case.method} {case.target[:80]}")],
+                           reverse=True)[:5]
         if problem is not None:
             self.failures.append(f"{problem}\n    {case.reproducer(base)}")
 
