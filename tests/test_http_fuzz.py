@@ -215,3 +215,26 @@ def test_an_unread_body_that_cannot_be_decoded_is_not_logged_as_a_crash(plain):
     assert "Traceback" not in log and "Unhandled exception" not in log, log[:3000]
     # at most one line a minute (an earlier test may have used this minute's line)
     assert len([ln for ln in log.splitlines() if "request body is malformed" in ln]) <= 1, log[:3000]
+
+
+def test_a_lone_surrogate_is_refused_before_it_reaches_durable_metadata(plain):
+    """``"\\ud800"`` is a valid JSON escape but no UTF-8 string: a user created with that tag could
+    not be saved, and every durable change after it answered 500 (metadata unsaved) until restart."""
+    api = Http(plain.url)
+    for path, body in [("/api/users/surrogate-u", b'{"password": "pw", "tags": "\\ud800"}'),
+                       ("/api/vhosts/surrogate-vh", b'{"description": "a\\uDFFFb"}'),
+                       ("/api/queues/%2F/surrogate-q", b'{"arguments": {"x-\\ud83d": 1}}')]:
+        ans, doc = _raw(plain, "PUT", path, [("Content-Type", "application/json")], body)
+        assert ans.status == 400, (path, ans)
+        assert doc["error"] == "bad_request" and "lone surrogate" in doc["reason"], doc
+        field = json.loads(body.replace(b"\\u", b"u")).popitem()[0]
+        assert f"'{field}'" in doc["reason"], doc
+    # a pair of surrogate escapes is one real character, and durable changes still work
+    ans, _ = _raw(plain, "PUT", "/api/vhosts/surrogate-ok", [("Content-Type", "application/json")],
+                  b'{"description": "\\ud83d\\udc07"}')
+    assert ans.status in (201, 204), ans
+    assert api.get("/api/vhosts/surrogate-ok").json["description"] == "\U0001f407"
+    assert api.ok("PUT", "/api/queues/%2F/after-surrogates", {"durable": True}).status in (201, 204)
+    assert not api.get("/api/nodes").json[0].get("metadata_alarm"), "the metadata alarm was raised"
+    api.delete("/api/vhosts/surrogate-ok")
+    api.delete("/api/queues/%2F/after-surrogates")

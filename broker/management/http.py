@@ -34,6 +34,7 @@ from protocol.errors import AMQPError, ChannelError
 from protocol.names import NOT_UTF8, name_problem
 
 from ..httpguard import HttpLimits
+from ..logsafe import printable
 from ..metadata import MetadataSaveError
 from .stats import Stats
 
@@ -96,7 +97,29 @@ def json_object(raw: bytes | bytearray | str, what: str) -> dict:
         raise bad_request(f"{what} must be a JSON object")
     if _too_deep(data, MAX_JSON_DEPTH):
         raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    if b"\\ud" in (raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)).lower():
+        for key, value in data.items():  # a \\uD800 escape: a string no file or client can hold
+            if _lone_surrogate(key) or _lone_surrogate(value):
+                raise bad_request(f"'{printable(key)}' holds a string that is not valid Unicode (a lone surrogate)")
     return data
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether JSON ``value`` holds a string (key or value) that cannot be UTF-8 (no recursion)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def _not_json(word: str) -> Any:
