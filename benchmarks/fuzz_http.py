@@ -5,11 +5,11 @@ does, then sends seeded hostile requests (tests/http_fuzz.py makes them) over a
 few keep-alive connections for the given time while a canary AMQP client
 publishes and consumes.  Prints requests/s, the status histogram, and every 5xx,
 hang, dropped connection or wrong status with its reproducer (``seed:index`` and
-the request bytes; ``--replay seed:index`` sends that one request again).
+the request bytes; ``--replay seed:index`` sends that request again on a fresh broker).
 
     python benchmarks/fuzz_http.py                   # 5 minutes, seed 1
     python benchmarks/fuzz_http.py --minutes 60 --seed 7 --big
-    python benchmarks/fuzz_http.py --replay 7:1234
+    python benchmarks/fuzz_http.py --replay 7:1234          # or 7:1200-1234, one after another
 
 Exits 1 on any failure.
 """
@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=3, help="keep-alive connections sending at once (default 3)")
     ap.add_argument("--answer-within", type=float, default=1.0, help="seconds a request may take (default 1)")
     ap.add_argument("--big", action="store_true", help="also send huge headers and multi-MiB bodies")
-    ap.add_argument("--replay", metavar="SEED:INDEX", help="send one case and print the answer")
+    ap.add_argument("--replay", metavar="SEED:INDEX[-LAST]", help="send these cases one by one and print the answers")
     ap.add_argument("--every", type=float, default=30.0, help="seconds between progress lines (default 30)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fuzz-http-") as tmp:
@@ -51,12 +51,15 @@ def main() -> int:
                 guest.ok(method, path, body)
             host, port = b.url.split("//", 1)[1].rsplit(":", 1)
             if args.replay:
-                seed, index = (int(x) for x in args.replay.split(":"))
-                case = CaseMaker(api_routes(), seed).make(index, args.big)
-                ans = RawClient(host, int(port), 10.0).send(case)
-                print(case.reproducer(b.url))
-                print(ans.status, ans.problem or "", f"{ans.seconds:.3f} s", ans.body[:2000])
-                print("verdict:", verdict(case, ans, args.answer_within) or "ok")
+                seed, _, span = args.replay.partition(":")
+                first, _, last = span.partition("-")
+                maker = CaseMaker(api_routes(), int(seed))
+                for index in range(int(first), int(last or first) + 1):
+                    case = maker.make(index, args.big)
+                    ans = RawClient(host, int(port), 10.0).send(case)
+                    print(case.reproducer(b.url)[:300])
+                    print(f"  -> {ans.status} {ans.problem or ''} {ans.seconds:.3f} s {ans.body[:300]!r}")
+                    print("  verdict:", verdict(case, ans, args.answer_within) or "ok")
                 return 0
             return fuzz(b, host, int(port), args)
         finally:
