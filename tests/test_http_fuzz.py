@@ -238,3 +238,17 @@ def test_a_lone_surrogate_is_refused_before_it_reaches_durable_metadata(plain):
     assert not api.get("/api/nodes").json[0].get("metadata_alarm"), "the metadata alarm was raised"
     api.delete("/api/vhosts/surrogate-ok")
     api.delete("/api/queues/%2F/after-surrogates")
+
+
+@pytest.mark.parametrize("kind", ["policies", "operator-policies"])
+def test_a_huge_integer_in_a_policy_is_a_400(plain, kind):
+    """``"priority": 10**400`` was a 500 (math.isfinite() of an int that big raises)."""
+    huge = "1" + "0" * 400
+    for body in ('{"pattern": "^x", "definition": {"max-length": 1}, "priority": %s}' % huge,
+                 '{"pattern": "^x", "definition": {"max-length": %s}}' % huge,
+                 '{"pattern": "^x", "definition": {"message-ttl": -%s}}' % huge):
+        ans, doc = _raw(plain, "PUT", f"/api/{kind}/%2F/huge", [("Content-Type", "application/json")],
+                        body.encode())
+        assert ans.status == 400, (body[:80], ans)
+        assert doc["error"] == "bad_request", doc
+    assert Http(plain.url).get(f"/api/{kind}/%2F/huge").status == 404
