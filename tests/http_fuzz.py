@@ -623,6 +623,8 @@ def run_cases(host: str, port: int, maker: CaseMaker, indices: Iterable[int], th
                 twin = _valid_twin(case) if problem and problem.startswith(UNNAMED_FIELD) else None
                 if twin is not None and not 200 <= client.send(twin).status < 300:
                     problem = None  # the request fails for another reason (e.g. no such vhost)
+                elif twin is not None:  # the twin passed: unless another connection just created
+                    problem = verdict(case, client.send(case), answer_within)  # what was missing
                 if problem is not None and ans.problem is None and ans.seconds > answer_within:
                     again = RawClient(host, port, max(10.0, answer_within * 5), source)
                     ans2 = again.send(case)
