@@ -244,9 +244,10 @@ def test_a_lone_surrogate_is_refused_before_it_reaches_durable_metadata(plain):
 def test_a_huge_integer_in_a_policy_is_a_400(plain, kind):
     """``"priority": 10**400`` was a 500 (math.isfinite() of an int that big raises)."""
     huge = "1" + "0" * 400
-    for body in ('{"pattern": "^x", "definition": {"max-length": 1}, "priority": %s}' % huge,
-                 '{"pattern": "^x", "definition": {"max-length": %s}}' % huge,
-                 '{"pattern": "^x", "definition": {"message-ttl": -%s}}' % huge):
+    for body in ('{"pattern": "^x", "definition": {"max-length": 1}, "priority": HUGE}',
+                 '{"pattern": "^x", "definition": {"max-length": HUGE}}',
+                 '{"pattern": "^x", "definition": {"message-ttl": -HUGE}}'):
+        body = body.replace("HUGE", huge)
         ans, doc = _raw(plain, "PUT", f"/api/{kind}/%2F/huge", [("Content-Type", "application/json")],
                         body.encode())
         assert ans.status == 400, (body[:80], ans)
