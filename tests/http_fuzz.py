@@ -137,7 +137,7 @@ def json_junk(rng: random.Random, depth: int = 0) -> Any:
         return {}
     if pick in (11, 12):
         return [json_junk(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(["a", "x-max-length", "", "\x00", "name", "value"]): json_junk(rng, depth + 1)
+    return {rng.choice(["a", "x-max-length", "", "\x00", "\udc80", "name", "value"]): json_junk(rng, depth + 1)
             for _ in range(rng.randrange(4))}
 
 
@@ -304,7 +304,8 @@ class CaseMaker:
         vals = ["", "-1", "0", "1", "2", "abc", "1e999", "nan", "inf", "-inf", "99999999999999999999", "true",
                 "TRUE", "%zz", "%00", "%FF", "name", "name.x.y", "message_stats.publish_details.rate",
                 "name,vhost,arguments.x", ",,,", "(a*)*b", "[", ".*", "a" * 3000, "%2F", "/api/overview",
-                "/api/events", "/api/queues/%2F?page=1", "\u00e9", "1.5", "0x10"]
+                "/api/events", "/api/queues/%2F?page=1", "\u00e9", "1.5", "0x10", "%ED%A0%80", "a.b.c.d.e.f.g",
+                "name," * 500, "-0", "1_000"]
         parts = []
         for _ in range(rng.randrange(1, 5)):
             k = rng.choice(keys)
