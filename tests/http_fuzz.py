@@ -198,13 +198,17 @@ class Case:
     field: str | None = None  # the body field mutated, if one was
     declared_length: int | None = None  # a Content-Length larger than the body sent
     valid_body: bytes | None = None  # the template body before ``field`` was mutated
+    version: str = "HTTP/1.1"
+    chunked: bool = False  # the body is sent as chunks (Transfer-Encoding set in ``headers``)
 
     def wire(self) -> bytes:
-        head = f"{self.method} {self.target} HTTP/1.1\r\nHost: fuzz\r\n"
+        head = f"{self.method} {self.target} {self.version}\r\nHost: fuzz\r\n"
         for k, v in self.headers:
             head += f"{k}: {v}\r\n"
         length = self.declared_length if self.declared_length is not None else len(self.body)
-        if length or self.method in ("POST", "PUT"):
+        if self.chunked:
+            pass  # the body is already in chunks
+        elif length or self.method in ("POST", "PUT"):
             head += f"Content-Length: {length}\r\n"
         return head.encode("utf-8", "surrogateescape") + b"\r\n" + self.body
 
@@ -228,7 +232,7 @@ class CaseMaker:
         method = rng.choice(methods)
         case = Case(f"{self.seed}:{index}", method, "", [], b"", pattern)
         attacks = rng.sample(["method", "segment", "query", "auth", "json", "field", "missing", "headers",
-                              "size", "none", "none", "none"], k=rng.choice([1, 1, 1, 2]))
+                              "size", "framing", "none", "none", "none"], k=rng.choice([1, 1, 1, 2]))
         case.attacks = sorted(set(attacks) - {"none"}) or ["valid"]
         segs = []
         for p in pattern:
@@ -280,13 +284,38 @@ class CaseMaker:
                 body[rng.choice(["zzz", "name", "arguments"])] = json_junk(rng)
             case.body = json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
             case.headers.append(("Content-Type", "application/json"))
-        if "size" in attacks:
+        if "framing" in attacks and case.declared_length is None:
+            self._framing(rng, case)
+        if "size" in attacks and not case.chunked:
             if rng.random() < 0.5 or not big:
                 case.declared_length = rng.choice([25 * 1024 * 1024, 2**40, 2**63 - 1])
                 case.body = b""
             else:
                 case.body = b'{"a":"' + b"b" * rng.choice([1 << 20, 3 << 20]) + b'"}'
         return case
+
+    def _framing(self, rng: random.Random, case: Case) -> None:
+        """Unusual or broken HTTP framing: old versions, chunked bodies (some broken), a request
+        target in absolute form, a lowercase method, conflicting lengths."""
+        pick = rng.randrange(7)
+        if pick == 0:
+            case.version = rng.choice(["HTTP/1.0", "HTTP/0.9", "HTTP/2.0", "HTTP/1.1x", "HTTPS/1.1"])
+        elif pick in (1, 2):
+            body = case.body
+            cut = rng.randrange(len(body) + 1)
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:cut], body[cut:]) if c)
+            case.body = chunks + rng.choice([b"0\r\n\r\n", b"0\r\n\r\n", b"zz\r\n\r\n", b"-1\r\n\r\n",
+                                              b"0;ext=1\r\nX-Trailer: t\r\n\r\n"])
+            case.chunked = True
+            case.headers.append(("Transfer-Encoding", rng.choice(["chunked", "chunked", "gzip, chunked"])))
+        elif pick == 3:
+            case.target = "http://fuzz" + case.target
+        elif pick == 4:
+            case.method = case.method.lower()
+        elif pick == 5:
+            case.headers.append(("Content-Length", str(len(case.body) + 1)))
+        else:
+            case.headers.append(("Host", "other"))
 
     def route_of(self, raw_segments: list[str]) -> tuple[str, ...] | None:
         """The pattern a path's raw segments match, the listener's way (the first that matches)."""
@@ -545,6 +574,8 @@ def _expected(case: Case) -> set[int] | None:
     or 413/431 for huge headers).  A hostile path segment alone decides nothing: it may
     be a valid name."""
     a = set(case.attacks)
+    if "framing" in a:
+        return None  # the parser may refuse it (400, 505), or take it as it is
     head = {400, 413, 431} if "headers" in a else {400}
     if "size" in a and case.declared_length is not None:
         return {413} | head
