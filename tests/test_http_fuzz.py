@@ -253,3 +253,29 @@ def test_a_huge_integer_in_a_policy_is_a_400(plain, kind):
         assert ans.status == 400, (body[:80], ans)
         assert doc["error"] == "bad_request", doc
     assert Http(plain.url).get(f"/api/{kind}/%2F/huge").status == 404
+
+
+def test_a_vhost_an_import_creates_survives_a_restart(tmp_path):
+    """An imported item naming a missing vhost created it behind the broker's back: no log line,
+    and saved only because something else marked the metadata changed.  Now it is created like any
+    vhost; it is logged and survives a crash right after the answer."""
+    b = _make(tmp_path, extra=["--management-port", "0"]).start()
+    try:
+        b.url = mgmt_url(b)
+        api = Http(b.url)
+        # the queue itself is refused: the vhost is all the import changes
+        doc = {"queues": [{"name": "implicit-q", "vhost": "implicit-vh", "durable": True, "auto_delete": False,
+                           "arguments": {"x-max-length": "many"}}]}
+        assert api.post("/api/definitions", doc).status == 400
+        assert api.get("/api/vhosts/implicit-vh").status == 200
+        assert "vhost 'implicit-vh' created" in b.log_text()
+        before = _definitions(api)
+        b.kill9()  # no saving on the way out: only what was saved before the answer
+        b.start()
+        b.url = mgmt_url(b)
+        api = Http(b.url)
+        assert api.get("/api/vhosts/implicit-vh").status == 200, "the imported vhost was not saved"
+        after = _definitions(api)
+        assert after["vhosts"] == before["vhosts"]
+    finally:
+        b.stop()
