@@ -279,3 +279,23 @@ def test_a_vhost_an_import_creates_survives_a_restart(tmp_path):
         assert after["vhosts"] == before["vhosts"]
     finally:
         b.stop()
+
+
+def test_a_deleted_default_vhost_stays_deleted_after_a_restart(tmp_path):
+    """The default vhost ``/`` came back at every start (it was created unless present, not only
+    on a blank node): the definitions after a restart differed from those before it."""
+    b = _make(tmp_path, extra=["--management-port", "0"]).start()
+    try:
+        b.url = mgmt_url(b)
+        api = Http(b.url)
+        api.ok("PUT", "/api/vhosts/other-vh", {})
+        assert api.delete("/api/vhosts/%2F").status == 204
+        before = _definitions(api)
+        b.stop()
+        b.start()
+        b.url = mgmt_url(b)
+        api = Http(b.url)
+        assert api.get("/api/vhosts/%2F").status == 404, "the deleted default vhost came back"
+        assert _definitions(api) == before
+    finally:
+        b.stop()
