@@ -72,6 +72,8 @@ def _check_after(b, canary: Canary) -> None:
     assert not canary.lost, f"the canary lost messages {canary.lost[:20]}"
     assert canary.worst < CANARY_WORST, f"the canary's worst round trip took {canary.worst:.2f} s"
     api = Http(b.url, FUZZ_USER, FUZZ_PASSWORD)
+    alarms = api.get("/api/health/checks/alarms")
+    assert alarms.status == 200, f"an alarm is raised after the fuzzing (e.g. metadata unsaved): {alarms}"
     before = _definitions(api)
     raw = api.get("/api/definitions").json
     r = api.post("/api/definitions", raw)
