@@ -538,6 +538,9 @@ def verdict(case: Case, ans: Answer, answer_within: float) -> str | None:
         # a limit's {"value": N} is named by the limit in the path, as RabbitMQ does ("max-queues should be...")
         names = [case.field] + ([urllib.parse.unquote(case.target.split("?")[0].rsplit("/", 1)[-1])]
                                 if case.field == "value" else [])
+        value = json.loads(case.body).get(case.field) if "field" in case.attacks else None
+        if isinstance(value, dict):  # naming a key inside the field is naming it more precisely
+            names += [n for k in value for n in (k, repr(k)[1:-1]) if n]
         # RabbitMQ's own words, kept: its parameter validation ("Validation failed\n\nno policy
         # provided") and a redeclare that differs ("inequivalent arg 'x-max-length'")
         rabbit_words = reason is not None and (reason.startswith("Validation failed") or "inequivalent arg" in reason)
