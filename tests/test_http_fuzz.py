@@ -301,3 +301,26 @@ def test_a_deleted_default_vhost_stays_deleted_after_a_restart(tmp_path):
         assert _definitions(api) == before
     finally:
         b.stop()
+
+
+def test_a_broken_or_slow_upload_form_is_a_4xx(tmp_path):
+    """``POST /api/definitions`` as an upload form (the web UI's import): a body without the
+    boundary its header names was a 500, and a form body that never arrived held the request
+    for ever (the form was read without the body timeout)."""
+    b = _make(tmp_path, extra=["--management-port", "0", "--http-body-timeout", "1"]).start()
+    try:
+        b.url = mgmt_url(b)
+        ans, doc = _raw(b, "POST", "/api/definitions", [("Content-Type", "multipart/form-data; boundary=zz")],
+                        b'{"queues": []}')
+        assert ans.status == 400 and doc["error"] == "bad_request" and "upload form" in doc["reason"], ans
+        host, port = _host_port(b.url)
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(b"POST /api/definitions HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n"
+                      b"Content-Type: multipart/form-data; boundary=zz\r\nContent-Length: 1000\r\n\r\n--zz\r\n")
+            t0 = time.monotonic()
+            answer = s.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert time.monotonic() - t0 < 5
+        assert "Traceback" not in b.log_text()
+    finally:
+        b.stop()
