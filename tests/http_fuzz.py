@@ -540,7 +540,7 @@ def verdict(case: Case, ans: Answer, answer_within: float) -> str | None:
                                 if case.field == "value" else [])
         value = json.loads(case.body).get(case.field) if "field" in case.attacks else None
         if isinstance(value, dict):  # naming a key inside the field is naming it more precisely
-            names += [n for k in value for n in (k, repr(k)[1:-1]) if n]
+            names += [f"'{n}'" for k in value for n in (k, repr(k)[1:-1])]
         # RabbitMQ's own words, kept: its parameter validation ("Validation failed\n\nno policy
         # provided") and a redeclare that differs ("inequivalent arg 'x-max-length'")
         rabbit_words = reason is not None and (reason.startswith("Validation failed") or "inequivalent arg" in reason)
