@@ -112,7 +112,7 @@ def test_every_route_is_fuzzed():
 
 
 def test_http_fuzz(fuzzed):
-    _fuzz(fuzzed, seed=20240, count=4000)
+    _fuzz(fuzzed, seed=20240, count=8000)
 
 
 @pytest.mark.slow
