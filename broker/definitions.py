@@ -210,16 +210,14 @@ class _Import:
         return True
 
     def _vhost_of(self, item: dict) -> VHost:
-        name = item.get("vhost", "/")
-        vh = self.broker.vhosts.get(name)
-        if vh is None:
-            vh = self.broker.vhosts[name] = VHost(name, self.broker.services)
+        """The item's vhost, created (and saved, like any vhost) if it is missing."""
+        vh: VHost = self.broker.add_vhost(item.get("vhost", "/"))
         return vh
 
     # -- one applier per section -------------------------------------------------------------
     def _vhosts(self, v: dict) -> None:
         if v["name"] not in self.broker.vhosts:
-            self.broker.vhosts[v["name"]] = VHost(v["name"], self.broker.services)
+            self.broker.add_vhost(v["name"])
             self.report.counts["vhosts"] += 1
         if _has_content(v.get("limits")):
             self._limits("vhosts", v["name"], v["limits"], VHOST_LIMITS, "limits", self.broker.vhosts[v["name"]])

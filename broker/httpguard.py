@@ -36,10 +36,14 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
+
+from .logsafe import printable
 
 MiB = 1024 * 1024
 
@@ -135,6 +139,32 @@ class GuardedRequestHandler(RequestHandler):
             self._busy = False
             self._unread_body = None if request.content.is_eof() else request.content
 
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request the parser refused is the peer's fault: a 400 in RabbitMQ's error shape and one
+        rate-limited warning line, not aiohttp's traceback per request (any peer could flood the log)."""
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        reason = printable(" ".join(exc.message.split()))[:300]
+        peer = _peer(self.transport) if self.transport is not None else "?"
+        self._listener.bad_requests.event("%s: answered %d to a malformed request from %s: %s",
+                                          self._listener.name, status, peer, reason)
+        error = "bad_request" if status == 400 else HTTPStatus(status).phrase.lower().replace(" ", "_")
+        resp = web.json_response({"error": error, "reason": reason}, status=status)
+        resp.force_close()
+        return resp
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A body the handler left unread that aiohttp then fails to read away (e.g. it is not in
+        the Content-Encoding it claims) is the peer's fault too: rate-limited, no traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            peer = _peer(self.transport) if self.transport is not None else "?"
+            self._listener.bad_bodies.event("%s: closed a connection from %s whose request body is malformed: %s",
+                                            self._listener.name, peer, printable(" ".join(str(exc).split()))[:300])
+            return
+        super().log_exception(*args, **kw)
+
     def _start_head_timer(self) -> None:
         self._head_timer = self._loop.call_later(self._listener.limits.header_timeout, self._head_timed_out)
 
@@ -179,6 +209,8 @@ class HttpListener:
         self.open_connections = 0
         self.refusals = RateLimitedLog(log)
         self.head_timeouts = RateLimitedLog(log)
+        self.bad_requests = RateLimitedLog(log)
+        self.bad_bodies = RateLimitedLog(log)
         self.refusal = b""
         self.head_timeout_answer = _canned(
             "408 Request Timeout", "request_timeout",

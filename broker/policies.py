@@ -236,8 +236,8 @@ def parse_policy(vhost: str, name: str, body: dict[str, Any], operator: bool = F
     priority = body.get("priority", 0)
     if priority is None:
         priority = 0
-    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or not math.isfinite(priority) \
-            or abs(priority) > MAX_INT:
+    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or abs(priority) > MAX_INT \
+            or not math.isfinite(priority):  # (range first: isfinite() of a huge int raises)
         errors.append(f"priority should be a number, actually was {erl_term(priority)}")
     pattern = body.get("pattern")
     regex: Regex | None = None

@@ -442,9 +442,12 @@ class Broker:
         )
 
     def ensure_default_user(self) -> None:
-        """On a blank node (no users), create the default user and vhost, as RabbitMQ does."""
+        """On a blank node (no users), create the default user and vhost, as RabbitMQ does.  A node
+        that has users and vhosts keeps what it has: a deleted default vhost stays deleted."""
         vh = self.default_vhost
-        self.vhosts.setdefault(vh, VHost(vh, self.services))
+        if (not self.users.users or not self.vhosts) and vh not in self.vhosts:
+            self.vhosts[vh] = VHost(vh, self.services)
+            self.journal.changed()
         if self.users.users:
             return
         self.users.add_user(self.default_user, self.default_pass, ["administrator"])

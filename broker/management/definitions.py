@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from ..definitions import APPLIED_SECTIONS
-from .http import Ctx, Router, bad_request, json_object
+from .http import Ctx, HTTPError, Router, bad_request, json_object
 from .views import RABBITMQ_COMPAT_VERSION
 
 routes = Router()
@@ -26,7 +27,14 @@ async def _import_body(ctx: Ctx) -> dict:
     """The document of an import: a JSON body, or the file of an upload form (the web UI's)."""
     ctype = ctx.request.content_type or ""
     if ctype.startswith("multipart/") or ctype == "application/x-www-form-urlencoded":
-        form = await ctx.request.post()
+        limit = ctx.server.limits.body_timeout
+        try:  # within the body timeout, as every other body
+            form = await asyncio.wait_for(ctx.request.post(), limit)
+        except TimeoutError:
+            raise HTTPError(408, "request_timeout", f"request body not received within {limit:g} s "
+                            "(--http-body-timeout)") from None
+        except (ValueError, web.RequestPayloadError) as exc:  # e.g. no boundary where the header says
+            raise bad_request(f"the upload form cannot be read: {' '.join(str(exc).split())}") from None
         f = form.get("file")
         raw = f.file.read() if isinstance(f, web.FileField) else (f or "")
         return json_object(raw, "definitions")

@@ -34,6 +34,7 @@ from protocol.errors import AMQPError, ChannelError
 from protocol.names import NOT_UTF8, name_problem
 
 from ..httpguard import HttpLimits
+from ..logsafe import printable
 from ..metadata import MetadataSaveError
 from .stats import Stats
 
@@ -87,7 +88,7 @@ def json_object(raw: bytes | bytearray | str, what: str) -> dict:
     Nesting is bounded (``MAX_JSON_DEPTH``): a deeper document is refused
     before anything recursive (validation, metadata saving) can see it."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_not_json)
     except RecursionError:
         raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -96,7 +97,34 @@ def json_object(raw: bytes | bytearray | str, what: str) -> dict:
         raise bad_request(f"{what} must be a JSON object")
     if _too_deep(data, MAX_JSON_DEPTH):
         raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    if b"\\ud" in (raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)).lower():
+        for key, value in data.items():  # a \\uD800 escape: a string no file or client can hold
+            if _lone_surrogate(key) or _lone_surrogate(value):
+                raise bad_request(f"'{printable(key)}' holds a string that is not valid Unicode (a lone surrogate)")
     return data
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether JSON ``value`` holds a string (key or value) that cannot be UTF-8 (no recursion)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def _not_json(word: str) -> Any:
+    """Python's parser takes NaN and Infinity; JSON (and RabbitMQ) does not."""
+    raise ValueError(f"{word} is not a JSON value")
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -132,6 +160,9 @@ async def read_body(request: web.Request, limits: HttpLimits) -> bytes:
 
     try:
         return await asyncio.wait_for(read(), limits.body_timeout)
+    except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body is not in
+        why = getattr(exc.__cause__, "message", None) or " ".join(str(exc).split())
+        raise bad_request(f"the request body cannot be read: {why}") from None
     except TimeoutError:
         raise HTTPError(408, "request_timeout", f"request body not received within {limits.body_timeout:g} s "
                         "(--http-body-timeout)") from None

@@ -97,7 +97,8 @@ class ManagementServer:
         self.event_streams = EventStreams()
         # aiohttp's own limit too, for the bodies it reads itself (multipart forms)
         self.app = web.Application(client_max_size=self.limits.max_body_size)
-        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+        # every path, a percent-encoded newline in it too (".*" would stop there)
+        self.app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on ``host:port``, or serve ``sock`` when given (a socket bound and listening)."""
