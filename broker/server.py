@@ -515,7 +515,7 @@ class Broker:
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         if self.store is not None:
-            self.journal.close()
+            await self.journal.close()
             for vh in self.vhosts.values():
                 vh.delayed.close()
             self.store.close()

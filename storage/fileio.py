@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import shutil
+from collections.abc import Iterable
 from concurrent.futures import Executor, wait
 from typing import Protocol
 
@@ -162,9 +163,12 @@ class OsFileIO:
 OS: FileIO = OsFileIO()
 
 
-def fsync_all(io: FileIO, fds: list[int], dirs: list[str], pool: Executor | None = None) -> None:
-    """fdatasync each file (one closed meanwhile is skipped) and fsync each directory
-    (one removed meanwhile is skipped): the group commit's one batch of syncs.
+def fsync_all(
+    io: FileIO, fds: list[int], dirs: list[str], pool: Executor | None = None, paths: Iterable[str] = ()
+) -> None:
+    """fdatasync each file (one closed meanwhile is skipped), each file named in ``paths``
+    (opened for it; one removed meanwhile is skipped) and fsync each directory (one removed
+    meanwhile is skipped): the group commit's one batch of syncs.
 
     With a ``pool`` the syncs of a batch run in parallel: the file system then
     commits them together, so a batch of several files (segments, ack files)
@@ -184,13 +188,27 @@ def fsync_all(io: FileIO, fds: list[int], dirs: list[str], pool: Executor | None
         except FileNotFoundError:
             pass
 
-    if pool is None or len(fds) + len(dirs) < 2:
+    def sync_path(path: str) -> None:
+        try:
+            fd = io.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            io.fdatasync(fd)
+        finally:
+            io.close(fd)
+
+    paths = list(paths)
+    if pool is None or len(fds) + len(dirs) + len(paths) < 2:
         for fd in fds:
             sync_file(fd)
+        for p in paths:
+            sync_path(p)
         for d in dirs:
             sync_dir(d)
         return
-    futures = [pool.submit(sync_file, fd) for fd in fds] + [pool.submit(sync_dir, d) for d in dirs]
+    futures = ([pool.submit(sync_file, fd) for fd in fds] + [pool.submit(sync_path, p) for p in paths]
+               + [pool.submit(sync_dir, d) for d in dirs])
     wait(futures)
     for f in futures:
         f.result()

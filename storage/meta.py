@@ -51,9 +51,18 @@ def _restore(v: Any) -> Any:
 
 
 def save(data_dir: str, definitions: dict, io: FileIO = OS) -> None:
+    write(data_dir, encode(definitions), io)
+
+
+def encode(definitions: dict) -> bytes:
+    """The file's bytes for ``definitions`` (ValueError, UnicodeEncodeError for what cannot be written)."""
+    return json.dumps(definitions, default=_special, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def write(data_dir: str, raw: bytes, io: FileIO = OS) -> None:
+    """Replace the file with ``raw``: once this returns, a crash leaves the new file."""
     path = os.path.join(data_dir, FILENAME)
     tmp = path + ".tmp"
-    raw = json.dumps(definitions, default=_special, ensure_ascii=False, separators=(",", ":")).encode()
     # a stale temp file, or a link planted in its place, is removed (unlink does not
     # follow links), never written through: O_EXCL creates a new file or fails
     io.unlink(tmp)

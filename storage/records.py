@@ -252,9 +252,10 @@ def scan_records(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
         off = end
 
 
-def write_identity(io: FileIO, directory: str, vhost: str, name: str) -> None:
+def write_identity(io: FileIO, directory: str, vhost: str, name: str, sync: bool = True) -> None:
     """Name the queue a log directory belongs to (directories are named by a
-    hash), so that data found without metadata can still be identified."""
+    hash), so that data found without metadata can still be identified.  With
+    ``sync`` False the caller has the file synced (a store's next group commit)."""
     path = os.path.join(directory, IDENTITY_FILE)
     if io.exists(path):
         return
@@ -262,7 +263,8 @@ def write_identity(io: FileIO, directory: str, vhost: str, name: str) -> None:
     fd = io.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         io.write_all(fd, raw)
-        io.fdatasync(fd)
+        if sync:
+            io.fdatasync(fd)
     finally:
         io.close(fd)
 

@@ -35,7 +35,7 @@ import time
 from .fileio import OS, FileIO, fsync_all
 from .interfaces import DataDirError, DataDirLocked, OwnedLog, StorageError, SyncWaiter, WriteFailed
 from .log import QueueLog
-from .records import LOST_FOUND, write_identity
+from .records import IDENTITY_FILE, LOST_FOUND, write_identity
 
 log = logging.getLogger("storage")
 
@@ -56,6 +56,7 @@ class LogStore:
         self.dirty_logs: set[OwnedLog] = set()
         self.sync_fds: set[int] = set()
         self.new_files: set[str] = set()
+        self.unsynced_files: set[str] = set()  # small files written whole, synced by path in the next batch
         self.flush_scheduled = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.now = time.monotonic()
@@ -141,7 +142,7 @@ class LogStore:
         fds = list(self.sync_fds)
         self.sync_fds.clear()
         try:
-            fsync_all(self.io, fds, list(self.new_files))
+            fsync_all(self.io, fds, list(self.new_files), paths=self.unsynced_files)
         except OSError as exc:
             log.error("final fsync failed: %s", exc)
         self._executor.shutdown(wait=True)
@@ -161,14 +162,15 @@ class LogStore:
         if not isinstance(qlog, QueueLog):
             self.io.makedirs(d)
             try:
-                write_identity(self.io, d, vhost, name)
-                # the directory's entry, and queue.json's in it, must survive a power
-                # loss before any record confirmed in it does
-                self.io.fsync_dir(d)
-                self.io.fsync_dir(self.msg_dir)
+                write_identity(self.io, d, vhost, name, sync=False)
             except OSError:
                 self.io.rmtree(d)
                 raise
+            # the directory's entry, and queue.json in it, must survive a power loss before any
+            # record confirmed in it does: the next group commit syncs them, off the event loop
+            self.unsynced_files.add(os.path.join(d, IDENTITY_FILE))
+            self.new_files.add(d)
+            self.new_files.add(self.msg_dir)
             qlog = QueueLog(self, d)
             self.logs[d] = qlog
         return qlog
@@ -265,7 +267,9 @@ class LogStore:
         self.sync_fds.clear()
         dirs = list(self.new_files)
         self.new_files.clear()
-        fut = self.loop.run_in_executor(self._executor, fsync_all, self.io, fds, dirs, self._sync_pool)
+        paths = list(self.unsynced_files)
+        self.unsynced_files.clear()
+        fut = self.loop.run_in_executor(self._executor, fsync_all, self.io, fds, dirs, self._sync_pool, paths)
         fut.add_done_callback(lambda f: self._sync_done(f, epoch, fds, dirs))
 
     def _sync_done(self, fut: "asyncio.Future[None]", epoch: int, fds: list[int], dirs: list[str]) -> None:

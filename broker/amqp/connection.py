@@ -35,6 +35,11 @@ Flow control: a publish routed to a queue whose consumers are behind charges thi
 connection's :class:`~broker.flow.PublisherFlow`; while it is ``throttled`` the
 connection neither reads its socket nor handles frames already read (RabbitMQ's
 ``flow`` state), until those queues catch up.
+
+Durable metadata: input that changed it (a durable declare, bind, delete...) is
+answered only once the metadata is saved.  Until then (``meta_wait``) the connection
+holds its output, reads nothing and handles no further frame; the save runs off the
+event loop (:mod:`broker.metadata`), so other connections go on meanwhile.
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ class Connection(Handshake):
         self.block_pending = False
         self.name = self.peer
         self.throttled = False  # publisher flow control (see broker.flow)
+        self.meta_wait = False  # answers held until the durable metadata they report is saved
         self.flow = PublisherFlow(self.loop, self._flow_pause, self._flow_resume)
         # an AMQPS connection is made after its TLS handshake, which counts in the timeout too
         started = self.loop.time() if accepted is None else accepted
@@ -190,6 +196,8 @@ class Connection(Handshake):
 
     def flush(self) -> None:
         self.flush_scheduled = False
+        if self.meta_wait:
+            return  # sent once the metadata is saved (_metadata_saved)
         if self.confirm_dirty:
             for ch in self.confirm_dirty:
                 ch.emit_confirms()
@@ -264,7 +272,7 @@ class Connection(Handshake):
         end = min(len(frames), i + self.MAX_FRAMES_PER_TURN)
         handle = self.handle_frame
         try:
-            while i < end and not self.blocked and not self.throttled:
+            while i < end and not self.blocked and not self.throttled and not self.meta_wait:
                 ftype, chn, payload = frames[i]
                 i += 1
                 if self.state in DISCARDING:
@@ -286,7 +294,7 @@ class Connection(Handshake):
             if not self.slicing:
                 self.slicing = True
                 self._set_reading()
-            if not self.blocked and not self.throttled:  # frames read before an alarm or flow wait for it
+            if not self.blocked and not self.throttled and not self.meta_wait:  # alarms, flow, saves wait
                 self.loop.call_soon(self._process)
         else:
             self._frames = []
@@ -310,20 +318,34 @@ class Connection(Handshake):
             self._set_reading()
 
     def _commit_metadata(self) -> None:
-        """Save what this input changed in the durable metadata before any answer
-        goes out; if that fails, none does: the connection is closed with 541."""
+        """Hold the answers to this input until the durable metadata it changed is saved;
+        if that fails, none goes out: the connection is closed with 541."""
         self._meta_changes = self.services.journal.changes
-        try:
-            self.services.journal.commit()
-        except MetadataSaveError as exc:
+        self.meta_wait = True
+        self._set_reading()
+        self.services.journal.wait_saved().add_done_callback(self._metadata_saved)
+
+    def _metadata_saved(self, fut: Any) -> None:
+        self.meta_wait = False
+        if self.state is CLOSED:
+            return
+        exc = fut.exception()
+        if isinstance(exc, MetadataSaveError):
             self.out.clear()
             self.out_size = 0
+            self.confirm_dirty.clear()
             self.connection_error(
                 ConnectionError(
                     errors.INTERNAL_ERROR,
                     f"{exc}; the last operations on this connection may not survive a restart",
                 )
             )
+        elif exc is not None:
+            raise exc
+        self._set_reading()
+        if self._frames and self.state is not CLOSED:
+            self.loop.call_soon(self._process)
+        self.schedule_flush()
 
     def _set_reading(self) -> None:
         """Read from the socket unless blocked by an alarm or flow control, the peer's own
@@ -331,6 +353,7 @@ class Connection(Handshake):
         want_paused = (
             self.blocked
             or self.throttled
+            or self.meta_wait
             or self.backpressure
             or self.slicing
             or self.draining

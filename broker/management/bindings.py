@@ -73,7 +73,7 @@ def _binding_routes(dtype: str) -> None:
         ctx.check(vh, "read", "exchange", src.name)
         check_topic(ctx, vh, READ, src, rk)
         vh.bind(src, dest, rk, args)
-        ctx.commit()
+        await ctx.commit()
         pk = properties_key(rk, args)
         loc = "/".join(
             urllib.parse.quote(s, safe="")
@@ -106,7 +106,7 @@ def _binding_routes(dtype: str) -> None:
                     freeze(eb.arguments) == freeze(b["arguments"]):
                 vh.unbind(src, dest, eb.routing_key, eb.arguments)
                 break
-        ctx.commit()
+        await ctx.commit()
         return None
 
     routes.add(base, "GET", list_pair)

@@ -41,7 +41,7 @@ async def _import_body(ctx: Ctx) -> dict:
     return await ctx.body()
 
 
-def _import(ctx: Ctx, defs: dict, sections: tuple[str, ...] = APPLIED_SECTIONS) -> Any:
+async def _import(ctx: Ctx, defs: dict, sections: tuple[str, ...] = APPLIED_SECTIONS) -> Any:
     """Apply a definitions document.  204 when all of it was applied; 200 with
     ``{"not_applied": [...]}`` when parts this broker does not support were left
     out; 400 (RabbitMQ's error shape, plus the same list) when an item failed."""
@@ -50,7 +50,7 @@ def _import(ctx: Ctx, defs: dict, sections: tuple[str, ...] = APPLIED_SECTIONS) 
         if v is not None and not isinstance(v, list):
             raise bad_request(f"'{key}' must be a list")
     report = ctx.broker.apply_definitions(defs, f"HTTP import by user '{ctx.user.name}'", sections)
-    ctx.commit()
+    await ctx.commit()
     not_applied = [e.as_json() for e in report.not_applied]
     if report.failed:
         reason = "some definitions were not imported: " + "; ".join(str(e) for e in report.failed)
@@ -72,7 +72,7 @@ async def get_definitions(ctx: Ctx) -> Any:
 @routes.route("api/definitions", "POST")
 async def post_definitions(ctx: Ctx) -> Any:
     ctx.require_admin()
-    return _import(ctx, await _import_body(ctx))
+    return await _import(ctx, await _import_body(ctx))
 
 
 @routes.route("api/definitions/:vhost")
@@ -95,4 +95,4 @@ async def post_vhost_definitions(ctx: Ctx) -> Any:
         if not isinstance(items, list):
             raise bad_request(f"'{key}' must be a list")
         defs[key] = [dict(i, vhost=vh.name) if isinstance(i, dict) else i for i in items]
-    return _import(ctx, defs, topology)
+    return await _import(ctx, defs, topology)

@@ -60,7 +60,7 @@ async def put_exchange(ctx: Ctx) -> Any:
         name, xtype, field_bool(body, "durable", True), field_bool(body, "auto_delete", False),
         field_bool(body, "internal", False), field_arguments(body),
     )
-    ctx.commit()
+    await ctx.commit()
     return (201, None) if created else None
 
 
@@ -71,7 +71,7 @@ async def delete_exchange(ctx: Ctx) -> Any:
     if x.name:
         ctx.check(vh, "configure", "exchange", x.name)
     vh.delete_exchange(x.name, ctx.flag("if-unused"))
-    ctx.commit()
+    await ctx.commit()
     return None
 
 

@@ -299,10 +299,10 @@ class Ctx:
             return {}
         return json_object(raw, "the request body")
 
-    def commit(self) -> None:
-        """Save the durable metadata this request changed, or answer 500."""
+    async def commit(self) -> None:
+        """Wait for the durable metadata this request changed to be saved, or answer 500."""
         try:
-            self.broker.journal.commit()
+            await self.broker.journal.wait_saved()
         except MetadataSaveError as exc:
             raise HTTPError(
                 500, "internal_error", f"{exc}; the change is in effect but may not survive a restart"

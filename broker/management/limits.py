@@ -57,7 +57,7 @@ async def put_vhost_limits(ctx: Ctx) -> Any:
         vh.set_limits(parse_limits(await ctx.body(), VHOST_LIMITS, "limits"))
     except LimitError as exc:
         raise bad_request(str(exc)) from None
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
@@ -65,7 +65,7 @@ async def put_vhost_limits(ctx: Ctx) -> Any:
 async def delete_vhost_limits(ctx: Ctx) -> Any:
     ctx.require_admin()
     ctx.vhost().set_limits({})
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
@@ -74,7 +74,7 @@ async def put_vhost_limit(ctx: Ctx) -> Any:
     ctx.require_admin()
     vh = ctx.vhost()
     vh.set_limits(await _value(ctx, vh.limits, VHOST_LIMITS, "limits"))
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
@@ -84,7 +84,7 @@ async def delete_vhost_limit(ctx: Ctx) -> Any:
     vh = ctx.vhost()
     if ctx.params["name"] in vh.limits:
         vh.set_limits({k: v for k, v in vh.limits.items() if k != ctx.params["name"]})
-        ctx.commit()
+        await ctx.commit()
     return None
 
 
@@ -113,7 +113,7 @@ async def put_user_limits(ctx: Ctx) -> Any:
     except LimitError as exc:
         raise bad_request(str(exc)) from None
     ctx.broker.journal.changed()
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
@@ -122,7 +122,7 @@ async def delete_user_limits(ctx: Ctx) -> Any:
     ctx.require_admin()
     ctx.broker.users.set_limits(ctx.path_user().name, {})
     ctx.broker.journal.changed()
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
@@ -132,7 +132,7 @@ async def put_user_limit(ctx: Ctx) -> Any:
     u = ctx.path_user()
     ctx.broker.users.set_limits(u.name, await _value(ctx, u.limits, USER_LIMITS, "user-limits"))
     ctx.broker.journal.changed()
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
@@ -143,5 +143,5 @@ async def delete_user_limit(ctx: Ctx) -> Any:
     if ctx.params["name"] in u.limits:
         ctx.broker.users.set_limits(u.name, {k: v for k, v in u.limits.items() if k != ctx.params["name"]})
         ctx.broker.journal.changed()
-        ctx.commit()
+        await ctx.commit()
     return None

@@ -54,7 +54,7 @@ async def _put(ctx: Ctx, operator: bool) -> Any:
         created = vh.store_policy(policy, operator)
     except PolicyError as exc:
         raise bad_request(str(exc)) from None
-    ctx.commit()
+    await ctx.commit()
     await _apply(vh, operator)
     return (201, None) if created else None
 
@@ -69,7 +69,7 @@ async def _delete(ctx: Ctx, operator: bool) -> Any:
     vh = ctx.vhost()
     if not vh.forget_policy(ctx.params["name"], operator):
         raise not_found()
-    ctx.commit()
+    await ctx.commit()
     await _apply(vh, operator)
     return None
 

@@ -78,7 +78,7 @@ async def put_queue(ctx: Ctx) -> Any:
         name, field_bool(body, "durable", True), False, field_bool(body, "auto_delete", False),
         field_arguments(body), None,
     )
-    ctx.commit()
+    await ctx.commit()
     return (201, None) if created else None
 
 
@@ -92,7 +92,7 @@ async def delete_queue(ctx: Ctx) -> Any:
     if ctx.flag("if-empty") and q.ready:
         raise ChannelError(errors.PRECONDITION_FAILED, f"{vh.what('queue', q.name)} not empty")
     vh.delete_queue(q)
-    ctx.commit()
+    await ctx.commit()
     return None
 
 

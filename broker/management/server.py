@@ -167,7 +167,7 @@ class ManagementServer:
         changes = self.broker.journal.changes
         out = await handler(ctx)
         if self.broker.journal.changes != changes:
-            ctx.commit()
+            await ctx.commit()
         if out is None:
             return web.Response(status=204)
         if isinstance(out, web.StreamResponse):

@@ -53,7 +53,7 @@ async def put_topic_permission(ctx: Ctx) -> Any:
         raise bad_request(str(exc)) from None
     new = ctx.broker.users.topics.set(user, vh, perm)
     ctx.broker.journal.changed()
-    ctx.commit()
+    await ctx.commit()
     return (201, None) if new else None
 
 
@@ -65,7 +65,7 @@ async def delete_topic_permissions(ctx: Ctx) -> Any:
     if not ctx.broker.users.topics.clear(ctx.params["user"], ctx.params["vhost"], exchange):
         raise not_found()
     ctx.broker.journal.changed()
-    ctx.commit()
+    await ctx.commit()
     return None
 
 

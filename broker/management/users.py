@@ -46,7 +46,7 @@ async def users_bulk_delete(ctx: Ctx) -> Any:
         raise bad_request("'users' must be a list of user names")
     for n in names:
         ctx.broker.delete_user(str(n))
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
@@ -100,7 +100,7 @@ async def put_user(ctx: Ctx) -> Any:
     else:
         store.set_tags(name, tags)
     ctx.broker.journal.changed()
-    ctx.commit()
+    await ctx.commit()
     return (201, None) if existing is None else None
 
 
@@ -109,7 +109,7 @@ async def delete_user(ctx: Ctx) -> Any:
     ctx.require_admin()
     if not ctx.broker.delete_user(ctx.params["user"]):
         raise not_found()
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
@@ -158,7 +158,7 @@ async def put_permission(ctx: Ctx) -> Any:
     existed = ctx.broker.users.permission(user, vh) is not None
     ctx.broker.users.set_permissions(user, vh, perm)
     ctx.broker.journal.changed()
-    ctx.commit()
+    await ctx.commit()
     return None if existed else (201, None)
 
 
@@ -168,5 +168,5 @@ async def delete_permission(ctx: Ctx) -> Any:
     if not ctx.broker.users.clear_permissions(ctx.params["user"], ctx.params["vhost"]):
         raise not_found()
     ctx.broker.journal.changed()
-    ctx.commit()
+    await ctx.commit()
     return None

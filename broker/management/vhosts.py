@@ -64,7 +64,7 @@ async def put_vhost(ctx: Ctx) -> Any:
     vh = ctx.broker.add_vhost(name)
     if tracing is not None:
         vh.set_tracing(tracing)
-    ctx.commit()
+    await ctx.commit()
     return None if existed else (201, None)
 
 
@@ -75,7 +75,7 @@ async def delete_vhost(ctx: Ctx) -> Any:
     if not ctx.broker.delete_vhost(name):
         raise not_found()
     ctx.server.vhost_meta.pop(name, None)
-    ctx.commit()
+    await ctx.commit()
     return None
 
 
