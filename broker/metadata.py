@@ -18,7 +18,11 @@ client waits for a save that covers its changes before answering:
 
 A save is a group commit off the event loop: the document is built and encoded on
 the loop (it reads live state), then written, fsync'd and renamed by a worker
-thread, so no client waits on another one's disk.  One save runs at a time; it
+thread, so no client waits on another one's disk.  Before writing it, the thread
+syncs the message store's pending directory changes (``pending_syncs``: a queue
+directory made or removed), so that what the document says about a queue is
+never older than its directory: a queue deleted and declared again never finds
+the old one's messages after a power loss.  One save runs at a time; it
 covers every change made before it began, and changes made meanwhile go into the
 next one, which starts when it ends.
 
@@ -39,7 +43,7 @@ import time
 from collections.abc import Callable
 
 from storage import meta
-from storage.fileio import OS, FileIO
+from storage.fileio import OS, FileIO, fsync_all
 
 log = logging.getLogger("broker.metadata")
 
@@ -53,10 +57,18 @@ class MetadataSaveError(Exception):
 class MetadataJournal:
     """Saves the durable definitions of one broker (nothing without a data dir)."""
 
-    def __init__(self, data_dir: str | None, snapshot: Callable[[], dict], io: FileIO = OS) -> None:
+    def __init__(
+        self,
+        data_dir: str | None,
+        snapshot: Callable[[], dict],
+        io: FileIO = OS,
+        pending_syncs: Callable[[], tuple[list[str], list[str]]] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.io = io
         self.snapshot = snapshot
+        # the store's directories and small files not yet synced: (directories, file paths)
+        self.pending_syncs = pending_syncs
         self.dirty = False
         self.changes = 0  # counts changed() calls: a committer compares it before and after its work
         self.saved_changes = 0  # the change count the last successful save covered
@@ -106,7 +118,7 @@ class MetadataJournal:
             covers = self.changes
             self.dirty = False
             try:
-                self._write(self._encode(), covers)
+                self._write(self._encode(), covers, self._pending())
             except MetadataSaveError:
                 self.dirty = True
                 self._arm_retry()
@@ -129,7 +141,7 @@ class MetadataJournal:
             return
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metadata")
-        fut = self.loop.run_in_executor(self._executor, self._write, raw, covers)
+        fut = self.loop.run_in_executor(self._executor, self._write, raw, covers, self._pending())
         self._saving = fut
         fut.add_done_callback(self._save_done)
 
@@ -165,10 +177,16 @@ class MetadataJournal:
         except Exception as exc:  # a value that cannot be encoded
             raise self._failure(exc) from None
 
-    def _write(self, raw: bytes, covers: int) -> None:
-        """Write the document (in the worker thread, or at start and stop on the loop's)."""
+    def _pending(self) -> tuple[list[str], list[str]]:
+        return self.pending_syncs() if self.pending_syncs is not None else ([], [])
+
+    def _write(self, raw: bytes, covers: int, pending: tuple[list[str], list[str]]) -> None:
+        """Sync the store's pending directories, then write the document (in the worker
+        thread, or at start and stop on the loop's)."""
         assert self.data_dir is not None
+        dirs, paths = pending
         try:
+            fsync_all(self.io, [], dirs, paths=paths)
             meta.write(self.data_dir, raw, self.io)
         except Exception as exc:  # disk full, read-only, I/O error
             raise self._failure(exc) from None

@@ -174,7 +174,8 @@ class Broker:
         self.scratch: LogStore | None = (
             LogStore(os.path.join(data_dir, SCRATCH_DIR), file_io, account=self.store) if data_dir else None
         )
-        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions, file_io)
+        self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions, file_io,
+                                       self.store.pending_syncs if self.store else None)
         self._housekeeper: asyncio.TimerHandle | None = None
         self.services = Services(
             users=self.users,

@@ -199,6 +199,7 @@ class LogStore:
         self.logs.pop(qlog.dir, None)
         self.dirty_logs.discard(qlog)
         qlog.destroy()
+        self.new_files.add(self.msg_dir)  # the removal is durable after the next sync of its parent
 
     def existing_queue_dirs(self) -> set[str]:
         try:
@@ -212,6 +213,11 @@ class LogStore:
         if not self.flush_scheduled and self.loop is not None:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
+
+    def pending_syncs(self) -> tuple[list[str], list[str]]:
+        """The directories and small files the next group commit syncs (copies), for
+        whoever must have them synced first (the metadata journal)."""
+        return list(self.new_files), list(self.unsynced_files)
 
     def buffered_bytes(self) -> int:
         """Message record bytes appended but not yet written."""
