@@ -18,11 +18,11 @@ client waits for a save that covers its changes before answering:
 
 A save is a group commit off the event loop: the document is built and encoded on
 the loop (it reads live state), then written, fsync'd and renamed by a worker
-thread, so no client waits on another one's disk.  Before writing it, the thread
-syncs the message store's pending directory changes (``pending_syncs``: a queue
-directory made or removed), so that what the document says about a queue is
-never older than its directory: a queue deleted and declared again never finds
-the old one's messages after a power loss.  One save runs at a time; it
+thread, so no client waits on another one's disk.  Before writing it, the save
+waits for the message store to sync the directories made or removed so far
+(``sync_directories``: a group commit), so that what the document says about a
+queue is never older than its directory: a queue deleted and declared again
+never finds the old one's messages after a power loss.  One save runs at a time; it
 covers every change made before it began, and changes made meanwhile go into the
 next one, which starts when it ends.
 
@@ -40,10 +40,10 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from storage import meta
-from storage.fileio import OS, FileIO, fsync_all
+from storage.fileio import OS, FileIO
 
 log = logging.getLogger("broker.metadata")
 
@@ -62,13 +62,13 @@ class MetadataJournal:
         data_dir: str | None,
         snapshot: Callable[[], dict],
         io: FileIO = OS,
-        pending_syncs: Callable[[], tuple[list[str], list[str]]] | None = None,
+        sync_directories: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.io = io
         self.snapshot = snapshot
-        # the store's directories and small files not yet synced: (directories, file paths)
-        self.pending_syncs = pending_syncs
+        # the message store's "sync the directories made or removed so far"
+        self.sync_directories = sync_directories
         self.dirty = False
         self.changes = 0  # counts changed() calls: a committer compares it before and after its work
         self.saved_changes = 0  # the change count the last successful save covered
@@ -118,7 +118,7 @@ class MetadataJournal:
             covers = self.changes
             self.dirty = False
             try:
-                self._write(self._encode(), covers, self._pending())
+                self._write(self._encode(), covers)
             except MetadataSaveError:
                 self.dirty = True
                 self._arm_retry()
@@ -139,14 +139,25 @@ class MetadataJournal:
         except MetadataSaveError as exc:
             self._failed(exc)
             return
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metadata")
-        fut = self.loop.run_in_executor(self._executor, self._write, raw, covers, self._pending())
+        fut = asyncio.ensure_future(self._save(raw, covers), loop=self.loop)
         self._saving = fut
         fut.add_done_callback(self._save_done)
 
+    async def _save(self, raw: bytes, covers: int) -> None:
+        if self.sync_directories is not None:
+            try:
+                await self.sync_directories()
+            except Exception as exc:  # the store's fsync failed
+                raise self._failure(exc) from None
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metadata")
+        assert self.loop is not None
+        await self.loop.run_in_executor(self._executor, self._write, raw, covers)
+
     def _save_done(self, fut: "asyncio.Future[None]") -> None:
         self._saving = None
+        if fut.cancelled():  # the loop is closing
+            return
         exc = fut.exception()
         if exc is not None:
             self._failed(exc if isinstance(exc, MetadataSaveError) else MetadataSaveError(str(exc)))
@@ -177,16 +188,10 @@ class MetadataJournal:
         except Exception as exc:  # a value that cannot be encoded
             raise self._failure(exc) from None
 
-    def _pending(self) -> tuple[list[str], list[str]]:
-        return self.pending_syncs() if self.pending_syncs is not None else ([], [])
-
-    def _write(self, raw: bytes, covers: int, pending: tuple[list[str], list[str]]) -> None:
-        """Sync the store's pending directories, then write the document (in the worker
-        thread, or at start and stop on the loop's)."""
+    def _write(self, raw: bytes, covers: int) -> None:
+        """Write the document (in the worker thread, or at start and stop on the loop's)."""
         assert self.data_dir is not None
-        dirs, paths = pending
         try:
-            fsync_all(self.io, [], dirs, paths=paths)
             meta.write(self.data_dir, raw, self.io)
         except Exception as exc:  # disk full, read-only, I/O error
             raise self._failure(exc) from None
@@ -227,6 +232,11 @@ class MetadataJournal:
         self._cancel_retry()
         if self._saving is not None:
             await asyncio.wait([self._saving])
+        if self.dirty and self.sync_directories is not None:
+            try:
+                await self.sync_directories()
+            except Exception as exc:
+                log.error("at stop: the store's last sync failed: %s", exc)
         try:
             self.commit()
         except MetadataSaveError as exc:

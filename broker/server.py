@@ -175,7 +175,7 @@ class Broker:
             LogStore(os.path.join(data_dir, SCRATCH_DIR), file_io, account=self.store) if data_dir else None
         )
         self.journal = MetadataJournal(self.store.data_dir if self.store else None, self.definitions, file_io,
-                                       self.store.pending_syncs if self.store else None)
+                                       self.store.sync_directories if self.store else None)
         self._housekeeper: asyncio.TimerHandle | None = None
         self.services = Services(
             users=self.users,

@@ -42,6 +42,28 @@ log = logging.getLogger("storage")
 SYNC_THREADS = 4
 
 
+class EpochWaiter:
+    """A :class:`SyncWaiter` that settles a future when its epoch is synced, or failed."""
+
+    def __init__(self, epoch: int, fut: "asyncio.Future[None]") -> None:
+        self.epoch = epoch
+        self.fut = fut
+
+    def synced(self, epoch: int) -> bool:
+        if epoch >= self.epoch:
+            if not self.fut.done():
+                self.fut.set_result(None)
+            return False
+        return True
+
+    def sync_failed(self, epoch: int, exc: Exception) -> bool:
+        if epoch >= self.epoch:
+            if not self.fut.done():
+                self.fut.set_exception(exc)
+            return False
+        return True
+
+
 class LogStore:
     """All queue logs under one data directory, with the group-commit fsync."""
 
@@ -214,10 +236,23 @@ class LogStore:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def pending_syncs(self) -> tuple[list[str], list[str]]:
-        """The directories and small files the next group commit syncs (copies), for
-        whoever must have them synced first (the metadata journal)."""
-        return list(self.new_files), list(self.unsynced_files)
+    async def wait_synced(self) -> None:
+        """Return once a group commit covers everything written so far (raise what it
+        failed with)."""
+        assert self.loop is not None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        w = EpochWaiter(self.want_sync(), fut)
+        self.sync_waiters.add(w)
+        try:
+            await fut
+        finally:
+            self.sync_waiters.discard(w)
+
+    async def sync_directories(self) -> None:
+        """Return once the directories made or removed so far (and their small files) are
+        synced: at once if there are none."""
+        if self.new_files or self.unsynced_files:
+            await self.wait_synced()
 
     def buffered_bytes(self) -> int:
         """Message record bytes appended but not yet written."""

@@ -82,42 +82,14 @@ def make_message(exchange: str, routing_key: str, props: C.Basic.Properties, bod
     return m
 
 
-class _SyncWaiter:
-    """Waits, like a publisher-confirm channel, for the fsync covering a publish."""
-
-    def __init__(self, epoch: int, fut: "asyncio.Future[None]") -> None:
-        self.epoch = epoch
-        self.fut = fut
-
-    def synced(self, epoch: int) -> bool:
-        if epoch >= self.epoch:
-            if not self.fut.done():
-                self.fut.set_result(None)
-            return False
-        return True
-
-    def sync_failed(self, epoch: int, exc: Exception) -> bool:
-        if epoch >= self.epoch:
-            if not self.fut.done():
-                self.fut.set_exception(exc)
-            return False
-        return True
-
-
 async def wait_fsync(ctx: Ctx) -> None:
     """Return once the disk has everything written so far (500 if it failed, or after 30 s)."""
-    store = ctx.broker.store
-    fut = asyncio.get_running_loop().create_future()
-    w = _SyncWaiter(store.want_sync(), fut)
-    store.sync_waiters.add(w)
     try:
-        await asyncio.wait_for(fut, 30.0)
+        await asyncio.wait_for(ctx.broker.store.wait_synced(), 30.0)
     except TimeoutError:
         raise HTTPError(500, "internal_error", "timed out waiting for the disk") from None
     except Exception as exc:
         raise HTTPError(500, "internal_error", f"the message could not be written to disk: {exc}") from None
-    finally:
-        store.sync_waiters.discard(w)
 
 
 def properties_json(msg: Message) -> dict:
