@@ -114,6 +114,9 @@ class MetadataJournal:
         """Save now, on the calling thread (at start, before any client): raise
         :class:`MetadataSaveError` if that fails."""
         assert self._saving is None, "a save is running in the worker thread"
+        if self.data_dir is None:
+            self.dirty = False
+            return
         if self.dirty:
             covers = self.changes
             self.dirty = False
