@@ -100,7 +100,7 @@ def json_object(raw: bytes | bytearray | str, what: str) -> dict:
     if b"\\ud" in (raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)).lower():
         for key, value in data.items():  # a \\uD800 escape: a string no file or client can hold
             if _lone_surrogate(key) or _lone_surrogate(value):
-                raise bad_request(f"'{printable(key)}' holds a string that is not valid Unicode (a lone surrogate)")
+                raise bad_request(f"'{printable(key)}' holds a string that is not valid UTF-8 (a lone surrogate)")
     return data
 
 
