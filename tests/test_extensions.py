@@ -287,10 +287,10 @@ def test_x_expires_deletes_unused_queue(ch, conn, uid):
 
 def test_x_expires_waits_for_consumers_to_go(conn, ch, uid):
     q = f"ext-xexp-c-{uid}"
-    ch.queue_declare(q, arguments={"x-expires": 150})
+    ch.queue_declare(q, arguments={"x-expires": 1000})  # time enough to subscribe on a busy machine
     cc = conn.channel()
     tag = cc.basic_consume(q, lambda *a: None, auto_ack=True)
-    conn.process_data_events(0.4)
+    conn.process_data_events(1.3)  # past x-expires: the consumer keeps it
     assert ch.queue_declare(q, passive=True).method.consumer_count == 1
     cc.basic_cancel(tag)
     time.sleep(0.3)
