@@ -98,6 +98,12 @@ def decode_message_full(payload: bytes | memoryview) -> tuple[bool, int, bytes, 
     if flags & 2:
         deadline = U64.unpack_from(p, 1)[0]
         o = 9
+    return (bool(flags & 1), deadline, *decode_routed(p, o))
+
+
+def decode_routed(p: bytes | memoryview, o: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """(ex_raw, rk_raw, header, body) of the part every message record ends with, from ``o``:
+    ``exchange:shortstr routing_key:shortstr header_len:u32 header body`` (a stream's records too)."""
     el = p[o]
     ex_raw = bytes(p[o : o + 1 + el])
     o += 1 + el
@@ -106,9 +112,7 @@ def decode_message_full(payload: bytes | memoryview) -> tuple[bool, int, bytes, 
     o += 1 + rl
     hl = U32.unpack_from(p, o)[0]
     o += 4
-    header = bytes(p[o : o + hl])
-    body = bytes(p[o + hl :])
-    return bool(flags & 1), deadline, ex_raw, rk_raw, header, body
+    return ex_raw, rk_raw, bytes(p[o : o + hl]), bytes(p[o + hl :])
 
 
 def decode_message(payload: bytes | memoryview) -> tuple[bool, bytes, bytes, bytes, bytes]:

@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .interfaces import WriteFailed
-from .records import MAX_RECORD, REC_HEAD, write_identity
+from .records import MAX_RECORD, REC_HEAD, U32, decode_routed, write_identity
 from .store import LogStore
 from .stream_peek import PeekPlan, SegmentSpan
 
@@ -71,7 +71,6 @@ STREAM_META = struct.Struct(">QQ")  # offset, timestamp (ms since the epoch)
 # a closed segment's index file: magic, count, size, first and last timestamps, index length
 INDEX_HEAD = struct.Struct(">8sQQQQQ")
 INDEX_MAGIC = b"BMQSIDX1"
-U32 = struct.Struct(">I")
 INDEX_EVERY = 512  # one sparse index entry per this many records
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
 READ_CHUNK = 256 * 1024  # bytes read from a segment file at a time
@@ -105,16 +104,7 @@ def decode_payload(p: bytes | memoryview) -> StreamRecord:
     o = 16
     fl = p[o]
     fv = bytes(p[o + 1 : o + 1 + fl])
-    o += 1 + fl
-    el = p[o]
-    ex_raw = bytes(p[o : o + 1 + el])
-    o += 1 + el
-    rl = p[o]
-    rk_raw = bytes(p[o : o + 1 + rl])
-    o += 1 + rl
-    hl = U32.unpack_from(p, o)[0]
-    o += 4
-    return offset, ts, fv, ex_raw, rk_raw, bytes(p[o : o + hl]), bytes(p[o + hl :])
+    return (offset, ts, fv, *decode_routed(p, o + 1 + fl))
 
 
 class StreamSegment:
