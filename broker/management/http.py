@@ -275,6 +275,15 @@ class Ctx:
             raise not_found()
         return u
 
+    def grant_target(self) -> tuple[str, str]:
+        """The vhost and user named in a permission path; both must exist (400, as RabbitMQ)."""
+        vh, user = self.params["vhost"], self.params["user"]
+        if vh not in self.broker.vhosts:
+            raise bad_request(f"vhost '{vh}' does not exist")
+        if user not in self.broker.users.users:
+            raise bad_request(f"user '{user}' does not exist")
+        return vh, user
+
     def vhost_for_write(self, name: str | None = None) -> Any:
         """Changing objects in a vhost needs permissions there (administrators need none)."""
         vh = self.vhost(name)

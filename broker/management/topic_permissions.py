@@ -38,11 +38,7 @@ async def get_topic_permissions(ctx: Ctx) -> Any:
 @routes.route("api/topic-permissions/:vhost/:user", "PUT")
 async def put_topic_permission(ctx: Ctx) -> Any:
     ctx.require_admin()
-    vh, user = ctx.params["vhost"], ctx.params["user"]
-    if vh not in ctx.broker.vhosts:
-        raise bad_request(f"vhost '{vh}' does not exist")
-    if user not in ctx.broker.users.users:
-        raise bad_request(f"user '{user}' does not exist")
+    vh, user = ctx.grant_target()
     body = await ctx.body()
     for k in ("exchange", "write", "read"):
         if not isinstance(body.get(k), str):

@@ -139,11 +139,7 @@ async def get_permission(ctx: Ctx) -> Any:
 @routes.route("api/permissions/:vhost/:user", "PUT")
 async def put_permission(ctx: Ctx) -> Any:
     ctx.require_admin()
-    vh, user = ctx.params["vhost"], ctx.params["user"]
-    if vh not in ctx.broker.vhosts:
-        raise bad_request(f"vhost '{vh}' does not exist")
-    if user not in ctx.broker.users.users:
-        raise bad_request(f"user '{user}' does not exist")
+    vh, user = ctx.grant_target()
     body = await ctx.body()
     vals = {}
     for k in ("configure", "write", "read"):
