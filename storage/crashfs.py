@@ -187,23 +187,22 @@ class CrashFS:
                 raise _err(errno.ENOTDIR, path)
             node.durable = dict(node.entries)
 
+    def _file(self, path: str) -> _File:
+        """The file at ``path`` (ENOENT, EISDIR as the OS would say); the caller holds the lock."""
+        node = self._lookup(path)
+        if node is None:
+            raise _err(errno.ENOENT, path)
+        if isinstance(node, _Dir):
+            raise _err(errno.EISDIR, path)
+        return node
+
     def read_file(self, path: str) -> bytes:
         with self._lock:
-            node = self._lookup(path)
-            if node is None:
-                raise _err(errno.ENOENT, path)
-            if isinstance(node, _Dir):
-                raise _err(errno.EISDIR, path)
-            return bytes(node.data)
+            return bytes(self._file(path).data)
 
     def file_size(self, path: str) -> int:
         with self._lock:
-            node = self._lookup(path)
-            if node is None:
-                raise _err(errno.ENOENT, path)
-            if isinstance(node, _Dir):
-                raise _err(errno.EISDIR, path)
-            return len(node.data)
+            return len(self._file(path).data)
 
     def listdir(self, path: str) -> list[str]:
         with self._lock:
